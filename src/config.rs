@@ -1,0 +1,1049 @@
+//! The configuration file: typed, strict (unknown keys rejected), validated once.
+//!
+//! [`parse`] returns a [`Config`] only when the whole file is valid; otherwise every problem
+//! it found, each with the file, the key path (`sources[1].fields.last_refresh.format`) and
+//! what was expected. The YAML is read into a tree first and each section is decoded on its
+//! own, so one bad source never hides the problems of another.
+
+use crate::provider::{ProviderKind, ProviderProfile};
+use crate::secret::Secret;
+use crate::sources::presets::{self, Preset};
+use crate::state::Status;
+use crate::timestamp::TimeFormat;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Defaults, in one place.
+pub mod defaults {
+    use std::time::Duration;
+    pub const POLL_INTERVAL: Duration = Duration::from_secs(30);
+    pub const POLL_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Backoff after failures doubles from the interval up to this multiple of it.
+    pub const BACKOFF_MAX_FACTOR: u32 = 5;
+    pub const MAX_CONNECTIONS_PER_SOURCE: usize = 10_000;
+    pub const DETECT_WINDOW: Duration = Duration::from_secs(15 * 60);
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it was read from (for messages).
+    pub file: String,
+    pub detect: Detect,
+    pub sources: Vec<SourceConfig>,
+}
+
+/// Settings of the failure detectors.
+#[derive(Debug, Clone)]
+pub struct Detect {
+    /// A connection whose last failure is younger than this counts in `oauth_connections_failing`.
+    pub window: Duration,
+}
+
+/// The kinds of store a source can read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    Sqlite,
+    Postgres,
+    Mysql,
+}
+
+impl StoreKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreKind::Sqlite => "sqlite",
+            StoreKind::Postgres => "postgres",
+            StoreKind::Mysql => "mysql",
+        }
+    }
+}
+
+/// One validated source.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    pub name: String,
+    pub kind: StoreKind,
+    /// Connection string; for SQLite a path or a `sqlite:` URL.
+    pub dsn: Secret,
+    pub query: String,
+    pub mapping: Mapping,
+    pub provider: ProviderProfile,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub backoff_max: Duration,
+    /// Cap on exported per-connection series (aggregates always cover every connection).
+    pub max_connections: usize,
+}
+
+/// Where a value lives in a result row: a column, optionally a path inside a JSON column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldRef {
+    pub column: String,
+    pub json_path: Vec<String>,
+}
+
+/// A timestamp field.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimeField {
+    pub at: FieldRef,
+    pub format: TimeFormat,
+    /// For `relative_seconds`: the timestamp the seconds count from.
+    pub relative_to: Option<FieldRef>,
+}
+
+/// The status field with its value map.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusField {
+    pub at: FieldRef,
+    /// Store value (lower-cased) to status. Values equal to a status name map to it.
+    pub map: BTreeMap<String, Status>,
+    /// Status for values not in the map.
+    pub default: Status,
+}
+
+/// How the last refresh time is obtained when no field holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Inference {
+    /// Access-token expiry minus the provider's access-token lifetime.
+    AccessExpires,
+}
+
+/// How the last refresh is found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LastRefresh {
+    Field(TimeField),
+    Infer(Inference),
+}
+
+/// Result fields mapped onto the metric contract.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mapping {
+    pub connection: FieldRef,
+    pub tenant: Option<FieldRef>,
+    pub last_refresh: LastRefresh,
+    pub access_expires: Option<TimeField>,
+    pub refresh_expires: Option<TimeField>,
+    pub last_failure: Option<TimeField>,
+    pub status: Option<StatusField>,
+    /// Extra labels of `oauth_connection_info`, by label name.
+    pub labels: Vec<(String, FieldRef)>,
+}
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Why a config could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {file}: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("config file {file} is not valid YAML: {message}")]
+    Syntax { file: String, message: String },
+    #[error("config file {file} has {} problem(s):{}", problems.len(), render(problems))]
+    Invalid { file: String, problems: Vec<Problem> },
+}
+
+fn render(problems: &[Problem]) -> String {
+    problems.iter().map(|p| format!("\n  - {p}")).collect()
+}
+
+impl ConfigError {
+    /// Every problem, for tests and `--config.check`.
+    pub fn problems(&self) -> Vec<Problem> {
+        match self {
+            ConfigError::Invalid { problems, .. } => problems.clone(),
+            other => vec![Problem {
+                path: String::new(),
+                message: other.to_string(),
+            }],
+        }
+    }
+}
+
+/// A duration written like `30s`, `5m`, `60d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = HumanDuration;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration with a unit, like 30s, 5m, 12h or 60d")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<HumanDuration, E> {
+                humantime::parse_duration(s.trim())
+                    .map(HumanDuration)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Str(s), &self))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A field as written: a column name, or a map with details.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct RawField {
+    column: String,
+    json_path: Option<String>,
+    format: Option<TimeFormat>,
+    relative_to: Option<String>,
+    map: Option<BTreeMap<String, Status>>,
+    default: Option<Status>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFieldMap {
+    /// Column of the query result.
+    column: String,
+    /// Dotted path inside a JSON column (`expires_at`, `token.expires_at`).
+    json_path: Option<String>,
+    /// Timestamp format (timestamp fields only).
+    format: Option<TimeFormat>,
+    /// For `format: relative_seconds`, the column holding the time the seconds count from.
+    relative_to: Option<String>,
+    /// Store values to statuses (status field only).
+    map: Option<BTreeMap<String, Status>>,
+    /// Status for values missing from `map` (status field only).
+    default: Option<Status>,
+}
+
+impl<'de> Deserialize<'de> for RawField {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawField;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a column name, or a map with `column` and optional `json_path`, `format`, `relative_to`, `map`, `default`")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<RawField, E> {
+                Ok(RawField {
+                    column: s.to_string(),
+                    ..RawField::default()
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawField, A::Error> {
+                let m = RawFieldMap::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawField {
+                    column: m.column,
+                    json_path: m.json_path,
+                    format: m.format,
+                    relative_to: m.relative_to,
+                    map: m.map,
+                    default: m.default,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawFields {
+    connection: Option<RawField>,
+    tenant: Option<RawField>,
+    last_refresh: Option<RawField>,
+    access_expires: Option<RawField>,
+    refresh_expires: Option<RawField>,
+    last_failure: Option<RawField>,
+    status: Option<RawField>,
+}
+
+impl RawFields {
+    /// Fields of `over` replace those of `self`.
+    fn overlay(mut self, over: RawFields) -> RawFields {
+        macro_rules! take {
+            ($($f:ident),*) => { $( if over.$f.is_some() { self.$f = over.$f; } )* };
+        }
+        take!(
+            connection,
+            tenant,
+            last_refresh,
+            access_expires,
+            refresh_expires,
+            last_failure,
+            status
+        );
+        self
+    }
+
+    /// Builder used by presets.
+    pub fn preset(pairs: &[(&str, &str)]) -> RawFields {
+        let mut f = RawFields::default();
+        for (name, column) in pairs {
+            let field = Some(RawField {
+                column: column.to_string(),
+                ..RawField::default()
+            });
+            match *name {
+                "connection" => f.connection = field,
+                "tenant" => f.tenant = field,
+                "last_refresh" => f.last_refresh = field,
+                "access_expires" => f.access_expires = field,
+                "refresh_expires" => f.refresh_expires = field,
+                "last_failure" => f.last_failure = field,
+                "status" => f.status = field,
+                other => unreachable!("preset names unknown field {other}"),
+            }
+        }
+        f
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawGlobal {
+    /// How often each source is polled.
+    poll_interval: Option<HumanDuration>,
+    /// Deadline for one poll.
+    poll_timeout: Option<HumanDuration>,
+    /// Cap on per-connection series per source.
+    max_connections_per_source: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDetect {
+    /// Window for `oauth_connections_failing`.
+    window: Option<HumanDuration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    /// Unique name, the `source` label.
+    name: String,
+    /// `sqlite`, `postgres` or `mysql`.
+    kind: StoreKind,
+    /// Inline connection string (SQLite paths; avoid for anything with a password).
+    dsn: Option<String>,
+    /// Environment variable holding the connection string.
+    dsn_env: Option<String>,
+    /// File holding the connection string (Kubernetes secrets).
+    dsn_file: Option<PathBuf>,
+    /// Provider profile, default `xero`.
+    provider: Option<ProviderKind>,
+    /// A known schema: `xero_tokens`, `nango`, `token_set_json`.
+    preset: Option<Preset>,
+    /// Table for the preset, when not its default.
+    table: Option<String>,
+    /// A SELECT returning one row per connection.
+    query: Option<String>,
+    /// Result fields mapped onto the contract.
+    #[serde(default)]
+    fields: Option<RawFields>,
+    /// How to find the last refresh when no field holds it.
+    infer_last_refresh: Option<Inference>,
+    /// Extra labels for `oauth_connection_info`: label name to field.
+    #[serde(default)]
+    labels: BTreeMap<String, RawField>,
+    /// Override of the provider's access-token lifetime.
+    access_token_lifetime: Option<HumanDuration>,
+    /// Override of the provider's refresh-token inactivity window.
+    refresh_token_lifetime: Option<HumanDuration>,
+    /// Poll interval for this source.
+    interval: Option<HumanDuration>,
+    /// Deadline for one poll of this source.
+    timeout: Option<HumanDuration>,
+    /// Longest wait between retries after failures.
+    backoff_max: Option<HumanDuration>,
+    /// Cap on per-connection series for this source.
+    max_connections: Option<usize>,
+}
+
+const TOP_LEVEL_KEYS: &[&str] = &["global", "detect", "sources"];
+const RESERVED_LABELS: &[&str] = &["provider", "source", "connection", "tenant", "status", "le", "quantile", "within"];
+
+struct Problems {
+    list: Vec<Problem>,
+}
+
+impl Problems {
+    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.list.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    /// Decode one section of the tree, recording its problem (with the full key path) if any.
+    fn decode<T: for<'de> Deserialize<'de>>(
+        &mut self,
+        prefix: &str,
+        value: serde_json::Value,
+    ) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let inner = e.path().to_string();
+                let path = match (prefix.is_empty(), inner.as_str()) {
+                    (_, ".") => prefix.to_string(),
+                    (true, _) => inner,
+                    (false, _) => format!("{prefix}.{inner}"),
+                };
+                self.add(path, e.into_inner().to_string());
+                None
+            }
+        }
+    }
+}
+
+/// Read and validate a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        file: file.clone(),
+        source,
+    })?;
+    parse(&text, &file, &|k| std::env::var(k).ok())
+}
+
+/// Validate config text. `file` names it in messages; `env` looks up environment variables.
+pub fn parse(
+    text: &str,
+    file: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    // YAML 1.2 booleans: `n`, `y`, `on`, `off` stay strings (a column named `y` is a column).
+    let options = serde_saphyr::options! { strict_booleans: true };
+    let tree: serde_json::Value = serde_saphyr::from_str_with_options(text, options).map_err(|e| ConfigError::Syntax {
+        file: file.to_string(),
+        message: e.to_string(),
+    })?;
+    let mut problems = Problems { list: Vec::new() };
+    let mut top = match tree {
+        serde_json::Value::Object(m) => m,
+        serde_json::Value::Null => serde_json::Map::new(),
+        _ => {
+            problems.add("", "the top level must be a map with `sources`");
+            serde_json::Map::new()
+        }
+    };
+    for key in top.keys() {
+        if !TOP_LEVEL_KEYS.contains(&key.as_str()) {
+            problems.add(
+                key.clone(),
+                format!("unknown key, expected one of {}", TOP_LEVEL_KEYS.join(", ")),
+            );
+        }
+    }
+    let global: RawGlobal = match top.remove("global") {
+        Some(v) => problems.decode("global", v).unwrap_or_default(),
+        None => RawGlobal::default(),
+    };
+    let detect: RawDetect = match top.remove("detect") {
+        Some(v) => problems.decode("detect", v).unwrap_or_default(),
+        None => RawDetect::default(),
+    };
+    let raw_sources: Vec<(usize, RawSource)> = match top.remove("sources") {
+        Some(serde_json::Value::Array(items)) => items
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, v)| problems.decode(&format!("sources[{i}]"), v).map(|s| (i, s)))
+            .collect(),
+        Some(serde_json::Value::Null) | None => {
+            problems.add("sources", "at least one source is required");
+            Vec::new()
+        }
+        Some(_) => {
+            problems.add("sources", "expected a list of sources");
+            Vec::new()
+        }
+    };
+
+    let interval = global.poll_interval.map_or(defaults::POLL_INTERVAL, |d| d.0);
+    let timeout = global.poll_timeout.map_or(defaults::POLL_TIMEOUT, |d| d.0);
+    let cap = global
+        .max_connections_per_source
+        .unwrap_or(defaults::MAX_CONNECTIONS_PER_SOURCE);
+    if interval.is_zero() {
+        problems.add("global.poll_interval", "must be greater than 0");
+    }
+    if cap == 0 {
+        problems.add("global.max_connections_per_source", "must be at least 1");
+    }
+    let detect = Detect {
+        window: detect.window.map_or(defaults::DETECT_WINDOW, |d| d.0),
+    };
+
+    let mut names = HashSet::new();
+    let mut sources = Vec::new();
+    for (i, raw) in raw_sources {
+        let at = format!("sources[{i}]");
+        if !names.insert(raw.name.clone()) {
+            problems.add(
+                format!("{at}.name"),
+                format!("duplicate source name {:?}; names must be unique", raw.name),
+            );
+        }
+        if let Some(s) = validate_source(&at, raw, interval, timeout, cap, env, &mut problems) {
+            sources.push(s);
+        }
+    }
+
+    if problems.list.is_empty() {
+        Ok(Config {
+            file: file.to_string(),
+            detect,
+            sources,
+        })
+    } else {
+        Err(ConfigError::Invalid {
+            file: file.to_string(),
+            problems: problems.list,
+        })
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+fn valid_label_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !s.starts_with("__")
+}
+
+fn validate_source(
+    at: &str,
+    raw: RawSource,
+    global_interval: Duration,
+    global_timeout: Duration,
+    global_cap: usize,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Problems,
+) -> Option<SourceConfig> {
+    let before = problems.list.len();
+    if !valid_name(&raw.name) {
+        problems.add(
+            format!("{at}.name"),
+            format!(
+                "{:?} is not a valid source name: use 1-64 letters, digits, `_`, `-` or `.`",
+                raw.name
+            ),
+        );
+    }
+
+    let dsn = match (&raw.dsn, &raw.dsn_env, &raw.dsn_file) {
+        (Some(d), None, None) => Some(Secret::new(d.clone())),
+        (None, Some(var), None) => match env(var) {
+            Some(v) if !v.trim().is_empty() => Some(Secret::new(v.trim().to_string())),
+            _ => {
+                problems.add(
+                    format!("{at}.dsn_env"),
+                    format!("environment variable {var} is not set or empty"),
+                );
+                None
+            }
+        },
+        (None, None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(v) if !v.trim().is_empty() => Some(Secret::new(v.trim().to_string())),
+            Ok(_) => {
+                problems.add(format!("{at}.dsn_file"), format!("{} is empty", path.display()));
+                None
+            }
+            Err(e) => {
+                problems.add(
+                    format!("{at}.dsn_file"),
+                    format!("cannot read {}: {e}", path.display()),
+                );
+                None
+            }
+        },
+        (None, None, None) => {
+            problems.add(at, "one of `dsn`, `dsn_env` or `dsn_file` is required");
+            None
+        }
+        _ => {
+            problems.add(at, "give only one of `dsn`, `dsn_env` and `dsn_file`");
+            None
+        }
+    };
+
+    // Preset or query.
+    let (query, mut fields, mut infer) = match (raw.preset, &raw.query) {
+        (Some(_), Some(_)) => {
+            problems.add(
+                format!("{at}.query"),
+                "`query` and `preset` are mutually exclusive: a preset writes the query",
+            );
+            (None, RawFields::default(), None)
+        }
+        (Some(preset), None) => {
+            match presets::build(preset, raw.kind, raw.table.as_deref()) {
+                Ok(p) => (Some(p.query), p.fields, p.infer_last_refresh),
+                Err(msg) => {
+                    problems.add(format!("{at}.preset"), msg);
+                    (None, RawFields::default(), None)
+                }
+            }
+        }
+        (None, Some(q)) => {
+            if raw.table.is_some() {
+                problems.add(format!("{at}.table"), "`table` is only used with a `preset`");
+            }
+            if q.trim().is_empty() {
+                problems.add(format!("{at}.query"), "must not be empty");
+            }
+            (Some(q.clone()), RawFields::default(), None)
+        }
+        (None, None) => {
+            problems.add(at, "one of `query` or `preset` is required");
+            (None, RawFields::default(), None)
+        }
+    };
+    if let Some(user) = raw.fields {
+        if user.last_refresh.is_some() {
+            infer = None;
+        }
+        fields = fields.overlay(user);
+    }
+    if raw.infer_last_refresh.is_some() {
+        infer = raw.infer_last_refresh;
+        fields.last_refresh = None;
+    }
+
+    let fat = format!("{at}.fields");
+    let connection = match &fields.connection {
+        Some(f) => field_ref(&format!("{fat}.connection"), f, FieldKind::Plain, problems),
+        None => {
+            if query.is_some() {
+                problems.add(format!("{fat}.connection"), "is required: the column holding the connection id");
+            }
+            None
+        }
+    };
+    let tenant = fields
+        .tenant
+        .as_ref()
+        .and_then(|f| field_ref(&format!("{fat}.tenant"), f, FieldKind::Plain, problems));
+    let time = |name: &str, f: &Option<RawField>, problems: &mut Problems| {
+        f.as_ref()
+            .and_then(|f| time_field(&format!("{fat}.{name}"), f, problems))
+    };
+    let access_expires = time("access_expires", &fields.access_expires, problems);
+    let refresh_expires = time("refresh_expires", &fields.refresh_expires, problems);
+    let last_failure = time("last_failure", &fields.last_failure, problems);
+    let last_refresh = match (&fields.last_refresh, infer) {
+        (Some(_), _) => time("last_refresh", &fields.last_refresh, problems).map(LastRefresh::Field),
+        (None, Some(Inference::AccessExpires)) => {
+            if fields.access_expires.is_none() {
+                problems.add(
+                    format!("{at}.infer_last_refresh"),
+                    "`access_expires` inference needs `fields.access_expires`",
+                );
+            }
+            Some(LastRefresh::Infer(Inference::AccessExpires))
+        }
+        (None, None) => {
+            if query.is_some() {
+                problems.add(
+                    format!("{fat}.last_refresh"),
+                    "is required (e.g. `updated_at`), or set `infer_last_refresh: access_expires`",
+                );
+            }
+            None
+        }
+    };
+    let status = fields.status.as_ref().and_then(|f| {
+        let p = format!("{fat}.status");
+        let at_ref = field_ref(&p, f, FieldKind::Status, problems)?;
+        let map = f
+            .map
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k.trim().to_lowercase(), v))
+            .collect();
+        Some(StatusField {
+            at: at_ref,
+            map,
+            default: f.default.unwrap_or(Status::Unknown),
+        })
+    });
+    let mut labels = Vec::new();
+    for (name, f) in &raw.labels {
+        let p = format!("{at}.labels.{name}");
+        if !valid_label_name(name) {
+            problems.add(&p, "not a valid Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*, no leading __)");
+        } else if RESERVED_LABELS.contains(&name.as_str()) {
+            problems.add(&p, format!("`{name}` is set by the exporter; choose another label name"));
+        }
+        if let Some(r) = field_ref(&p, f, FieldKind::Plain, problems) {
+            labels.push((name.clone(), r));
+        }
+    }
+
+    let provider_kind = raw.provider.unwrap_or(ProviderKind::Xero);
+    let mut provider = provider_kind.profile();
+    if let Some(d) = raw.access_token_lifetime {
+        provider.access_token_lifetime = to_chrono(d.0);
+        if d.0.is_zero() {
+            problems.add(format!("{at}.access_token_lifetime"), "must be greater than 0");
+        }
+    }
+    if let Some(d) = raw.refresh_token_lifetime {
+        provider.refresh_token_idle_lifetime = to_chrono(d.0);
+        if d.0.is_zero() {
+            problems.add(format!("{at}.refresh_token_lifetime"), "must be greater than 0");
+        }
+    }
+    let interval = raw.interval.map_or(global_interval, |d| d.0);
+    let timeout = raw.timeout.map_or(global_timeout, |d| d.0);
+    if interval.is_zero() {
+        problems.add(format!("{at}.interval"), "must be greater than 0");
+    }
+    if timeout.is_zero() {
+        problems.add(format!("{at}.timeout"), "must be greater than 0");
+    } else if timeout > interval {
+        problems.add(
+            format!("{at}.timeout"),
+            format!(
+                "the poll timeout ({}) must not exceed the poll interval ({})",
+                humantime::format_duration(timeout),
+                humantime::format_duration(interval)
+            ),
+        );
+    }
+    let backoff_max = raw
+        .backoff_max
+        .map_or(interval * defaults::BACKOFF_MAX_FACTOR, |d| d.0.max(interval));
+    let max_connections = raw.max_connections.unwrap_or(global_cap);
+    if max_connections == 0 {
+        problems.add(format!("{at}.max_connections"), "must be at least 1");
+    }
+
+    if problems.list.len() != before {
+        return None;
+    }
+    Some(SourceConfig {
+        name: raw.name,
+        kind: raw.kind,
+        dsn: dsn?,
+        query: query?,
+        mapping: Mapping {
+            connection: connection?,
+            tenant,
+            last_refresh: last_refresh?,
+            access_expires,
+            refresh_expires,
+            last_failure,
+            status,
+            labels,
+        },
+        provider,
+        interval,
+        timeout,
+        backoff_max,
+        max_connections,
+    })
+}
+
+fn to_chrono(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+#[derive(PartialEq)]
+enum FieldKind {
+    Plain,
+    Time,
+    Status,
+}
+
+fn parse_path(p: &str) -> Option<Vec<String>> {
+    let parts: Vec<String> = p.split('.').map(|s| s.trim().to_string()).collect();
+    if parts.iter().any(|s| s.is_empty()) {
+        None
+    } else {
+        Some(parts)
+    }
+}
+
+fn field_ref(at: &str, f: &RawField, kind: FieldKind, problems: &mut Problems) -> Option<FieldRef> {
+    let before = problems.list.len();
+    if f.column.trim().is_empty() {
+        problems.add(format!("{at}.column"), "must name a column of the query result");
+    }
+    if kind != FieldKind::Time {
+        if f.format.is_some() {
+            problems.add(format!("{at}.format"), "only timestamp fields take a `format`");
+        }
+        if f.relative_to.is_some() {
+            problems.add(format!("{at}.relative_to"), "only timestamp fields take `relative_to`");
+        }
+    }
+    if kind != FieldKind::Status {
+        if f.map.is_some() {
+            problems.add(format!("{at}.map"), "only the `status` field takes a value `map`");
+        }
+        if f.default.is_some() {
+            problems.add(format!("{at}.default"), "only the `status` field takes a `default`");
+        }
+    }
+    let json_path = match &f.json_path {
+        None => Vec::new(),
+        Some(p) => match parse_path(p) {
+            Some(v) => v,
+            None => {
+                problems.add(
+                    format!("{at}.json_path"),
+                    format!("{p:?} is not a dotted path of keys like `expires_at` or `token.expires_at`"),
+                );
+                Vec::new()
+            }
+        },
+    };
+    if problems.list.len() != before {
+        return None;
+    }
+    Some(FieldRef {
+        column: f.column.trim().to_string(),
+        json_path,
+    })
+}
+
+fn time_field(at: &str, f: &RawField, problems: &mut Problems) -> Option<TimeField> {
+    let r = field_ref(at, f, FieldKind::Time, problems)?;
+    let format = f.format.unwrap_or_default();
+    let relative_to = match (format, &f.relative_to) {
+        (TimeFormat::RelativeSeconds, Some(col)) => Some(FieldRef {
+            column: col.trim().to_string(),
+            json_path: Vec::new(),
+        }),
+        (TimeFormat::RelativeSeconds, None) => {
+            problems.add(
+                format!("{at}.relative_to"),
+                "`format: relative_seconds` needs `relative_to`: the column with the time the seconds count from (e.g. `fetched_at`)",
+            );
+            return None;
+        }
+        (_, Some(_)) => {
+            problems.add(format!("{at}.relative_to"), "is only used with `format: relative_seconds`");
+            return None;
+        }
+        (_, None) => None,
+    };
+    Some(TimeField {
+        at: r,
+        format,
+        relative_to,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(k: &str) -> Option<String> {
+        match k {
+            "PG_DSN" => Some("postgres://exporter:s3cr3t@db/app".into()),
+            _ => None,
+        }
+    }
+
+    fn ok(text: &str) -> Config {
+        parse(text, "test.yml", &env).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        parse(text, "test.yml", &env)
+            .expect_err("config should be invalid")
+            .problems()
+            .into_iter()
+            .map(|p| p.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn minimal_query_source_gets_the_defaults() {
+        let c = ok(r#"
+sources:
+  - name: app
+    kind: sqlite
+    dsn: /var/lib/app/app.db
+    query: SELECT id, updated_at FROM xero_tokens
+    fields:
+      connection: id
+      last_refresh: updated_at
+"#);
+        let s = &c.sources[0];
+        assert_eq!(s.interval, defaults::POLL_INTERVAL);
+        assert_eq!(s.timeout, defaults::POLL_TIMEOUT);
+        assert_eq!(s.max_connections, defaults::MAX_CONNECTIONS_PER_SOURCE);
+        assert_eq!(s.provider.name(), "xero");
+        assert_eq!(s.mapping.connection.column, "id");
+        assert!(matches!(s.mapping.last_refresh, LastRefresh::Field(ref f) if f.at.column == "updated_at"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key_path() {
+        let p = problems(r#"
+global:
+  poll_interval: soon
+sources:
+  - name: a
+    kind: sqlite
+    dsn: x.db
+    query: SELECT 1
+    fields:
+      connection: id
+      last_refresh: {column: t, format: weekly}
+  - name: b
+    kind: oracle
+  - name: c
+    kind: postgres
+    dsn_env: MISSING_VAR
+    query: SELECT 1
+    colour: blue
+  - name: d
+    kind: postgres
+    dsn_env: MISSING_VAR
+    query: SELECT 1
+    fields: {connection: id}
+extra: 1
+"#);
+        let joined = p.join("\n");
+        assert!(joined.contains("extra: unknown key"), "{joined}");
+        assert!(joined.contains("global.poll_interval: invalid value: string \"soon\", expected a duration"), "{joined}");
+        assert!(joined.contains("sources[0].fields.last_refresh"), "{joined}");
+        assert!(joined.contains("weekly"), "{joined}");
+        assert!(joined.contains("sources[1].kind: unknown variant `oracle`"), "{joined}");
+        assert!(joined.contains("sources[2]: unknown field `colour`") || joined.contains("sources[2].colour"), "{joined}");
+        assert!(joined.contains("sources[3].dsn_env: environment variable MISSING_VAR is not set"), "{joined}");
+        assert!(joined.contains("sources[3].fields.last_refresh: is required"), "{joined}");
+        assert!(p.len() >= 6, "{joined}");
+    }
+
+    #[test]
+    fn error_message_names_the_file() {
+        let e = parse("sources: 3", "/etc/ote/config.yml", &env).unwrap_err();
+        assert!(e.to_string().starts_with("config file /etc/ote/config.yml has 1 problem(s)"), "{e}");
+        let e = parse("sources: [\n  - {", "/etc/ote/config.yml", &env).unwrap_err();
+        assert!(matches!(e, ConfigError::Syntax { .. }), "{e}");
+        assert!(e.to_string().contains("/etc/ote/config.yml"), "{e}");
+    }
+
+    #[test]
+    fn dsn_comes_from_the_environment_and_never_prints() {
+        let c = ok(r#"
+sources:
+  - name: pg
+    kind: postgres
+    dsn_env: PG_DSN
+    preset: xero_tokens
+"#);
+        assert_eq!(c.sources[0].dsn.expose(), "postgres://exporter:s3cr3t@db/app");
+        assert!(!format!("{c:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn field_options_are_checked_against_the_field_kind() {
+        let p = problems(r#"
+sources:
+  - name: a
+    kind: sqlite
+    dsn: x.db
+    query: SELECT 1
+    fields:
+      connection: {column: id, format: rfc3339}
+      tenant: {column: t, map: {a: active}}
+      last_refresh: {column: expires_in, format: relative_seconds}
+      access_expires: {column: e, relative_to: x}
+      status: {column: s, json_path: "a..b"}
+"#);
+        let joined = p.join("\n");
+        assert!(joined.contains("fields.connection.format: only timestamp fields"), "{joined}");
+        assert!(joined.contains("fields.tenant.map: only the `status` field"), "{joined}");
+        assert!(joined.contains("fields.last_refresh.relative_to: `format: relative_seconds` needs"), "{joined}");
+        assert!(joined.contains("fields.access_expires.relative_to: is only used with"), "{joined}");
+        assert!(joined.contains("fields.status.json_path"), "{joined}");
+    }
+
+    #[test]
+    fn timeout_longer_than_interval_and_duplicate_names_are_rejected() {
+        let p = problems(r#"
+sources:
+  - {name: a, kind: sqlite, dsn: x.db, preset: xero_tokens, interval: 5s, timeout: 10s}
+  - {name: a, kind: sqlite, dsn: x.db, preset: xero_tokens}
+"#);
+        let joined = p.join("\n");
+        assert!(joined.contains("sources[0].timeout: the poll timeout (10s) must not exceed the poll interval (5s)"), "{joined}");
+        assert!(joined.contains("sources[1].name: duplicate source name"), "{joined}");
+    }
+
+    #[test]
+    fn reserved_and_invalid_label_names_are_rejected() {
+        let p = problems(r#"
+sources:
+  - name: a
+    kind: sqlite
+    dsn: x.db
+    preset: xero_tokens
+    labels:
+      tenant: tenant_name
+      "bad-name": x
+      __meta: zed
+"#);
+        let joined = p.join("\n");
+        assert!(joined.contains("labels.tenant: `tenant` is set by the exporter"), "{joined}");
+        assert!(joined.contains("labels.bad-name: not a valid Prometheus label name"), "{joined}");
+        assert!(joined.contains("labels.__meta: not a valid"), "{joined}");
+    }
+
+    #[test]
+    fn user_fields_override_preset_fields() {
+        let c = ok(r#"
+sources:
+  - name: a
+    kind: sqlite
+    dsn: x.db
+    preset: xero_tokens
+    table: app_xero_tokens
+    fields:
+      last_refresh: updated_at
+"#);
+        let s = &c.sources[0];
+        assert!(s.query.contains("app_xero_tokens"), "{}", s.query);
+        assert!(matches!(s.mapping.last_refresh, LastRefresh::Field(ref f) if f.at.column == "updated_at"));
+    }
+
+    #[test]
+    fn preset_and_store_kind_must_fit() {
+        let p = problems("sources: [{name: n, kind: sqlite, dsn: x.db, preset: nango}]");
+        assert!(p[0].contains("sources[0].preset: the nango preset reads Nango's PostgreSQL schema"), "{p:?}");
+        let p = problems("sources: [{name: n, kind: sqlite, dsn: x.db, preset: xero_tokens, table: \"x; drop\"}]");
+        assert!(p[0].contains("not a valid table name"), "{p:?}");
+    }
+}

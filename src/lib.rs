@@ -1,0 +1,143 @@
+//! oauth-token-exporter: a Prometheus exporter and alerting sidecar for the health of OAuth 2.0
+//! connections with rotating refresh tokens (Xero first).
+//!
+//! # Layout
+//! - [`config`]: the strict YAML config, validated once; every problem reported with its key.
+//! - [`provider`]: provider profiles (Xero): token lifetimes and rotation.
+//! - [`timestamp`]: cells read from stores and every timestamp shape apps use.
+//! - [`sources`]: one file per store kind (`sqlite`, `postgres`, `mysql`), presets, the field
+//!   mapping and the poll loop.
+//! - [`state`]: per-source snapshots and their aggregates.
+//! - [`metrics`]: the metric catalogue and the exposition (cached state + live counters).
+//! - [`server`]: HTTP endpoints.
+//! - [`clock`]: injected time.
+//! - [`secret`]: a string type that never prints.
+//! - [`demo`]: a live SQLite fleet for `oauth-token-exporter demo`.
+
+pub mod clock;
+pub mod config;
+pub mod demo;
+pub mod metrics;
+pub mod provider;
+pub mod secret;
+pub mod server;
+pub mod sources;
+pub mod state;
+pub mod timestamp;
+
+use clock::SharedClock;
+use config::Config;
+use metrics::Exposition;
+use sources::{CollectError, Poller, SourceHandle};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Options of the HTTP server.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub telemetry_path: String,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            telemetry_path: "/metrics".into(),
+        }
+    }
+}
+
+/// The exporter, wired: source handles, their pollers and the exposition.
+pub struct Exporter {
+    pub sources: Vec<Arc<SourceHandle>>,
+    pub exposition: Arc<Exposition>,
+    pub pollers: Vec<Poller>,
+    pub clock: SharedClock,
+}
+
+impl Exporter {
+    /// Build the exporter for a config. Fails only on a DSN the driver cannot parse.
+    pub fn new(config: &Config, clock: SharedClock) -> Result<Exporter, (String, CollectError)> {
+        let generation = Arc::new(AtomicU64::new(0));
+        let sources: Vec<Arc<SourceHandle>> = config
+            .sources
+            .iter()
+            .map(|s| Arc::new(SourceHandle::new(s)))
+            .collect();
+        let exposition = Arc::new(Exposition::new(sources.clone(), generation.clone()));
+        let pollers = config
+            .sources
+            .iter()
+            .zip(&sources)
+            .map(|(cfg, h)| {
+                Poller::new(
+                    cfg.clone(),
+                    h.clone(),
+                    exposition.live.clone(),
+                    clock.clone(),
+                    generation.clone(),
+                    config.detect.window,
+                )
+                .map_err(|e| (cfg.name.clone(), e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Exporter {
+            sources,
+            exposition,
+            pollers,
+            clock,
+        })
+    }
+
+    /// The HTTP router over this exporter.
+    pub fn router(&self, opts: &ServerOptions) -> axum::Router {
+        server::router(
+            server::AppState {
+                exposition: self.exposition.clone(),
+                sources: self.sources.clone(),
+                clock: self.clock.clone(),
+            },
+            &opts.telemetry_path,
+        )
+    }
+
+    /// Poll every source and serve until `shutdown` is cancelled.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        opts: ServerOptions,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()> {
+        let router = self.router(&opts);
+        let mut tasks = Vec::new();
+        for p in self.pollers {
+            tasks.push(tokio::spawn(p.run(shutdown.clone())));
+        }
+        let stop = shutdown.clone();
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        shutdown.cancel();
+        for t in tasks {
+            let _ = t.await;
+        }
+        served
+    }
+}
+
+/// Run the exporter for `config` on `listener` until `shutdown`.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    opts: ServerOptions,
+    clock: SharedClock,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
+    let exporter = Exporter::new(&config, clock)
+        .map_err(|(source, e)| format!("source {source}: {e}"))?;
+    exporter
+        .run(listener, opts, shutdown)
+        .await
+        .map_err(|e| format!("server failed: {e}"))
+}

@@ -1,0 +1,141 @@
+//! Command line, logging and wiring only.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use oauth_token_exporter::{clock::SystemClock, config, demo, ServerOptions};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(name = "oauth-token-exporter", version, about = "Prometheus exporter for the health of OAuth 2.0 connections with rotating refresh tokens (Xero first).")]
+struct Cli {
+    /// Path to the YAML configuration file.
+    #[arg(long = "config.file", env = "OAUTH_EXPORTER_CONFIG", default_value = "oauth-token-exporter.yml")]
+    config_file: std::path::PathBuf,
+    /// Validate the configuration file, print the result and exit.
+    #[arg(long = "config.check")]
+    config_check: bool,
+    /// Address to listen on for the web interface and telemetry.
+    #[arg(long = "web.listen-address", default_value = ":9877", global = true)]
+    listen_address: String,
+    /// Path under which to expose metrics.
+    #[arg(long = "web.telemetry-path", default_value = "/metrics")]
+    telemetry_path: String,
+    /// Only log messages with the given severity or above.
+    #[arg(long = "log.level", value_enum, default_value = "info", global = true)]
+    log_level: LogLevel,
+    /// Output format of log messages.
+    #[arg(long = "log.format", value_enum, default_value = "logfmt", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run on a temporary SQLite store with a simulated, changing Xero fleet.
+    Demo {
+        /// Connections in the simulated fleet.
+        #[arg(long, default_value_t = 40)]
+        connections: usize,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum LogFormat {
+    Logfmt,
+    Json,
+}
+
+fn init_logging(level: LogLevel, format: LogFormat) {
+    let level = match level {
+        LogLevel::Trace => "trace",
+        LogLevel::Debug => "debug",
+        LogLevel::Info => "info",
+        LogLevel::Warn => "warn",
+        LogLevel::Error => "error",
+    };
+    // Our own crate at the chosen level; dependencies one step quieter unless tracing.
+    let filter = tracing_subscriber::EnvFilter::new(format!(
+        "{level},sqlx=warn,hyper=warn,oauth_token_exporter={level}"
+    ));
+    use tracing_subscriber::prelude::*;
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Logfmt => registry.with(tracing_logfmt::layer()).init(),
+        LogFormat::Json => registry
+            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr))
+            .init(),
+    }
+}
+
+/// `:9877` means every interface, as in the Prometheus exporters.
+fn listen_address(a: &str) -> String {
+    if a.starts_with(':') {
+        format!("0.0.0.0{a}")
+    } else {
+        a.to_string()
+    }
+}
+
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing the SIGTERM handler");
+            tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("Shutting down.");
+        t.cancel();
+    });
+    token
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_level, cli.log_format);
+    if let Some(Command::Demo { connections }) = cli.command {
+        let listener = tokio::net::TcpListener::bind(listen_address(&cli.listen_address))
+            .await
+            .with_context(|| format!("cannot listen on {}", cli.listen_address))?;
+        tracing::info!(address = %listener.local_addr()?, "Demo listening; open it in a browser.");
+        let opts = demo::DemoOptions { connections, ..Default::default() };
+        return demo::run(listener, opts, shutdown_on_signal()).await.map_err(anyhow::Error::msg);
+    }
+    let cfg = match config::load(&cli.config_file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+    };
+    if cli.config_check {
+        println!("{}: OK, {} source(s): {}", cfg.file, cfg.sources.len(),
+            cfg.sources.iter().map(|s| format!("{} ({})", s.name, s.kind.as_str())).collect::<Vec<_>>().join(", "));
+        return Ok(());
+    }
+    let listener = tokio::net::TcpListener::bind(listen_address(&cli.listen_address))
+        .await
+        .with_context(|| format!("cannot listen on {}", cli.listen_address))?;
+    tracing::info!(address = %listener.local_addr()?, config = %cfg.file, sources = cfg.sources.len(), version = env!("CARGO_PKG_VERSION"), "Starting oauth-token-exporter.");
+    let opts = ServerOptions { telemetry_path: cli.telemetry_path };
+    oauth_token_exporter::run(cfg, listener, opts, Arc::new(SystemClock), shutdown_on_signal())
+        .await
+        .map_err(anyhow::Error::msg)
+}

@@ -1,0 +1,402 @@
+//! The metric catalogue: every name, HELP text, label set and closed label-value enum.
+//!
+//! Two registries make one exposition:
+//! - *state*: per-connection gauges and per-source aggregates, encoded from the snapshots by
+//!   [`StateCollector`]. Its text is cached per snapshot generation, so a scrape between two
+//!   polls costs a copy, however many scrapers ask;
+//! - *live*: self-health and counters, encoded on every scrape.
+
+use crate::sources::SourceHandle;
+use crate::state::{Status, EXPIRING_WINDOWS};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Content type of the exposition.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Why a row was rejected (`oauth_exporter_rows_rejected_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    MissingConnection,
+    DuplicateConnection,
+    NullTimestamp,
+    UnparseableTimestamp,
+    ImpossibleTimestamp,
+    InvalidJson,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 6] = [
+        RejectReason::MissingConnection,
+        RejectReason::DuplicateConnection,
+        RejectReason::NullTimestamp,
+        RejectReason::UnparseableTimestamp,
+        RejectReason::ImpossibleTimestamp,
+        RejectReason::InvalidJson,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::MissingConnection => "missing_connection",
+            RejectReason::DuplicateConnection => "duplicate_connection",
+            RejectReason::NullTimestamp => "null_timestamp",
+            RejectReason::UnparseableTimestamp => "unparseable_timestamp",
+            RejectReason::ImpossibleTimestamp => "impossible_timestamp",
+            RejectReason::InvalidJson => "invalid_json",
+        }
+    }
+}
+
+/// Why a poll failed (`oauth_exporter_source_errors_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SourceErrorReason {
+    /// The store could not be reached or refused the login.
+    Connect,
+    /// The poll did not finish within the source's timeout.
+    Timeout,
+    /// The store answered the query with an error.
+    Query,
+    /// The query tried to write and the read-only session refused it.
+    WriteRefused,
+    /// A configured field names a column the query does not return.
+    Mapping,
+    /// A column has a type the exporter cannot read.
+    Decode,
+}
+
+impl SourceErrorReason {
+    pub const ALL: [SourceErrorReason; 6] = [
+        SourceErrorReason::Connect,
+        SourceErrorReason::Timeout,
+        SourceErrorReason::Query,
+        SourceErrorReason::WriteRefused,
+        SourceErrorReason::Mapping,
+        SourceErrorReason::Decode,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceErrorReason::Connect => "connect",
+            SourceErrorReason::Timeout => "timeout",
+            SourceErrorReason::Query => "query",
+            SourceErrorReason::WriteRefused => "write_refused",
+            SourceErrorReason::Mapping => "mapping",
+            SourceErrorReason::Decode => "decode",
+        }
+    }
+}
+
+/// Names and HELP texts, in one place.
+pub mod names {
+    pub const LAST_REFRESH: (&str, &str) = ("oauth_refresh_token_last_refresh_timestamp_seconds", "When the current refresh token was issued (last successful refresh or authorisation), as of the last poll.");
+    pub const AGE: (&str, &str) = ("oauth_refresh_token_age_seconds", "Time since the last successful refresh, as of the last poll.");
+    pub const REFRESH_EXPIRY: (&str, &str) = ("oauth_refresh_token_expiry_timestamp_seconds", "When the refresh token expires: last refresh plus the provider's inactivity window, or a stored expiry if earlier.");
+    pub const EXPIRED: (&str, &str) = ("oauth_refresh_token_expired", "1 when the refresh token is past its expiry as of the last poll.");
+    pub const ACCESS_EXPIRY: (&str, &str) = ("oauth_access_token_expiry_timestamp_seconds", "When the current access token expires, as of the last poll.");
+    pub const STATUS: (&str, &str) = ("oauth_connection_status", "Connection status as a state set: 1 for the current status.");
+    pub const INFO: (&str, &str) = ("oauth_connection_info", "Extra labels of a connection, for joins.");
+    pub const CONNECTIONS: (&str, &str) = ("oauth_connections", "Connections per status, as of the last poll.");
+    pub const EXPIRING: (&str, &str) = ("oauth_connections_expiring", "Connections whose refresh token expires within the window (cumulative), as of the last poll.");
+    pub const FAILING: (&str, &str) = ("oauth_connections_failing", "Distinct connections with a failure in the last detect window.");
+    pub const TRUNCATED: (&str, &str) = ("oauth_exporter_connections_truncated", "Connections left out of the per-connection series by the source's cap (aggregates count them).");
+    pub const REMOVED: (&str, &str) = ("oauth_connections_removed", "Connections that disappeared from the store (some apps delete the row on invalid_grant).");
+    pub const UP: (&str, &str) = ("oauth_exporter_source_up", "1 when the last poll of the source succeeded.");
+    pub const LAST_SUCCESS: (&str, &str) = ("oauth_exporter_source_last_success_timestamp_seconds", "When the source was last polled successfully (0: never).");
+    pub const DURATION: (&str, &str) = ("oauth_exporter_source_duration_seconds", "How long the last poll of the source took.");
+    pub const ERRORS: (&str, &str) = ("oauth_exporter_source_errors", "Failed polls of the source, by reason.");
+    pub const REJECTED: (&str, &str) = ("oauth_exporter_rows_rejected", "Rows the source returned that could not be exported, by reason.");
+    pub const BUILD_INFO: (&str, &str) = ("oauth_exporter_build_info", "Build information of the exporter; value 1.");
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceReasonLabels {
+    pub source: String,
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderSourceLabels {
+    pub provider: &'static str,
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    revision: &'static str,
+    rustversion: &'static str,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// Self-health and counters, updated by the poll loops.
+#[derive(Debug, Default)]
+pub struct Live {
+    pub up: Family<SourceLabels, Gauge>,
+    pub last_success: Family<SourceLabels, FloatGauge>,
+    pub duration: Family<SourceLabels, FloatGauge>,
+    pub errors: Family<SourceReasonLabels, Counter>,
+    pub rejected: Family<SourceReasonLabels, Counter>,
+    pub removed: Family<ProviderSourceLabels, Counter>,
+}
+
+impl Live {
+    /// Create every series of a source at its start value, so rates work from the first scrape.
+    pub fn init_source(&self, source: &str, provider: &'static str) {
+        let s = SourceLabels {
+            source: source.to_string(),
+        };
+        self.up.get_or_create(&s).set(0);
+        self.last_success.get_or_create(&s).set(0.0);
+        self.duration.get_or_create(&s).set(0.0);
+        for r in SourceErrorReason::ALL {
+            let _ = self.errors.get_or_create(&self.reason(source, r.as_str()));
+        }
+        for r in RejectReason::ALL {
+            let _ = self.rejected.get_or_create(&self.reason(source, r.as_str()));
+        }
+        let _ = self.removed.get_or_create(&ProviderSourceLabels {
+            provider,
+            source: source.to_string(),
+        });
+    }
+
+    fn reason(&self, source: &str, reason: &'static str) -> SourceReasonLabels {
+        SourceReasonLabels {
+            source: source.to_string(),
+            reason,
+        }
+    }
+
+    pub fn source_error(&self, source: &str, reason: SourceErrorReason) {
+        self.errors.get_or_create(&self.reason(source, reason.as_str())).inc();
+    }
+
+    pub fn row_rejected(&self, source: &str, reason: RejectReason, n: u64) {
+        self.rejected
+            .get_or_create(&self.reason(source, reason.as_str()))
+            .inc_by(n);
+    }
+}
+
+/// Encodes the snapshots of every source.
+#[derive(Debug)]
+pub struct StateCollector {
+    sources: Vec<Arc<SourceHandle>>,
+}
+
+type Lbl<'a> = (&'static str, &'a str);
+
+fn family<'a>(
+    enc: &'a mut DescriptorEncoder,
+    (name, help): (&'a str, &str),
+    kind: MetricType,
+) -> Result<prometheus_client::encoding::MetricEncoder<'a>, std::fmt::Error> {
+    enc.encode_descriptor(name, help, None, kind)
+}
+
+impl StateCollector {
+    fn per_connection(
+        &self,
+        enc: &mut DescriptorEncoder,
+        desc: (&str, &str),
+        value: impl Fn(&crate::state::Connection) -> Option<f64>,
+    ) -> Result<(), std::fmt::Error> {
+        let mut f = family(enc, desc, MetricType::Gauge)?;
+        for src in &self.sources {
+            let snap = src.snapshot();
+            for c in &snap.connections {
+                if let Some(v) = value(c) {
+                    let labels: [Lbl; 4] = [
+                        ("provider", src.provider),
+                        ("source", &src.name),
+                        ("connection", &c.id),
+                        ("tenant", &c.tenant),
+                    ];
+                    ConstGauge::new(v).encode(f.encode_family(&labels)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn per_source(
+        &self,
+        enc: &mut DescriptorEncoder,
+        desc: (&str, &str),
+        extra: Option<(&'static str, &[&str])>,
+        value: impl Fn(&crate::state::SourceSnapshot, usize) -> f64,
+    ) -> Result<(), std::fmt::Error> {
+        let mut f = family(enc, desc, MetricType::Gauge)?;
+        for src in &self.sources {
+            let snap = src.snapshot();
+            match extra {
+                Some((key, values)) => {
+                    for (i, v) in values.iter().enumerate() {
+                        let labels: [Lbl; 3] =
+                            [("provider", src.provider), ("source", &src.name), (key, v)];
+                        ConstGauge::new(value(&snap, i)).encode(f.encode_family(&labels)?)?;
+                    }
+                }
+                None => {
+                    let labels: [Lbl; 2] = [("provider", src.provider), ("source", &src.name)];
+                    ConstGauge::new(value(&snap, 0)).encode(f.encode_family(&labels)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Collector for StateCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use names::*;
+        self.per_connection(&mut enc, LAST_REFRESH, |c| Some(c.last_refresh))?;
+        self.per_connection(&mut enc, AGE, |c| Some(c.age))?;
+        self.per_connection(&mut enc, REFRESH_EXPIRY, |c| Some(c.refresh_expiry))?;
+        self.per_connection(&mut enc, EXPIRED, |c| Some(if c.expired { 1.0 } else { 0.0 }))?;
+        self.per_connection(&mut enc, ACCESS_EXPIRY, |c| c.access_expiry)?;
+        {
+            let mut f = family(&mut enc, STATUS, MetricType::Gauge)?;
+            for src in &self.sources {
+                let snap = src.snapshot();
+                for c in &snap.connections {
+                    for st in Status::ALL {
+                        let labels: [Lbl; 5] = [
+                            ("provider", src.provider),
+                            ("source", &src.name),
+                            ("connection", &c.id),
+                            ("tenant", &c.tenant),
+                            ("status", st.as_str()),
+                        ];
+                        ConstGauge::new(i64::from(c.status == st))
+                            .encode(f.encode_family(&labels)?)?;
+                    }
+                }
+            }
+        }
+        {
+            let mut f = family(&mut enc, INFO, MetricType::Gauge)?;
+            for src in &self.sources {
+                let snap = src.snapshot();
+                for c in &snap.connections {
+                    let mut labels: Vec<(&str, &str)> = Vec::with_capacity(4 + c.labels.len());
+                    labels.extend([
+                        ("provider", src.provider),
+                        ("source", src.name.as_str()),
+                        ("connection", c.id.as_str()),
+                        ("tenant", c.tenant.as_str()),
+                    ]);
+                    for (name, v) in src.label_names.iter().zip(&c.labels) {
+                        labels.push((name.as_str(), v.as_str()));
+                    }
+                    ConstGauge::new(1i64).encode(f.encode_family(&labels)?)?;
+                }
+            }
+        }
+        let statuses: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
+        self.per_source(&mut enc, CONNECTIONS, Some(("status", &statuses)), |s, i| {
+            s.aggregates.by_status[i] as f64
+        })?;
+        let windows: Vec<&str> = EXPIRING_WINDOWS.iter().map(|(w, _)| *w).collect();
+        self.per_source(&mut enc, EXPIRING, Some(("within", &windows)), |s, i| {
+            s.aggregates.expiring[i] as f64
+        })?;
+        self.per_source(&mut enc, FAILING, None, |s, _| s.aggregates.failing as f64)?;
+        {
+            let mut f = family(&mut enc, TRUNCATED, MetricType::Gauge)?;
+            for src in &self.sources {
+                let labels: [Lbl; 1] = [("source", &src.name)];
+                ConstGauge::new(src.snapshot().truncated as i64).encode(f.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The whole exposition: cached state text plus live metrics.
+#[derive(Debug)]
+pub struct Exposition {
+    state: Registry,
+    live_registry: Registry,
+    pub live: Arc<Live>,
+    generation: Arc<AtomicU64>,
+    cache: Mutex<Option<(u64, Arc<String>)>>,
+}
+
+impl Exposition {
+    pub fn new(sources: Vec<Arc<SourceHandle>>, generation: Arc<AtomicU64>) -> Self {
+        let mut state = Registry::default();
+        state.register_collector(Box::new(StateCollector {
+            sources: sources.clone(),
+        }));
+        let live = Arc::new(Live::default());
+        for s in &sources {
+            live.init_source(&s.name, s.provider);
+        }
+        let mut r = Registry::default();
+        use names::*;
+        r.register(UP.0, UP.1, live.up.clone());
+        r.register(LAST_SUCCESS.0, LAST_SUCCESS.1, live.last_success.clone());
+        r.register(DURATION.0, DURATION.1, live.duration.clone());
+        r.register(ERRORS.0, ERRORS.1, live.errors.clone());
+        r.register(REJECTED.0, REJECTED.1, live.rejected.clone());
+        r.register(REMOVED.0, REMOVED.1, live.removed.clone());
+        let build: Family<BuildLabels, Gauge> = Family::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                revision: option_env!("OAUTH_EXPORTER_REVISION").unwrap_or("unknown"),
+                rustversion: option_env!("OAUTH_EXPORTER_RUSTC").unwrap_or("unknown"),
+            })
+            .set(1);
+        r.register(BUILD_INFO.0, BUILD_INFO.1, build);
+        Exposition {
+            state,
+            live_registry: r,
+            live,
+            generation,
+            cache: Mutex::new(None),
+        }
+    }
+
+    /// The state part, re-encoded only when a snapshot changed since the last call.
+    pub fn state_text(&self) -> Arc<String> {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let gen = self.generation.load(Ordering::Acquire);
+        if let Some((g, text)) = cache.as_ref() {
+            if *g == gen {
+                return text.clone();
+            }
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode_registry(&mut text, &self.state)
+            .expect("writing to a String cannot fail");
+        let text = Arc::new(text);
+        *cache = Some((gen, text.clone()));
+        text
+    }
+
+    /// A complete OpenMetrics exposition.
+    pub fn render(&self) -> String {
+        let state = self.state_text();
+        let mut out = String::with_capacity(state.len() + 8192);
+        out.push_str(&state);
+        prometheus_client::encoding::text::encode_registry(&mut out, &self.live_registry)
+            .expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode_eof(&mut out).expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,159 @@
+//! HTTP endpoints: `/metrics` (or `--web.telemetry-path`), `/` landing page, `/-/healthy`,
+//! `/-/ready`.
+
+use crate::clock::SharedClock;
+use crate::metrics::{Exposition, CONTENT_TYPE};
+use crate::sources::SourceHandle;
+use crate::state::Status;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use std::fmt::Write;
+use std::sync::Arc;
+use tower_http::compression::CompressionLayer;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub exposition: Arc<Exposition>,
+    pub sources: Vec<Arc<SourceHandle>>,
+    pub clock: SharedClock,
+}
+
+/// The router, testable without a socket.
+pub fn router(state: AppState, telemetry_path: &str) -> Router {
+    let metrics = Router::new()
+        .route(telemetry_path, get(metrics))
+        .layer(CompressionLayer::new().gzip(true));
+    Router::new()
+        .route("/", get(landing))
+        .route("/-/healthy", get(healthy))
+        .route("/-/ready", get(ready))
+        .merge(metrics)
+        .with_state(state)
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    let exposition = s.exposition.clone();
+    match tokio::task::spawn_blocking(move || exposition.render()).await {
+        Ok(body) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "Encoding the metrics failed.");
+            (StatusCode::INTERNAL_SERVER_ERROR, "encoding the metrics failed\n").into_response()
+        }
+    }
+}
+
+async fn healthy() -> &'static str {
+    "Healthy\n"
+}
+
+async fn ready(State(s): State<AppState>) -> Response {
+    let waiting: Vec<&str> = s
+        .sources
+        .iter()
+        .filter(|h| !h.is_ready())
+        .map(|h| h.name.as_str())
+        .collect();
+    if waiting.is_empty() {
+        (StatusCode::OK, "Ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("Not ready: no successful poll yet of {}\n", waiting.join(", ")),
+        )
+            .into_response()
+    }
+}
+
+/// Escape text for HTML.
+fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// How many at-risk connections the landing page lists.
+const AT_RISK_ROWS: usize = 20;
+
+async fn landing(State(s): State<AppState>) -> Html<String> {
+    let now = s.clock.now().timestamp() as f64;
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>OAuth Token Exporter</title>\
+         <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}\
+         td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}.down{{color:#b00}}</style></head><body>\
+         <h1>OAuth Token Exporter</h1><p>Version {}</p>\
+         <ul><li><a href=\"metrics\">Metrics</a></li><li><a href=\"-/healthy\">Health</a></li><li><a href=\"-/ready\">Readiness</a></li></ul>\
+         <h2>Sources</h2><table><tr><th>source</th><th>store</th><th>provider</th><th>up</th><th>last success</th><th>connections</th><th>needs re-auth</th><th>expiring within 7d</th><th>not exported (cap)</th></tr>",
+        env!("CARGO_PKG_VERSION")
+    );
+    let mut at_risk = Vec::new();
+    for src in &s.sources {
+        let snap = src.snapshot();
+        let total: u64 = snap.aggregates.by_status.iter().sum();
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&src.name),
+            src.kind.as_str(),
+            src.provider,
+            if src.is_up() { "" } else { "down" },
+            if src.is_up() { "yes" } else { "no" },
+            snap.polled_at.map(|t| t.to_rfc3339()).unwrap_or_else(|| "never".into()),
+            total,
+            snap.aggregates.by_status[Status::NeedsReauth.index()],
+            snap.aggregates.expiring[1],
+            snap.truncated,
+        );
+        for c in &snap.connections {
+            if c.expired || c.status != Status::Active || c.refresh_expiry - now < 7.0 * 86400.0 {
+                at_risk.push((src.name.clone(), c.clone()));
+            }
+        }
+    }
+    h.push_str("</table><h2>Connections at risk</h2>");
+    at_risk.sort_by(|a, b| a.1.refresh_expiry.total_cmp(&b.1.refresh_expiry));
+    if at_risk.is_empty() {
+        h.push_str("<p>None: every exported connection is active and more than 7 days from expiry.</p>");
+    } else {
+        let _ = write!(
+            h,
+            "<p>{} connection(s) need re-authorisation or expire within 7 days; the {} closest to expiry:</p>\
+             <table><tr><th>source</th><th>connection</th><th>tenant</th><th>status</th><th>idle days</th><th>refresh token expires</th></tr>",
+            at_risk.len(),
+            at_risk.len().min(AT_RISK_ROWS)
+        );
+        for (src, c) in at_risk.iter().take(AT_RISK_ROWS) {
+            let expires = chrono::DateTime::from_timestamp(c.refresh_expiry as i64, 0)
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_default();
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{}{}</td></tr>",
+                esc(src),
+                esc(&c.id),
+                esc(&c.tenant),
+                c.status.as_str(),
+                c.age / 86400.0,
+                expires,
+                if c.expired { " (expired)" } else { "" }
+            );
+        }
+        h.push_str("</table>");
+    }
+    h.push_str("</body></html>");
+    Html(h)
+}

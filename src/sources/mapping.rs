@@ -1,0 +1,365 @@
+//! From result columns to the contract: resolve the configured fields against the columns a
+//! query returned, then map each row to a connection or a rejection.
+
+use crate::config::{FieldRef, Inference, LastRefresh, Mapping, TimeField};
+use crate::metrics::RejectReason;
+use crate::provider::ProviderProfile;
+use crate::state::{MappedConnection, Status};
+use crate::timestamp::{self, Cell, TimeError, TimeFormat};
+use chrono::{DateTime, Duration, Utc};
+
+/// A field's position in the compact row of needed cells.
+#[derive(Debug, Clone)]
+struct Slot {
+    pos: usize,
+    json_path: Vec<String>,
+}
+
+/// The mapping resolved against one result's columns.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// Result column indexes to decode, in order; a row's cells follow this order.
+    pub needed: Vec<usize>,
+    connection: Slot,
+    tenant: Option<Slot>,
+    last_refresh: Option<(Slot, Option<Slot>)>,
+    access_expires: Option<(Slot, Option<Slot>)>,
+    refresh_expires: Option<(Slot, Option<Slot>)>,
+    last_failure: Option<(Slot, Option<Slot>)>,
+    status: Option<Slot>,
+    labels: Vec<Slot>,
+}
+
+/// A configured column that the query result does not have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingColumn {
+    pub column: String,
+    pub available: Vec<String>,
+}
+
+struct Resolver<'a> {
+    columns: &'a [String],
+    needed: Vec<usize>,
+}
+
+impl Resolver<'_> {
+    fn slot(&mut self, f: &FieldRef) -> Result<Slot, MissingColumn> {
+        let idx = self
+            .columns
+            .iter()
+            .position(|c| c == &f.column)
+            .or_else(|| self.columns.iter().position(|c| c.eq_ignore_ascii_case(&f.column)))
+            .ok_or_else(|| MissingColumn {
+                column: f.column.clone(),
+                available: self.columns.to_vec(),
+            })?;
+        let pos = match self.needed.iter().position(|&i| i == idx) {
+            Some(p) => p,
+            None => {
+                self.needed.push(idx);
+                self.needed.len() - 1
+            }
+        };
+        Ok(Slot {
+            pos,
+            json_path: f.json_path.clone(),
+        })
+    }
+
+    fn time(&mut self, f: &TimeField) -> Result<(Slot, Option<Slot>), MissingColumn> {
+        let at = self.slot(&f.at)?;
+        let rel = f.relative_to.as_ref().map(|r| self.slot(r)).transpose()?;
+        Ok((at, rel))
+    }
+}
+
+/// Resolve `mapping` against the column names of a result.
+pub fn resolve(mapping: &Mapping, columns: &[String]) -> Result<Resolved, MissingColumn> {
+    let mut r = Resolver {
+        columns,
+        needed: Vec::new(),
+    };
+    let connection = r.slot(&mapping.connection)?;
+    let tenant = mapping.tenant.as_ref().map(|f| r.slot(f)).transpose()?;
+    let last_refresh = match &mapping.last_refresh {
+        LastRefresh::Field(f) => Some(r.time(f)?),
+        LastRefresh::Infer(_) => None,
+    };
+    let access_expires = mapping.access_expires.as_ref().map(|f| r.time(f)).transpose()?;
+    let refresh_expires = mapping.refresh_expires.as_ref().map(|f| r.time(f)).transpose()?;
+    let last_failure = mapping.last_failure.as_ref().map(|f| r.time(f)).transpose()?;
+    let status = mapping.status.as_ref().map(|f| r.slot(&f.at)).transpose()?;
+    let labels = mapping
+        .labels
+        .iter()
+        .map(|(_, f)| r.slot(f))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Resolved {
+        needed: r.needed,
+        connection,
+        tenant,
+        last_refresh,
+        access_expires,
+        refresh_expires,
+        last_failure,
+        status,
+        labels,
+    })
+}
+
+/// A row that could not be exported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    /// The connection id, when it could be read.
+    pub connection: Option<String>,
+    pub reason: RejectReason,
+    /// The contract field at fault (`last_refresh`, `access_expires`, ...).
+    pub field: &'static str,
+}
+
+/// Most a last refresh may lie in the future (clock skew between hosts).
+const MAX_CLOCK_SKEW: i64 = 300;
+
+fn cell(cells: &[Cell], s: &Slot) -> Result<Cell, TimeError> {
+    let c = &cells[s.pos];
+    if s.json_path.is_empty() {
+        Ok(c.clone())
+    } else {
+        c.json_path(&s.json_path)
+    }
+}
+
+fn reason(e: TimeError) -> RejectReason {
+    match e {
+        TimeError::Unparseable => RejectReason::UnparseableTimestamp,
+        TimeError::Impossible => RejectReason::ImpossibleTimestamp,
+        TimeError::InvalidJson => RejectReason::InvalidJson,
+    }
+}
+
+fn read_time(
+    cells: &[Cell],
+    slots: &(Slot, Option<Slot>),
+    format: TimeFormat,
+) -> Result<Option<DateTime<Utc>>, RejectReason> {
+    let value = cell(cells, &slots.0).map_err(reason)?;
+    match (&slots.1, format) {
+        (Some(rel), TimeFormat::RelativeSeconds) => {
+            let secs = match timestamp::to_seconds(&value).map_err(reason)? {
+                Some(s) => s,
+                None => return Ok(None),
+            };
+            let base = cell(cells, rel).map_err(reason)?;
+            let base = match timestamp::to_time(&base, TimeFormat::Auto).map_err(reason)? {
+                Some(b) => b,
+                None => return Err(RejectReason::NullTimestamp),
+            };
+            let t = base + Duration::milliseconds((secs * 1000.0) as i64);
+            timestamp::plausible(t).map(Some).map_err(reason)
+        }
+        _ => timestamp::to_time(&value, format).map_err(reason),
+    }
+}
+
+/// Map one row of needed cells (in [`Resolved::needed`] order).
+pub fn map_row(
+    r: &Resolved,
+    m: &Mapping,
+    cells: &[Cell],
+    provider: &ProviderProfile,
+    now: DateTime<Utc>,
+) -> Result<MappedConnection, Rejection> {
+    let id = cell(cells, &r.connection)
+        .ok()
+        .and_then(|c| c.as_label())
+        .filter(|s| !s.trim().is_empty());
+    let reject = |reason, field| Rejection {
+        connection: id.clone(),
+        reason,
+        field,
+    };
+    let id_value = match &id {
+        Some(v) => v.clone(),
+        None => return Err(reject(RejectReason::MissingConnection, "connection")),
+    };
+    let time = |slots: &Option<(Slot, Option<Slot>)>, tf: Option<&TimeField>, name: &'static str| {
+        match (slots, tf) {
+            (Some(s), Some(tf)) => read_time(cells, s, tf.format).map_err(|e| reject(e, name)),
+            _ => Ok(None),
+        }
+    };
+    let access_expiry = time(&r.access_expires, m.access_expires.as_ref(), "access_expires")?;
+    let stored_refresh_expiry =
+        time(&r.refresh_expires, m.refresh_expires.as_ref(), "refresh_expires")?;
+    let last_failure = time(&r.last_failure, m.last_failure.as_ref(), "last_failure")?;
+    let last_refresh = match &m.last_refresh {
+        LastRefresh::Field(tf) => time(&r.last_refresh, Some(tf), "last_refresh")?,
+        LastRefresh::Infer(Inference::AccessExpires) => {
+            access_expiry.map(|a| a - provider.access_token_lifetime)
+        }
+    };
+    let last_refresh = match last_refresh {
+        Some(t) => t,
+        None => return Err(reject(RejectReason::NullTimestamp, "last_refresh")),
+    };
+    if last_refresh > now + Duration::seconds(MAX_CLOCK_SKEW) {
+        return Err(reject(RejectReason::ImpossibleTimestamp, "last_refresh"));
+    }
+    let idle_expiry = last_refresh + provider.refresh_token_idle_lifetime;
+    let refresh_expiry = match stored_refresh_expiry {
+        Some(s) if s < idle_expiry => s,
+        _ => idle_expiry,
+    };
+    let stored_status = match (&r.status, &m.status) {
+        (Some(slot), Some(sf)) => {
+            let v = cell(cells, slot).ok().and_then(|c| c.as_label());
+            Some(match v {
+                None => sf.default,
+                Some(v) => {
+                    let key = v.trim().to_lowercase();
+                    sf.map
+                        .get(&key)
+                        .copied()
+                        .or_else(|| Status::from_name(&key))
+                        .unwrap_or(sf.default)
+                }
+            })
+        }
+        _ => None,
+    };
+    let tenant = r
+        .tenant
+        .as_ref()
+        .and_then(|s| cell(cells, s).ok())
+        .and_then(|c| c.as_label());
+    let labels = r
+        .labels
+        .iter()
+        .map(|s| {
+            cell(cells, s)
+                .ok()
+                .and_then(|c| c.as_label())
+                .unwrap_or_default()
+        })
+        .collect();
+    Ok(MappedConnection {
+        id: id_value,
+        tenant,
+        labels,
+        last_refresh,
+        refresh_expiry,
+        access_expiry,
+        last_failure,
+        stored_status,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{self, LastRefresh};
+    use crate::provider::ProviderKind;
+    use chrono::TimeZone;
+
+    fn mapping(yaml_fields: &str) -> Mapping {
+        let text = format!(
+            "sources:\n  - name: t\n    kind: sqlite\n    dsn: x.db\n    query: SELECT 1\n{yaml_fields}"
+        );
+        config::parse(&text, "t.yml", &|_| None)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .sources
+            .remove(0)
+            .mapping
+    }
+
+    fn cols(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 6, 1, 12, 0, 0).unwrap()
+    }
+
+    #[test]
+    fn relative_expires_in_plus_fetched_at_gives_access_expiry() {
+        let m = mapping(
+            "    infer_last_refresh: access_expires\n    fields:\n      connection: id\n      access_expires: {column: expires_in, format: relative_seconds, relative_to: fetched_at}\n",
+        );
+        let r = resolve(&m, &cols(&["id", "fetched_at", "expires_in"])).unwrap();
+        let cells: Vec<Cell> = r
+            .needed
+            .iter()
+            .map(|&i| match i {
+                0 => Cell::Int(7),
+                1 => Cell::Text("2026-05-01 10:00:00".into()),
+                _ => Cell::Text("1800".into()),
+            })
+            .collect();
+        let c = map_row(&r, &m, &cells, &ProviderKind::Xero.profile(), now()).unwrap();
+        assert_eq!(c.id, "7");
+        assert_eq!(c.access_expiry, Some(Utc.with_ymd_and_hms(2026, 5, 1, 10, 30, 0).unwrap()));
+        assert_eq!(c.last_refresh, Utc.with_ymd_and_hms(2026, 5, 1, 10, 0, 0).unwrap());
+        assert_eq!(c.refresh_expiry, Utc.with_ymd_and_hms(2026, 6, 30, 10, 0, 0).unwrap());
+        assert!(matches!(m.last_refresh, LastRefresh::Infer(_)));
+    }
+
+    #[test]
+    fn stored_refresh_expiry_wins_only_when_earlier() {
+        let m = mapping("    fields:\n      connection: id\n      last_refresh: lr\n      refresh_expires: re\n");
+        let r = resolve(&m, &cols(&["id", "lr", "re"])).unwrap();
+        let p = ProviderKind::Xero.profile();
+        let row = |re: &str| vec![Cell::Text("a".into()), Cell::Text("2026-05-01T00:00:00Z".into()), Cell::Text(re.into())];
+        let early = map_row(&r, &m, &row("2026-05-10T00:00:00Z"), &p, now()).unwrap();
+        assert_eq!(early.refresh_expiry, Utc.with_ymd_and_hms(2026, 5, 10, 0, 0, 0).unwrap());
+        let late = map_row(&r, &m, &row("2027-01-01T00:00:00Z"), &p, now()).unwrap();
+        assert_eq!(late.refresh_expiry, Utc.with_ymd_and_hms(2026, 6, 30, 0, 0, 0).unwrap());
+    }
+
+    #[test]
+    fn status_map_then_status_names_then_default() {
+        let m = mapping("    fields:\n      connection: id\n      last_refresh: lr\n      status: {column: st, map: {REAUTH_REQUIRED: needs_reauth, ok: active}, default: unknown}\n");
+        let r = resolve(&m, &cols(&["id", "lr", "st"])).unwrap();
+        let p = ProviderKind::Xero.profile();
+        let status = |v: Cell| {
+            map_row(&r, &m, &[Cell::Text("a".into()), Cell::Int(1780000000), v], &p, now())
+                .unwrap()
+                .stored_status
+        };
+        assert_eq!(status(Cell::Text("reauth_required".into())), Some(Status::NeedsReauth));
+        assert_eq!(status(Cell::Text("OK".into())), Some(Status::Active));
+        assert_eq!(status(Cell::Text("revoked".into())), Some(Status::Revoked));
+        assert_eq!(status(Cell::Text("paused".into())), Some(Status::Unknown));
+        assert_eq!(status(Cell::Null), Some(Status::Unknown));
+    }
+
+    #[test]
+    fn bad_rows_are_rejected_with_reason_field_and_connection() {
+        let m = mapping("    fields:\n      connection: id\n      last_refresh: lr\n      access_expires: {column: tok, json_path: expires_at}\n");
+        let r = resolve(&m, &cols(&["id", "lr", "tok"])).unwrap();
+        let p = ProviderKind::Xero.profile();
+        let run = |id: Cell, lr: Cell, tok: Cell| map_row(&r, &m, &[id, lr, tok], &p, now());
+        let ok_tok = || Cell::Text(r#"{"expires_at": 1780000000}"#.into());
+        let e = run(Cell::Text("a".into()), Cell::Null, ok_tok()).unwrap_err();
+        assert_eq!((e.reason, e.field, e.connection.as_deref()), (RejectReason::NullTimestamp, "last_refresh", Some("a")));
+        let e = run(Cell::Text("b".into()), Cell::Text("garbage".into()), ok_tok()).unwrap_err();
+        assert_eq!((e.reason, e.field), (RejectReason::UnparseableTimestamp, "last_refresh"));
+        let e = run(Cell::Text("c".into()), Cell::Int(0), ok_tok()).unwrap_err();
+        assert_eq!(e.reason, RejectReason::ImpossibleTimestamp);
+        let e = run(Cell::Text("d".into()), Cell::Text("2026-06-03T00:00:00Z".into()), ok_tok()).unwrap_err();
+        assert_eq!((e.reason, e.field), (RejectReason::ImpossibleTimestamp, "last_refresh"), "future last refresh");
+        let e = run(Cell::Text("e".into()), Cell::Int(1780000000), Cell::Text("{oops".into())).unwrap_err();
+        assert_eq!((e.reason, e.field), (RejectReason::InvalidJson, "access_expires"));
+        let e = run(Cell::Null, Cell::Int(1780000000), ok_tok()).unwrap_err();
+        assert_eq!((e.reason, e.connection), (RejectReason::MissingConnection, None));
+    }
+
+    #[test]
+    fn missing_column_names_what_is_available() {
+        let m = mapping("    fields:\n      connection: id\n      last_refresh: updated_at\n");
+        let e = resolve(&m, &cols(&["id", "created_at"])).unwrap_err();
+        assert_eq!(e.column, "updated_at");
+        assert_eq!(e.available, ["id", "created_at"]);
+        // Column names match case-insensitively when there is no exact match.
+        assert!(resolve(&m, &cols(&["ID", "UPDATED_AT"])).is_ok());
+    }
+}

@@ -1,0 +1,448 @@
+//! Sources read token state from the host app's store. One file per store kind, all with the
+//! same two methods (`connect`, `fetch`), listed in [`Backend`]; adding a kind is a new file,
+//! a variant here and a [`crate::config::StoreKind`] variant, and the compiler finds the rest.
+//!
+//! [`Poller`] runs one source: one poll at a time, a deadline on every poll, backoff after
+//! failures, and an atomic replacement of the source's snapshot.
+
+pub mod mapping;
+pub mod mysql;
+pub mod postgres;
+pub mod presets;
+pub mod sqlite;
+
+use crate::clock::SharedClock;
+use crate::config::{Mapping, SourceConfig, StoreKind};
+use crate::metrics::{Live, RejectReason, SourceErrorReason, SourceLabels};
+use crate::state::{MappedConnection, SourceSnapshot};
+use crate::timestamp::Cell;
+use futures_util::TryStreamExt;
+use mapping::{Rejection, Resolved};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// What the rest of the exporter sees of a source: its name and its latest snapshot.
+#[derive(Debug)]
+pub struct SourceHandle {
+    pub name: String,
+    pub provider: &'static str,
+    pub kind: StoreKind,
+    /// Names of the extra `oauth_connection_info` labels, in config order.
+    pub label_names: Vec<String>,
+    snapshot: RwLock<Arc<SourceSnapshot>>,
+    ready: AtomicBool,
+    up: AtomicBool,
+}
+
+impl SourceHandle {
+    pub fn new(cfg: &SourceConfig) -> Self {
+        SourceHandle {
+            name: cfg.name.clone(),
+            provider: cfg.provider.name(),
+            kind: cfg.kind,
+            label_names: cfg.mapping.labels.iter().map(|(n, _)| n.clone()).collect(),
+            snapshot: RwLock::new(Arc::new(SourceSnapshot::default())),
+            ready: AtomicBool::new(false),
+            up: AtomicBool::new(false),
+        }
+    }
+
+    /// The latest snapshot (cheap: a reference count).
+    pub fn snapshot(&self) -> Arc<SourceSnapshot> {
+        self.snapshot
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn replace(&self, s: SourceSnapshot) {
+        *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(s);
+    }
+
+    /// True once a poll has succeeded.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// True when the last poll succeeded.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+}
+
+/// Why a poll failed. Messages name the source's problem, never a DSN or a token.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    #[error("cannot connect to the store: {0}")]
+    Connect(String),
+    #[error("the poll did not finish within {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    #[error("the store refused a write; the configured query must only read: {0}")]
+    WriteRefused(String),
+    #[error("the query failed: {0}")]
+    Query(String),
+    #[error("column {column:?} is not in the query result (it returned: {available})")]
+    MissingColumn { column: String, available: String },
+    #[error("column {column:?} has type {type_name}, which cannot be read; cast it to text, a number or a timestamp in the query")]
+    Decode { column: String, type_name: String },
+}
+
+impl CollectError {
+    pub fn reason(&self) -> SourceErrorReason {
+        match self {
+            CollectError::Connect(_) => SourceErrorReason::Connect,
+            CollectError::Timeout(_) => SourceErrorReason::Timeout,
+            CollectError::WriteRefused(_) => SourceErrorReason::WriteRefused,
+            CollectError::Query(_) => SourceErrorReason::Query,
+            CollectError::MissingColumn { .. } => SourceErrorReason::Mapping,
+            CollectError::Decode { .. } => SourceErrorReason::Decode,
+        }
+    }
+
+    /// Classify a driver error.
+    pub fn from_sqlx(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::Database(db) => {
+                let code = db.code().map(|c| c.to_string()).unwrap_or_default();
+                let msg = db.message().to_string();
+                // 25006: read_only_sql_transaction (PostgreSQL; MySQL/MariaDB 1792 maps to it);
+                // SQLite reports SQLITE_READONLY (8) and its extended codes.
+                let lower = msg.to_lowercase();
+                if code == "25006"
+                    || code == "8"
+                    || (code.len() > 2 && code.parse::<u32>().is_ok_and(|c| c & 0xff == 8))
+                    || lower.contains("read-only transaction")
+                    || lower.contains("read only transaction")
+                    || lower.contains("readonly database")
+                {
+                    CollectError::WriteRefused(msg)
+                } else if code == "28000" || code == "28P01" || code == "3D000" || code == "14" {
+                    CollectError::Connect(msg)
+                } else {
+                    CollectError::Query(msg)
+                }
+            }
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Configuration(_)
+            | sqlx::Error::Protocol(_) => CollectError::Connect(e.to_string()),
+            other => CollectError::Query(other.to_string()),
+        }
+    }
+}
+
+/// The rows of one poll: the resolved mapping and, per row, the needed cells.
+#[derive(Debug, Default)]
+pub struct Fetched {
+    pub resolved: Option<Resolved>,
+    pub rows: Vec<Vec<Cell>>,
+}
+
+/// Stream a query's rows, resolving the mapping on the first row and decoding only the
+/// columns it needs.
+pub(crate) async fn read_rows<'c, DB, E>(
+    executor: E,
+    query: &'c str,
+    mapping: &Mapping,
+    decode: fn(&DB::Row, usize) -> Result<Cell, CollectError>,
+) -> Result<Fetched, CollectError>
+where
+    DB: sqlx::Database,
+    E: sqlx::Executor<'c, Database = DB> + 'c,
+    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+{
+    use sqlx::{Column, Row};
+    let mut stream = sqlx::query::<DB>(query).fetch(executor);
+    let mut out = Fetched::default();
+    while let Some(row) = stream.try_next().await.map_err(CollectError::from_sqlx)? {
+        if out.resolved.is_none() {
+            let names: Vec<String> = row.columns().iter().map(|c| c.name().to_string()).collect();
+            let r = mapping::resolve(mapping, &names).map_err(|m| CollectError::MissingColumn {
+                column: m.column,
+                available: m.available.join(", "),
+            })?;
+            out.resolved = Some(r);
+        }
+        let r = out.resolved.as_ref().expect("resolved above");
+        let cells = r
+            .needed
+            .iter()
+            .map(|&i| decode(&row, i))
+            .collect::<Result<Vec<_>, _>>()?;
+        out.rows.push(cells);
+    }
+    Ok(out)
+}
+
+/// A connection pool for one store kind.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+    Mysql(sqlx::MySqlPool),
+}
+
+impl Backend {
+    /// Prepare a read-only pool. Connects lazily: a store that is down at start-up is a failed
+    /// poll, not a failed start.
+    pub fn connect(cfg: &SourceConfig) -> Result<Backend, CollectError> {
+        Ok(match cfg.kind {
+            StoreKind::Sqlite => Backend::Sqlite(sqlite::connect(cfg)?),
+            StoreKind::Postgres => Backend::Postgres(postgres::connect(cfg)?),
+            StoreKind::Mysql => Backend::Mysql(mysql::connect(cfg)?),
+        })
+    }
+
+    /// Run the source's query in a read-only transaction.
+    pub async fn fetch(&self, query: &str, mapping: &Mapping) -> Result<Fetched, CollectError> {
+        match self {
+            Backend::Sqlite(p) => sqlite::fetch(p, query, mapping).await,
+            Backend::Postgres(p) => postgres::fetch(p, query, mapping).await,
+            Backend::Mysql(p) => mysql::fetch(p, query, mapping).await,
+        }
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Backend::Sqlite(p) => p.close().await,
+            Backend::Postgres(p) => p.close().await,
+            Backend::Mysql(p) => p.close().await,
+        }
+    }
+}
+
+/// The outcome of mapping one poll's rows.
+#[derive(Debug, Default)]
+pub struct Mapped {
+    pub connections: Vec<MappedConnection>,
+    pub rejections: Vec<(usize, Rejection)>,
+    /// Every connection id seen (including rejected rows whose id could be read).
+    pub ids: HashSet<String>,
+}
+
+/// Map every row; a bad row is rejected alone. A second row for the same connection is
+/// rejected as a duplicate.
+pub fn map_rows(
+    fetched: &Fetched,
+    cfg: &SourceConfig,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Mapped {
+    let mut out = Mapped::default();
+    let Some(r) = &fetched.resolved else {
+        return out;
+    };
+    for (i, cells) in fetched.rows.iter().enumerate() {
+        match mapping::map_row(r, &cfg.mapping, cells, &cfg.provider, now) {
+            Ok(c) => {
+                if out.ids.insert(c.id.clone()) {
+                    out.connections.push(c);
+                } else {
+                    out.rejections.push((
+                        i + 1,
+                        Rejection {
+                            connection: Some(c.id),
+                            reason: RejectReason::DuplicateConnection,
+                            field: "connection",
+                        },
+                    ));
+                }
+            }
+            Err(rej) => {
+                if let Some(id) = &rej.connection {
+                    out.ids.insert(id.clone());
+                }
+                out.rejections.push((i + 1, rej));
+            }
+        }
+    }
+    out
+}
+
+/// Runs one source.
+pub struct Poller {
+    pub cfg: SourceConfig,
+    backend: Backend,
+    handle: Arc<SourceHandle>,
+    live: Arc<Live>,
+    clock: SharedClock,
+    generation: Arc<AtomicU64>,
+    failing_window: chrono::Duration,
+    known_ids: Option<HashSet<String>>,
+    logged_rejections: HashSet<(String, RejectReason)>,
+    failures: u32,
+}
+
+impl Poller {
+    pub fn new(
+        cfg: SourceConfig,
+        handle: Arc<SourceHandle>,
+        live: Arc<Live>,
+        clock: SharedClock,
+        generation: Arc<AtomicU64>,
+        failing_window: Duration,
+    ) -> Result<Poller, CollectError> {
+        let backend = Backend::connect(&cfg)?;
+        Ok(Poller {
+            cfg,
+            backend,
+            handle,
+            live,
+            clock,
+            generation,
+            failing_window: chrono::Duration::from_std(failing_window)
+                .unwrap_or(chrono::Duration::MAX),
+            known_ids: None,
+            logged_rejections: HashSet::new(),
+            failures: 0,
+        })
+    }
+
+    /// Poll until `shutdown`; after a failure wait the interval doubled per consecutive
+    /// failure, up to `backoff_max`.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        loop {
+            let delay = if self.poll_once().await {
+                self.cfg.interval
+            } else {
+                let factor = 2u32.saturating_pow(self.failures.saturating_sub(1).min(16));
+                (self.cfg.interval.saturating_mul(factor)).min(self.cfg.backoff_max)
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+        self.backend.close().await;
+    }
+
+    /// One poll. Returns whether it succeeded.
+    pub async fn poll_once(&mut self) -> bool {
+        let started = Instant::now();
+        let result = match tokio::time::timeout(
+            self.cfg.timeout,
+            self.backend.fetch(&self.cfg.query, &self.cfg.mapping),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(CollectError::Timeout(self.cfg.timeout)),
+        };
+        let labels = SourceLabels {
+            source: self.cfg.name.clone(),
+        };
+        let result = match result {
+            Ok(fetched) => {
+                let now = self.clock.now();
+                let cfg = self.cfg.clone();
+                let window = self.failing_window;
+                let built = tokio::task::spawn_blocking(move || {
+                    let mapped = map_rows(&fetched, &cfg, now);
+                    let rejections = mapped.rejections;
+                    let ids = mapped.ids;
+                    let snap = SourceSnapshot::build(
+                        mapped.connections,
+                        now,
+                        cfg.max_connections,
+                        window,
+                    );
+                    (snap, rejections, ids)
+                })
+                .await;
+                match built {
+                    Ok(b) => Ok((now, b)),
+                    Err(e) => Err(CollectError::Query(format!("mapping task failed: {e}"))),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        self.live
+            .duration
+            .get_or_create(&labels)
+            .set(started.elapsed().as_secs_f64());
+        match result {
+            Ok((now, (snap, rejections, ids))) => {
+                self.record_rejections(&rejections);
+                if let Some(prev) = &self.known_ids {
+                    let removed = prev.difference(&ids).count() as u64;
+                    if removed > 0 {
+                        tracing::info!(source = %self.cfg.name, removed, "Connections disappeared from the store since the last poll.");
+                        self.live
+                            .removed
+                            .get_or_create(&crate::metrics::ProviderSourceLabels {
+                                provider: self.handle.provider,
+                                source: self.cfg.name.clone(),
+                            })
+                            .inc_by(removed);
+                    }
+                }
+                self.known_ids = Some(ids);
+                let exported = snap.connections.len();
+                let truncated = snap.truncated;
+                self.handle.replace(snap);
+                self.generation.fetch_add(1, Ordering::AcqRel);
+                self.live.up.get_or_create(&labels).set(1);
+                self.live
+                    .last_success
+                    .get_or_create(&labels)
+                    .set(now.timestamp_millis() as f64 / 1000.0);
+                if self.failures > 0 || !self.handle.is_ready() {
+                    tracing::info!(source = %self.cfg.name, connections = exported, truncated, "Source polled successfully.");
+                }
+                self.failures = 0;
+                self.handle.up.store(true, Ordering::Release);
+                self.handle.ready.store(true, Ordering::Release);
+                true
+            }
+            Err(e) => {
+                self.failures += 1;
+                self.record_error(&e);
+                self.live.up.get_or_create(&labels).set(0);
+                self.handle.up.store(false, Ordering::Release);
+                false
+            }
+        }
+    }
+
+    /// The one place a poll failure is both logged and counted.
+    fn record_error(&self, e: &CollectError) {
+        let reason = e.reason();
+        self.live.source_error(&self.cfg.name, reason);
+        tracing::warn!(
+            source = %self.cfg.name,
+            reason = reason.as_str(),
+            consecutive_failures = self.failures,
+            error = %e,
+            "Polling the source failed; the last good values stay exported."
+        );
+    }
+
+    /// The one place rejected rows are counted and logged; each (connection, reason) is
+    /// logged once while it persists.
+    fn record_rejections(&mut self, rejections: &[(usize, Rejection)]) {
+        let mut seen = HashSet::new();
+        for (row, rej) in rejections {
+            self.live.row_rejected(&self.cfg.name, rej.reason, 1);
+            let key = (
+                rej.connection.clone().unwrap_or_else(|| format!("row {row}")),
+                rej.reason,
+            );
+            if !self.logged_rejections.contains(&key) {
+                tracing::warn!(
+                    source = %self.cfg.name,
+                    connection = rej.connection.as_deref().unwrap_or("<none>"),
+                    row,
+                    field = rej.field,
+                    reason = rej.reason.as_str(),
+                    "Row rejected; the other rows are exported."
+                );
+            }
+            seen.insert(key);
+        }
+        self.logged_rejections = seen;
+    }
+}

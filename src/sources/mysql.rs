@@ -1,0 +1,66 @@
+//! MySQL and MariaDB. Sessions are set `TRANSACTION READ ONLY` on connect and every poll runs
+//! in a transaction that is rolled back, so a configured statement that writes fails.
+
+use super::{read_rows, CollectError, Fetched};
+use crate::config::{Mapping, SourceConfig};
+use crate::timestamp::Cell;
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use rust_decimal::prelude::ToPrimitive;
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow};
+use sqlx::{Column, Executor, Row, TypeInfo};
+use std::str::FromStr;
+
+pub fn connect(cfg: &SourceConfig) -> Result<MySqlPool, CollectError> {
+    let opts = MySqlConnectOptions::from_str(cfg.dsn.expose())
+        .map_err(|_| CollectError::Connect("the MySQL DSN cannot be parsed".into()))?;
+    Ok(MySqlPoolOptions::new()
+        .max_connections(1)
+        .min_connections(0)
+        .acquire_timeout(cfg.timeout)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                conn.execute("SET SESSION TRANSACTION READ ONLY").await?;
+                Ok(())
+            })
+        })
+        .connect_lazy_with(opts))
+}
+
+pub async fn fetch(pool: &MySqlPool, query: &str, mapping: &Mapping) -> Result<Fetched, CollectError> {
+    let mut tx = pool.begin().await.map_err(CollectError::from_sqlx)?;
+    let out = read_rows(&mut *tx, query, mapping, decode).await;
+    tx.rollback().await.map_err(CollectError::from_sqlx)?;
+    out
+}
+
+fn decode(row: &MySqlRow, i: usize) -> Result<Cell, CollectError> {
+    let col = &row.columns()[i];
+    let ty = col.type_info().name().to_string();
+    let err = |_| CollectError::Decode {
+        column: col.name().to_string(),
+        type_name: ty.clone(),
+    };
+    macro_rules! get {
+        ($t:ty) => {
+            row.try_get::<Option<$t>, _>(i).map_err(err)?
+        };
+    }
+    let cell = match ty.as_str() {
+        "NULL" => None,
+        "BOOLEAN" => get!(bool).map(Cell::Bool),
+        "TINYINT" | "SMALLINT" | "MEDIUMINT" | "INT" | "BIGINT" | "YEAR" => get!(i64).map(Cell::Int),
+        t if t.ends_with("UNSIGNED") => get!(u64).map(|v| Cell::Int(v.min(i64::MAX as u64) as i64)),
+        "FLOAT" => get!(f32).map(|v| Cell::Float(v.into())),
+        "DOUBLE" => get!(f64).map(Cell::Float),
+        "DECIMAL" => get!(rust_decimal::Decimal).map(|d| Cell::Float(d.to_f64().unwrap_or(f64::NAN))),
+        "TIMESTAMP" => get!(DateTime<Utc>).map(Cell::Time),
+        "DATETIME" => get!(NaiveDateTime).map(|t| Cell::Time(t.and_utc())),
+        "DATE" => get!(NaiveDate).map(|d| Cell::Time(d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc())),
+        "JSON" => get!(serde_json::Value).map(Cell::Json),
+        "BINARY" | "VARBINARY" | "TINYBLOB" | "BLOB" | "MEDIUMBLOB" | "LONGBLOB" => {
+            get!(Vec<u8>).map(|b| Cell::Text(String::from_utf8_lossy(&b).into_owned()))
+        }
+        _ => get!(String).map(Cell::Text),
+    };
+    Ok(cell.unwrap_or(Cell::Null))
+}

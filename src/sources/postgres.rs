@@ -1,0 +1,68 @@
+//! PostgreSQL. Sessions start with `default_transaction_read_only=on` and every poll runs in a
+//! `READ ONLY` transaction that is rolled back, so a configured statement that writes fails.
+
+use super::{read_rows, CollectError, Fetched};
+use crate::config::{Mapping, SourceConfig};
+use crate::timestamp::Cell;
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use rust_decimal::prelude::ToPrimitive;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Column, Row, TypeInfo};
+use std::str::FromStr;
+
+pub fn connect(cfg: &SourceConfig) -> Result<PgPool, CollectError> {
+    let timeout_ms = cfg.timeout.as_millis().to_string();
+    let opts = PgConnectOptions::from_str(cfg.dsn.expose())
+        .map_err(|_| CollectError::Connect("the PostgreSQL DSN cannot be parsed".into()))?
+        .application_name("oauth-token-exporter")
+        .options([
+            ("default_transaction_read_only", "on"),
+            ("statement_timeout", timeout_ms.as_str()),
+        ]);
+    Ok(PgPoolOptions::new()
+        .max_connections(1)
+        .min_connections(0)
+        .acquire_timeout(cfg.timeout)
+        .connect_lazy_with(opts))
+}
+
+pub async fn fetch(pool: &PgPool, query: &str, mapping: &Mapping) -> Result<Fetched, CollectError> {
+    let mut tx = pool.begin().await.map_err(CollectError::from_sqlx)?;
+    sqlx::query("SET TRANSACTION READ ONLY")
+        .execute(&mut *tx)
+        .await
+        .map_err(CollectError::from_sqlx)?;
+    let out = read_rows(&mut *tx, query, mapping, decode).await;
+    tx.rollback().await.map_err(CollectError::from_sqlx)?;
+    out
+}
+
+fn decode(row: &PgRow, i: usize) -> Result<Cell, CollectError> {
+    let col = &row.columns()[i];
+    let ty = col.type_info().name().to_string();
+    let err = |_| CollectError::Decode {
+        column: col.name().to_string(),
+        type_name: ty.clone(),
+    };
+    macro_rules! get {
+        ($t:ty) => {
+            row.try_get::<Option<$t>, _>(i).map_err(err)?
+        };
+    }
+    let cell = match ty.as_str() {
+        "BOOL" => get!(bool).map(Cell::Bool),
+        "INT2" => get!(i16).map(|v| Cell::Int(v.into())),
+        "INT4" => get!(i32).map(|v| Cell::Int(v.into())),
+        "INT8" => get!(i64).map(Cell::Int),
+        "FLOAT4" => get!(f32).map(|v| Cell::Float(v.into())),
+        "FLOAT8" => get!(f64).map(Cell::Float),
+        "NUMERIC" => get!(rust_decimal::Decimal).map(|d| Cell::Float(d.to_f64().unwrap_or(f64::NAN))),
+        "TIMESTAMPTZ" => get!(DateTime<Utc>).map(Cell::Time),
+        "TIMESTAMP" => get!(NaiveDateTime).map(|t| Cell::Time(t.and_utc())),
+        "DATE" => get!(NaiveDate).map(|d| Cell::Time(d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc())),
+        "JSON" | "JSONB" => get!(serde_json::Value).map(Cell::Json),
+        "UUID" => get!(uuid::Uuid).map(|u| Cell::Text(u.to_string())),
+        _ => get!(String).map(Cell::Text),
+    };
+    Ok(cell.unwrap_or(Cell::Null))
+}

@@ -1,0 +1,123 @@
+//! Presets: the query and field mapping for schemas real apps use, so most users write no SQL.
+//!
+//! Every preset selects ids and timestamps only, never a token column.
+
+use crate::config::{Inference, RawFields, StoreKind};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Preset {
+    /// The flat table of XERO.md: `xero_tokens(id, access_token, refresh_token, expires_at,
+    /// tenant_id, created_at, updated_at)`. Last refresh = `expires_at` − access lifetime
+    /// (`updated_at` can move for reasons other than a refresh).
+    XeroTokens,
+    /// Nango's `nango._nango_connections` (PostgreSQL only).
+    Nango,
+    /// A table with a xero-node token set in a JSON column:
+    /// `xero_token_sets(id, tenant_id, token_set, updated_at)`; `token_set.expires_at` is epoch
+    /// seconds. The JSON is read by the database, so no token leaves it.
+    TokenSetJson,
+}
+
+impl Preset {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Preset::XeroTokens => "xero_tokens",
+            Preset::Nango => "nango",
+            Preset::TokenSetJson => "token_set_json",
+        }
+    }
+
+    fn default_table(self) -> &'static str {
+        match self {
+            Preset::XeroTokens => "xero_tokens",
+            Preset::Nango => "nango._nango_connections",
+            Preset::TokenSetJson => "xero_token_sets",
+        }
+    }
+}
+
+/// A preset's query and fields for a store kind.
+pub struct Built {
+    pub query: String,
+    pub fields: RawFields,
+    pub infer_last_refresh: Option<Inference>,
+}
+
+fn valid_table(t: &str) -> bool {
+    let part = |p: &str| {
+        let mut c = p.chars();
+        matches!(c.next(), Some(ch) if ch.is_ascii_alphabetic() || ch == '_')
+            && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+    };
+    let parts: Vec<&str> = t.split('.').collect();
+    parts.len() <= 2 && parts.iter().all(|p| part(p))
+}
+
+/// Build the preset for `kind`, reading `table` (or the preset's default table).
+pub fn build(preset: Preset, kind: StoreKind, table: Option<&str>) -> Result<Built, String> {
+    let table = table.unwrap_or(preset.default_table());
+    if !valid_table(table) {
+        return Err(format!(
+            "{table:?} is not a valid table name: use `table` or `schema.table` with letters, digits and `_`"
+        ));
+    }
+    match preset {
+        Preset::XeroTokens => Ok(Built {
+            query: format!("SELECT id, tenant_id, expires_at FROM {table}"),
+            fields: RawFields::preset(&[
+                ("connection", "id"),
+                ("tenant", "tenant_id"),
+                ("access_expires", "expires_at"),
+            ]),
+            infer_last_refresh: Some(Inference::AccessExpires),
+        }),
+        Preset::TokenSetJson => {
+            let expires = match kind {
+                StoreKind::Postgres => "(token_set::jsonb ->> 'expires_at')".to_string(),
+                StoreKind::Mysql => "CASE WHEN JSON_VALID(token_set) THEN JSON_UNQUOTE(JSON_EXTRACT(token_set, '$.expires_at')) ELSE 'invalid JSON' END".to_string(),
+                StoreKind::Sqlite => "CASE WHEN json_valid(token_set) THEN json_extract(token_set, '$.expires_at') ELSE 'invalid JSON' END".to_string(),
+            };
+            Ok(Built {
+                query: format!(
+                    "SELECT id, tenant_id, {expires} AS expires_at FROM {table}"
+                ),
+                fields: RawFields::preset(&[
+                    ("connection", "id"),
+                    ("tenant", "tenant_id"),
+                    ("access_expires", "expires_at"),
+                ]),
+                infer_last_refresh: Some(Inference::AccessExpires),
+            })
+        }
+        Preset::Nango => {
+            if kind != StoreKind::Postgres {
+                return Err(format!(
+                    "the nango preset reads Nango's PostgreSQL schema; this source is kind {}",
+                    kind.as_str()
+                ));
+            }
+            Ok(Built {
+                query: format!(
+                    "SELECT c.provider_config_key || '/' || c.connection_id AS connection, \
+                     c.connection_config ->> 'tenant_id' AS tenant, \
+                     COALESCE(c.last_refresh_success, c.created_at) AS last_refresh, \
+                     c.credentials_expires_at AS access_expires, \
+                     c.last_refresh_failure AS last_failure, \
+                     CASE WHEN c.refresh_exhausted THEN 'needs_reauth' ELSE 'active' END AS status \
+                     FROM {table} c WHERE c.deleted IS NOT TRUE"
+                ),
+                fields: RawFields::preset(&[
+                    ("connection", "connection"),
+                    ("tenant", "tenant"),
+                    ("last_refresh", "last_refresh"),
+                    ("access_expires", "access_expires"),
+                    ("last_failure", "last_failure"),
+                    ("status", "status"),
+                ]),
+                infer_last_refresh: None,
+            })
+        }
+    }
+}

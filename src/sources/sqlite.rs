@@ -1,0 +1,54 @@
+//! SQLite, the embedded default. Opened with `mode=ro`: the driver refuses every write.
+
+use super::{read_rows, CollectError, Fetched};
+use crate::config::{Mapping, SourceConfig};
+use crate::timestamp::Cell;
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteRow};
+use sqlx::{Row, TypeInfo, ValueRef};
+use std::str::FromStr;
+
+pub fn connect(cfg: &SourceConfig) -> Result<SqlitePool, CollectError> {
+    let dsn = cfg.dsn.expose();
+    let opts = if dsn.starts_with("sqlite:") {
+        SqliteConnectOptions::from_str(dsn).map_err(CollectError::from_sqlx)?
+    } else {
+        SqliteConnectOptions::new().filename(dsn)
+    };
+    let opts = opts
+        .read_only(true)
+        .create_if_missing(false)
+        .busy_timeout(cfg.timeout);
+    Ok(SqlitePoolOptions::new()
+        .max_connections(1)
+        .min_connections(0)
+        .acquire_timeout(cfg.timeout)
+        .connect_lazy_with(opts))
+}
+
+pub async fn fetch(pool: &SqlitePool, query: &str, mapping: &Mapping) -> Result<Fetched, CollectError> {
+    let mut conn = pool.acquire().await.map_err(CollectError::from_sqlx)?;
+    read_rows(&mut *conn, query, mapping, decode).await
+}
+
+/// SQLite types values, not columns: decode by each value's storage class.
+fn decode(row: &SqliteRow, i: usize) -> Result<Cell, CollectError> {
+    let raw = row.try_get_raw(i).map_err(CollectError::from_sqlx)?;
+    if raw.is_null() {
+        return Ok(Cell::Null);
+    }
+    let ty = raw.type_info().name().to_string();
+    let err = |_| CollectError::Decode {
+        column: row.columns()[i].name().to_string(),
+        type_name: ty.clone(),
+    };
+    use sqlx::Column;
+    Ok(match ty.as_str() {
+        "INTEGER" | "BOOLEAN" | "INT8" => Cell::Int(row.try_get_unchecked::<i64, _>(i).map_err(err)?),
+        "REAL" | "NUMERIC" => Cell::Float(row.try_get_unchecked::<f64, _>(i).map_err(err)?),
+        "BLOB" => {
+            let b = row.try_get_unchecked::<Vec<u8>, _>(i).map_err(err)?;
+            Cell::Text(String::from_utf8_lossy(&b).into_owned())
+        }
+        _ => Cell::Text(row.try_get_unchecked::<String, _>(i).map_err(err)?),
+    })
+}
