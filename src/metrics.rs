@@ -18,8 +18,41 @@ use prometheus_client::registry::Registry;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Content type of the exposition.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Content type of the OpenMetrics exposition (what Prometheus asks for).
+pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Content type of the classic text format (for clients that do not ask for OpenMetrics,
+/// and for `promtool check metrics`).
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Turn the OpenMetrics text of this crate's encoder into the classic 0.0.4 text format: a
+/// counter's HELP and TYPE carry the `_total` name, and `# UNIT` and `# EOF` are dropped.
+/// Sample lines are the same in both formats for the metric types used here.
+pub fn openmetrics_to_text(om: &str) -> String {
+    let mut out = String::with_capacity(om.len());
+    let mut pending_help: Option<&str> = None;
+    for line in om.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            pending_help = Some(rest);
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let name = if kind == "counter" { format!("{name}_total") } else { name.to_string() };
+            if let Some(help) = pending_help.take() {
+                let text = help.split_once(' ').map(|(_, t)| t).unwrap_or("");
+                out.push_str(&format!("# HELP {name} {text}\n"));
+            }
+            out.push_str(&format!("# TYPE {name} {kind}\n"));
+            continue;
+        }
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
 
 /// Why a row was rejected (`oauth_exporter_rows_rejected_total{reason}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -95,24 +128,24 @@ impl SourceErrorReason {
 
 /// Names and HELP texts, in one place.
 pub mod names {
-    pub const LAST_REFRESH: (&str, &str) = ("oauth_refresh_token_last_refresh_timestamp_seconds", "When the current refresh token was issued (last successful refresh or authorisation), as of the last poll.");
-    pub const AGE: (&str, &str) = ("oauth_refresh_token_age_seconds", "Time since the last successful refresh, as of the last poll.");
-    pub const REFRESH_EXPIRY: (&str, &str) = ("oauth_refresh_token_expiry_timestamp_seconds", "When the refresh token expires: last refresh plus the provider's inactivity window, or a stored expiry if earlier.");
-    pub const EXPIRED: (&str, &str) = ("oauth_refresh_token_expired", "1 when the refresh token is past its expiry as of the last poll.");
-    pub const ACCESS_EXPIRY: (&str, &str) = ("oauth_access_token_expiry_timestamp_seconds", "When the current access token expires, as of the last poll.");
-    pub const STATUS: (&str, &str) = ("oauth_connection_status", "Connection status as a state set: 1 for the current status.");
-    pub const INFO: (&str, &str) = ("oauth_connection_info", "Extra labels of a connection, for joins.");
-    pub const CONNECTIONS: (&str, &str) = ("oauth_connections", "Connections per status, as of the last poll.");
-    pub const EXPIRING: (&str, &str) = ("oauth_connections_expiring", "Connections whose refresh token expires within the window (cumulative), as of the last poll.");
-    pub const FAILING: (&str, &str) = ("oauth_connections_failing", "Distinct connections with a failure in the last detect window.");
-    pub const TRUNCATED: (&str, &str) = ("oauth_exporter_connections_truncated", "Connections left out of the per-connection series by the source's cap (aggregates count them).");
-    pub const REMOVED: (&str, &str) = ("oauth_connections_removed", "Connections that disappeared from the store (some apps delete the row on invalid_grant).");
-    pub const UP: (&str, &str) = ("oauth_exporter_source_up", "1 when the last poll of the source succeeded.");
-    pub const LAST_SUCCESS: (&str, &str) = ("oauth_exporter_source_last_success_timestamp_seconds", "When the source was last polled successfully (0: never).");
-    pub const DURATION: (&str, &str) = ("oauth_exporter_source_duration_seconds", "How long the last poll of the source took.");
-    pub const ERRORS: (&str, &str) = ("oauth_exporter_source_errors", "Failed polls of the source, by reason.");
-    pub const REJECTED: (&str, &str) = ("oauth_exporter_rows_rejected", "Rows the source returned that could not be exported, by reason.");
-    pub const BUILD_INFO: (&str, &str) = ("oauth_exporter_build_info", "Build information of the exporter; value 1.");
+    pub const LAST_REFRESH: (&str, &str) = ("oauth_refresh_token_last_refresh_timestamp_seconds", "When the current refresh token was issued (last successful refresh or authorisation), as of the last poll");
+    pub const AGE: (&str, &str) = ("oauth_refresh_token_age_seconds", "Time since the last successful refresh, as of the last poll");
+    pub const REFRESH_EXPIRY: (&str, &str) = ("oauth_refresh_token_expiry_timestamp_seconds", "When the refresh token expires: last refresh plus the provider's inactivity window, or a stored expiry if earlier");
+    pub const EXPIRED: (&str, &str) = ("oauth_refresh_token_expired", "1 when the refresh token is past its expiry as of the last poll");
+    pub const ACCESS_EXPIRY: (&str, &str) = ("oauth_access_token_expiry_timestamp_seconds", "When the current access token expires, as of the last poll");
+    pub const STATUS: (&str, &str) = ("oauth_connection_status", "Connection status as a state set: 1 for the current status");
+    pub const INFO: (&str, &str) = ("oauth_connection_info", "Extra labels of a connection, for joins");
+    pub const CONNECTIONS: (&str, &str) = ("oauth_connections", "Connections per status, as of the last poll");
+    pub const EXPIRING: (&str, &str) = ("oauth_connections_expiring", "Connections whose refresh token expires within the window (cumulative), as of the last poll");
+    pub const FAILING: (&str, &str) = ("oauth_connections_failing", "Distinct connections with a failure in the last detect window");
+    pub const TRUNCATED: (&str, &str) = ("oauth_exporter_connections_truncated", "Connections left out of the per-connection series by the source's cap (aggregates count them)");
+    pub const REMOVED: (&str, &str) = ("oauth_connections_removed", "Connections that disappeared from the store (some apps delete the row on invalid_grant)");
+    pub const UP: (&str, &str) = ("oauth_exporter_source_up", "1 when the last poll of the source succeeded");
+    pub const LAST_SUCCESS: (&str, &str) = ("oauth_exporter_source_last_success_timestamp_seconds", "When the source was last polled successfully (0: never)");
+    pub const DURATION: (&str, &str) = ("oauth_exporter_source_duration_seconds", "How long the last poll of the source took");
+    pub const ERRORS: (&str, &str) = ("oauth_exporter_source_errors", "Failed polls of the source, by reason");
+    pub const REJECTED: (&str, &str) = ("oauth_exporter_rows_rejected", "Rows the source returned that could not be exported, by reason");
+    pub const BUILD_INFO: (&str, &str) = ("oauth_exporter_build_info", "Build information of the exporter; value 1");
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -237,7 +270,7 @@ impl StateCollector {
         enc: &mut DescriptorEncoder,
         desc: (&str, &str),
         extra: Option<(&'static str, &[&str])>,
-        value: impl Fn(&crate::state::SourceSnapshot, usize) -> f64,
+        value: impl Fn(&crate::state::SourceSnapshot, usize) -> u64,
     ) -> Result<(), std::fmt::Error> {
         let mut f = family(enc, desc, MetricType::Gauge)?;
         for src in &self.sources {
@@ -247,12 +280,12 @@ impl StateCollector {
                     for (i, v) in values.iter().enumerate() {
                         let labels: [Lbl; 3] =
                             [("provider", src.provider), ("source", &src.name), (key, v)];
-                        ConstGauge::new(value(&snap, i)).encode(f.encode_family(&labels)?)?;
+                        ConstGauge::new(value(&snap, i) as i64).encode(f.encode_family(&labels)?)?;
                     }
                 }
                 None => {
                     let labels: [Lbl; 2] = [("provider", src.provider), ("source", &src.name)];
-                    ConstGauge::new(value(&snap, 0)).encode(f.encode_family(&labels)?)?;
+                    ConstGauge::new(value(&snap, 0) as i64).encode(f.encode_family(&labels)?)?;
                 }
             }
         }
@@ -308,13 +341,13 @@ impl Collector for StateCollector {
         }
         let statuses: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
         self.per_source(&mut enc, CONNECTIONS, Some(("status", &statuses)), |s, i| {
-            s.aggregates.by_status[i] as f64
+            s.aggregates.by_status[i]
         })?;
         let windows: Vec<&str> = EXPIRING_WINDOWS.iter().map(|(w, _)| *w).collect();
         self.per_source(&mut enc, EXPIRING, Some(("within", &windows)), |s, i| {
-            s.aggregates.expiring[i] as f64
+            s.aggregates.expiring[i]
         })?;
-        self.per_source(&mut enc, FAILING, None, |s, _| s.aggregates.failing as f64)?;
+        self.per_source(&mut enc, FAILING, None, |s, _| s.aggregates.failing)?;
         {
             let mut f = family(&mut enc, TRUNCATED, MetricType::Gauge)?;
             for src in &self.sources {

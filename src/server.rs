@@ -2,11 +2,11 @@
 //! `/-/ready`.
 
 use crate::clock::SharedClock;
-use crate::metrics::{Exposition, CONTENT_TYPE};
+use crate::metrics::{openmetrics_to_text, Exposition, OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE};
 use crate::sources::SourceHandle;
 use crate::state::Status;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -35,10 +35,30 @@ pub fn router(state: AppState, telemetry_path: &str) -> Router {
         .with_state(state)
 }
 
-async fn metrics(State(s): State<AppState>) -> Response {
+/// OpenMetrics when the client accepts it (Prometheus does), else the classic text format.
+fn wants_openmetrics(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"))
+}
+
+async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
     let exposition = s.exposition.clone();
-    match tokio::task::spawn_blocking(move || exposition.render()).await {
-        Ok(body) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response(),
+    let openmetrics = wants_openmetrics(&headers);
+    let rendered = tokio::task::spawn_blocking(move || {
+        let om = exposition.render();
+        if openmetrics {
+            om
+        } else {
+            openmetrics_to_text(&om)
+        }
+    })
+    .await;
+    let content_type = if openmetrics { OPENMETRICS_CONTENT_TYPE } else { TEXT_CONTENT_TYPE };
+    match rendered {
+        Ok(body) => ([(header::CONTENT_TYPE, content_type)], body).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "Encoding the metrics failed.");
             (StatusCode::INTERNAL_SERVER_ERROR, "encoding the metrics failed\n").into_response()
