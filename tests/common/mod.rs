@@ -1,0 +1,186 @@
+//! Shared test helpers: real stores (skipped by name when unreachable, mandatory when
+//! `CI=true`), a fault-injecting TCP proxy, and exposition assertions.
+#![allow(dead_code)]
+
+use chrono::{DateTime, TimeZone, Utc};
+use oauth_token_exporter::clock::{ManualClock, SharedClock};
+use oauth_token_exporter::config::{self, Config};
+use oauth_token_exporter::metrics::openmetrics_to_text;
+use oauth_token_exporter::Exporter;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+pub const PG_URL_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/test";
+pub const MYSQL_URL_DEFAULT: &str = "mysql://root@127.0.0.1:3306/test";
+
+pub fn pg_url() -> String {
+    std::env::var("OTE_TEST_PG_URL").unwrap_or_else(|_| PG_URL_DEFAULT.into())
+}
+pub fn mysql_url() -> String {
+    std::env::var("OTE_TEST_MYSQL_URL").unwrap_or_else(|_| MYSQL_URL_DEFAULT.into())
+}
+
+fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Whether a server answers on host:port; when it does not, the test is skipped by name
+/// (or fails under `CI=true`).
+pub async fn server_or_skip(test: &str, what: &str, url: &str) -> bool {
+    let hostport = url.split('@').next_back().unwrap_or(url).split('/').next().unwrap_or("");
+    let up = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(hostport))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    if !up {
+        if ci() {
+            panic!("{test}: {what} is not reachable at {hostport} and CI=true makes it mandatory");
+        }
+        eprintln!("SKIPPED {test}: {what} not reachable at {hostport} (set CI=true to require it)");
+    }
+    up
+}
+
+/// Unique, SQL-safe name for a test's schema or table prefix.
+pub fn unique(test: &str) -> String {
+    format!("ote_{}_{}", test, std::process::id())
+}
+
+pub fn t(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+pub fn fixed_now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 6, 1, 12, 0, 0).unwrap()
+}
+
+pub fn parse_config(yaml: &str) -> Config {
+    config::parse(yaml, "test.yml", &|_| None).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// An exporter on a manual clock.
+pub fn exporter(yaml: &str, now: DateTime<Utc>) -> (Exporter, Arc<ManualClock>) {
+    let clock = ManualClock::new(now);
+    let shared: SharedClock = clock.clone();
+    let e = Exporter::new(&parse_config(yaml), shared).unwrap_or_else(|(s, e)| panic!("{s}: {e}"));
+    (e, clock)
+}
+
+/// Poll every source once; returns whether each succeeded.
+pub async fn poll(e: &mut Exporter) -> Vec<bool> {
+    let mut out = Vec::new();
+    for p in &mut e.pollers {
+        out.push(p.poll_once().await);
+    }
+    out
+}
+
+/// The classic-text exposition.
+pub fn scrape(e: &Exporter) -> String {
+    openmetrics_to_text(&e.exposition.render())
+}
+
+/// Value of the one sample of `name` carrying every label in `labels`.
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some(rest) = line.strip_prefix(name) else { continue };
+        if !(rest.starts_with('{') || rest.starts_with(' ')) {
+            continue;
+        }
+        if labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))) {
+            let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+            assert!(found.is_none(), "more than one sample of {name} matches {labels:?}");
+            found = Some(value);
+        }
+    }
+    found
+}
+
+/// Like [`sample`], panicking with the exposition when absent.
+pub fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    sample(text, name, labels).unwrap_or_else(|| panic!("no sample {name} {labels:?} in:\n{text}"))
+}
+
+/// Connection ids exported by a source.
+pub fn connections(text: &str, source: &str) -> Vec<String> {
+    let mut ids: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with("oauth_refresh_token_age_seconds{") && l.contains(&format!("source=\"{source}\"")))
+        .map(|l| {
+            let start = l.find("connection=\"").unwrap() + 12;
+            let end = l[start..].find('"').unwrap() + start;
+            l[start..end].to_string()
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// A TCP proxy in front of a store that can be cut (every connection reset, new ones refused)
+/// and restored, to take a store away and bring it back.
+pub struct FaultProxy {
+    pub addr: std::net::SocketAddr,
+    up: Arc<AtomicBool>,
+    cut: Arc<Notify>,
+}
+
+impl FaultProxy {
+    pub async fn start(target: String) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(AtomicBool::new(true));
+        let cut = Arc::new(Notify::new());
+        let (up2, cut2) = (up.clone(), cut.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else { break };
+                if !up2.load(Ordering::SeqCst) {
+                    let _ = client.shutdown().await;
+                    continue;
+                }
+                let target = target.clone();
+                let cut = cut2.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(&target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.notified() => {}
+                    }
+                });
+            }
+        });
+        FaultProxy { addr, up, cut }
+    }
+
+    pub fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.cut.notify_waiters();
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A writable SQLite file (the host app's side) created with `stmts`.
+pub async fn sqlite_db(stmts: &[&str]) -> (tempfile::TempDir, std::path::PathBuf, sqlx::SqlitePool) {
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(SqliteConnectOptions::new().filename(&path).create_if_missing(true))
+        .await
+        .unwrap();
+    for s in stmts {
+        sqlx::query(s).execute(&pool).await.unwrap_or_else(|e| panic!("{s}: {e}"));
+    }
+    (dir, path, pool)
+}
