@@ -1,0 +1,168 @@
+//! PostgreSQL source against the real server (127.0.0.1:5432); each test in its own schema.
+
+mod common;
+use common::*;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+
+async fn setup(test: &str, stmts: &[String]) -> Option<(PgPool, String)> {
+    if !server_or_skip(test, "PostgreSQL", &pg_url()).await {
+        return None;
+    }
+    let pool = PgPoolOptions::new().max_connections(2).connect(&pg_url()).await.expect("connect to PostgreSQL");
+    let schema = unique(test);
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).execute(&pool).await.unwrap();
+    sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&pool).await.unwrap();
+    for s in stmts {
+        let s = s.replace("{s}", &schema);
+        sqlx::query(&s).execute(&pool).await.unwrap_or_else(|e| panic!("{s}: {e}"));
+    }
+    Some((pool, schema))
+}
+
+async fn teardown(pool: PgPool, schema: &str) {
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).execute(&pool).await.unwrap();
+    pool.close().await;
+}
+
+fn pg_source(name: &str, dsn: &str, rest: &str) -> String {
+    format!("  - name: {name}\n    kind: postgres\n    dsn: {dsn}\n{rest}")
+}
+
+#[tokio::test]
+async fn every_postgres_timestamp_type_gives_the_same_last_refresh() {
+    let Some((pool, s)) = setup("pg_shapes", &[
+        "CREATE TABLE {s}.t (id uuid PRIMARY KEY, tz timestamptz, naive timestamp, d_epoch bigint, ms_epoch bigint, num_epoch numeric, f_epoch double precision, txt text, txt_epoch varchar(20), token_set jsonb, token_text json)".into(),
+        "INSERT INTO {s}.t VALUES ('6f1c2f6e-0000-4000-8000-000000000001', '2026-05-01 22:00:00+12', '2026-05-01 10:00:00', 1777629600, 1777629600000, \
+           extract(epoch from timestamptz '2026-05-01 10:00:00+00'), 1777629600, '2026-05-01T10:00:00Z', '1777629600', \
+           '{\"access_token\":\"AT-x\",\"refresh_token\":\"RT-x\",\"expires_at\":1777631400}', '{\"expires_at\":\"2026-05-01T10:30:00Z\"}')".into(),
+    ]).await else { return };
+    let dsn = pg_url();
+    let q = format!("    query: SELECT * FROM {s}.t\n");
+    let mut yaml = String::from("sources:\n");
+    for col in ["tz", "naive", "d_epoch", "ms_epoch", "num_epoch", "f_epoch", "txt", "txt_epoch"] {
+        yaml.push_str(&pg_source(col, &dsn, &format!("{q}    fields: {{connection: id, last_refresh: {col}}}\n")));
+    }
+    for col in ["token_set", "token_text"] {
+        yaml.push_str(&pg_source(col, &dsn, &format!("{q}    infer_last_refresh: access_expires\n    fields: {{connection: id, access_expires: {{column: {col}, json_path: expires_at}}}}\n")));
+    }
+    let (mut e, _) = exporter(&yaml, fixed_now());
+    assert!(poll(&mut e).await.iter().all(|ok| *ok), "{}", scrape(&e));
+    let text = scrape(&e);
+    for src in ["tz", "naive", "d_epoch", "ms_epoch", "num_epoch", "f_epoch", "txt", "txt_epoch", "token_set", "token_text"] {
+        let v = value(&text, "oauth_refresh_token_last_refresh_timestamp_seconds", &[("source", src), ("connection", "6f1c2f6e-0000-4000-8000-000000000001")]);
+        assert_eq!(v, 1777629600.0, "source {src}");
+    }
+    assert!(!text.contains("AT-x") && !text.contains("RT-x"));
+    teardown(pool, &s).await;
+}
+
+/// `_nango_connections` as Nango's migrations build it (the columns the preset reads, plus
+/// the encrypted credentials it must never need).
+const NANGO_TABLE: &str = "CREATE TABLE {s}._nango_connections (
+    id serial PRIMARY KEY, connection_id varchar(255) NOT NULL, provider_config_key varchar(255) NOT NULL,
+    environment_id integer NOT NULL DEFAULT 1, config_id integer, credentials jsonb NOT NULL DEFAULT '{}',
+    credentials_iv varchar(255), credentials_tag varchar(255), connection_config jsonb NOT NULL DEFAULT '{}',
+    metadata jsonb, created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now(),
+    deleted boolean NOT NULL DEFAULT false, deleted_at timestamptz, last_fetched_at timestamptz,
+    credentials_expires_at timestamptz, last_refresh_success timestamptz, last_refresh_failure timestamptz,
+    refresh_attempts smallint, refresh_exhausted boolean NOT NULL DEFAULT false)";
+
+#[tokio::test]
+async fn nango_preset_reads_health_columns_of_a_nango_schema() {
+    let now = "timestamptz '2026-06-01 12:00:00+00'";
+    let Some((pool, s)) = setup("pg_nango", &[
+        NANGO_TABLE.into(),
+        format!("INSERT INTO {{s}}._nango_connections (connection_id, provider_config_key, credentials, connection_config, created_at, credentials_expires_at, last_refresh_success, last_refresh_failure, refresh_attempts, refresh_exhausted, deleted) VALUES \
+            ('healthy', 'xero', '{{\"encrypted\":\"ENC-secret\"}}', '{{\"tenant_id\":\"tenant-1\"}}', {now} - interval '90 days', {now} + interval '20 minutes', {now} - interval '10 minutes', NULL, 0, false, false), \
+            ('exhausted', 'xero', '{{}}', '{{\"tenant_id\":\"tenant-2\"}}', {now} - interval '90 days', {now} - interval '3 days', {now} - interval '3 days', {now} - interval '1 hour', 5, true, false), \
+            ('failing_now', 'xero', '{{}}', '{{\"tenant_id\":\"tenant-3\"}}', {now} - interval '90 days', {now} - interval '1 day', {now} - interval '1 day', {now} - interval '5 minutes', 1, false, false), \
+            ('never_refreshed', 'xero-dev', '{{}}', '{{}}', {now} - interval '2 days', {now} - interval '47 hours', NULL, NULL, NULL, false, false), \
+            ('gone', 'xero', '{{}}', '{{\"tenant_id\":\"tenant-5\"}}', {now} - interval '9 days', NULL, NULL, NULL, NULL, false, true)"),
+    ]).await else { return };
+    let yaml = format!("sources:\n{}", pg_source("nango", &pg_url(), &format!("    preset: nango\n    table: {s}._nango_connections\n")));
+    let (mut e, _) = exporter(&yaml, fixed_now());
+    assert_eq!(poll(&mut e).await, [true], "{}", scrape(&e));
+    let text = scrape(&e);
+    assert_eq!(connections(&text, "nango"), ["xero-dev/never_refreshed", "xero/exhausted", "xero/failing_now", "xero/healthy"]);
+    assert_eq!(value(&text, "oauth_refresh_token_age_seconds", &[("connection", "xero/healthy"), ("tenant", "tenant-1")]), 600.0);
+    assert_eq!(value(&text, "oauth_refresh_token_age_seconds", &[("connection", "xero-dev/never_refreshed")]), 2.0 * 86400.0);
+    assert_eq!(value(&text, "oauth_connection_status", &[("connection", "xero/exhausted"), ("status", "needs_reauth")]), 1.0);
+    assert_eq!(value(&text, "oauth_connection_status", &[("connection", "xero/failing_now"), ("status", "active")]), 1.0);
+    assert_eq!(value(&text, "oauth_connections_failing", &[("source", "nango")]), 1.0);
+    assert_eq!(value(&text, "oauth_connections", &[("source", "nango"), ("status", "needs_reauth")]), 1.0);
+    assert_eq!(value(&text, "oauth_access_token_expiry_timestamp_seconds", &[("connection", "xero/healthy")]), fixed_now().timestamp() as f64 + 1200.0);
+    assert!(!text.contains("ENC-secret"));
+    teardown(pool, &s).await;
+}
+
+#[tokio::test]
+async fn xero_tokens_preset_on_postgres_with_garbage_rows_rejected_alone() {
+    let Some((pool, s)) = setup("pg_flat", &[
+        "CREATE TABLE {s}.xero_tokens (id bigserial PRIMARY KEY, access_token text, refresh_token text, expires_at timestamp, tenant_id uuid, created_at timestamp, updated_at timestamp)".into(),
+        "INSERT INTO {s}.xero_tokens (access_token, refresh_token, expires_at, tenant_id) VALUES \
+           ('a', 'r', '2026-04-03 12:30:00', '00000000-0000-4000-8000-00000000000a'), ('a', 'r', NULL, '00000000-0000-4000-8000-00000000000b'), \
+           ('a', 'r', '1970-01-01 00:30:00', '00000000-0000-4000-8000-00000000000c'), ('a', 'r', '2026-05-31 12:30:00', NULL)".into(),
+    ]).await else { return };
+    let yaml = format!("sources:\n{}", pg_source("flat", &pg_url(), &format!("    preset: xero_tokens\n    table: {s}.xero_tokens\n")));
+    let (mut e, _) = exporter(&yaml, fixed_now());
+    assert_eq!(poll(&mut e).await, [true]);
+    let text = scrape(&e);
+    assert_eq!(connections(&text, "flat"), ["1", "4"]);
+    assert_eq!(value(&text, "oauth_refresh_token_age_seconds", &[("connection", "1"), ("tenant", "00000000-0000-4000-8000-00000000000a")]), 59.0 * 86400.0);
+    assert_eq!(value(&text, "oauth_exporter_rows_rejected_total", &[("source", "flat"), ("reason", "null_timestamp")]), 1.0);
+    assert_eq!(value(&text, "oauth_exporter_rows_rejected_total", &[("source", "flat"), ("reason", "impossible_timestamp")]), 1.0);
+    teardown(pool, &s).await;
+}
+
+#[tokio::test]
+async fn a_configured_statement_that_writes_is_refused_by_postgres() {
+    let Some((pool, s)) = setup("pg_write", &[
+        "CREATE TABLE {s}.t (id text, lr timestamptz)".into(),
+        "INSERT INTO {s}.t VALUES ('a', now())".into(),
+    ]).await else { return };
+    let mut yaml = String::from("sources:\n");
+    yaml.push_str(&pg_source("cte", &pg_url(), &format!("    query: WITH d AS (DELETE FROM {s}.t RETURNING id, lr) SELECT id, lr FROM d\n    fields: {{connection: id, last_refresh: lr}}\n")));
+    yaml.push_str(&pg_source("upd", &pg_url(), &format!("    query: UPDATE {s}.t SET lr = now() RETURNING id, lr\n    fields: {{connection: id, last_refresh: lr}}\n")));
+    let (mut e, _) = exporter(&yaml, fixed_now());
+    assert_eq!(poll(&mut e).await, [false, false]);
+    let text = scrape(&e);
+    for src in ["cte", "upd"] {
+        assert_eq!(value(&text, "oauth_exporter_source_errors_total", &[("source", src), ("reason", "write_refused")]), 1.0, "{src}");
+    }
+    let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {s}.t")).fetch_one(&pool).await.unwrap();
+    assert_eq!(n, 1);
+    teardown(pool, &s).await;
+}
+
+#[tokio::test]
+async fn postgres_going_away_keeps_last_values_and_the_source_recovers_by_itself() {
+    let Some((pool, s)) = setup("pg_outage", &[
+        "CREATE TABLE {s}.t (id text, lr timestamptz)".into(),
+        "INSERT INTO {s}.t VALUES ('a', '2026-05-01 10:00:00+00'), ('b', '2026-05-02 10:00:00+00')".into(),
+    ]).await else { return };
+    let target = pg_url().split('@').nth(1).unwrap().split('/').next().unwrap().to_string();
+    let proxy = FaultProxy::start(target).await;
+    let dsn = format!("postgres://postgres@{}/test", proxy.addr);
+    let yaml = format!("sources:\n{}", pg_source("flaky", &dsn, &format!("    interval: 5s\n    timeout: 1s\n    query: SELECT id, lr FROM {s}.t\n    fields: {{connection: id, last_refresh: lr}}\n")));
+    let (mut e, clock) = exporter(&yaml, fixed_now());
+    assert_eq!(poll(&mut e).await, [true]);
+    proxy.cut();
+    clock.advance(chrono::Duration::minutes(1));
+    assert_eq!(poll(&mut e).await, [false]);
+    assert_eq!(poll(&mut e).await, [false]);
+    let text = scrape(&e);
+    assert_eq!(value(&text, "oauth_exporter_source_up", &[("source", "flaky")]), 0.0);
+    let failures: f64 = ["connect", "timeout", "query"].iter().map(|r| value(&text, "oauth_exporter_source_errors_total", &[("source", "flaky"), ("reason", r)])).sum();
+    assert_eq!(failures, 2.0, "{text}");
+    assert_eq!(connections(&text, "flaky"), ["a", "b"], "last good values stay exported");
+    assert_eq!(value(&text, "oauth_exporter_source_last_success_timestamp_seconds", &[("source", "flaky")]), fixed_now().timestamp() as f64);
+    proxy.restore();
+    clock.advance(chrono::Duration::minutes(1));
+    assert_eq!(poll(&mut e).await, [true]);
+    let text = scrape(&e);
+    assert_eq!(value(&text, "oauth_exporter_source_up", &[("source", "flaky")]), 1.0);
+    assert_eq!(value(&text, "oauth_exporter_source_last_success_timestamp_seconds", &[("source", "flaky")]), fixed_now().timestamp() as f64 + 120.0);
+    assert_eq!(value(&text, "oauth_connections_removed_total", &[("source", "flaky")]), 0.0, "an outage is not a removal");
+    teardown(pool, &s).await;
+}
