@@ -51,17 +51,34 @@ const SCHEMA: &str = "CREATE TABLE xero_tokens (
 )";
 
 const NAMES: &[&str] = &[
-    "Acme Plumbing", "Bluebird Cafe", "Harbour Dental", "Kauri Builders", "Northside Florist",
-    "Pohutukawa Tours", "Summit Legal", "Tui Brewing", "Wattle Design", "Zest Catering",
+    "Acme Plumbing",
+    "Bluebird Cafe",
+    "Harbour Dental",
+    "Kauri Builders",
+    "Northside Florist",
+    "Pohutukawa Tours",
+    "Summit Legal",
+    "Tui Brewing",
+    "Wattle Design",
+    "Zest Catering",
 ];
 
 fn token(rng: &mut impl Rng) -> String {
-    (0..32).map(|_| format!("{:x}", rng.random_range(0..16u8))).collect()
+    (0..32)
+        .map(|_| format!("{:x}", rng.random_range(0..16u8)))
+        .collect()
 }
 
 fn uuid_like(rng: &mut impl Rng) -> String {
     let h = token(rng);
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// Create the store and seed the fleet (ages from minutes to 70 days).
@@ -70,14 +87,21 @@ pub async fn seed(path: &Path, n: usize, now: DateTime<Utc>) -> Result<SqlitePoo
         .filename(path)
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal);
-    let pool = SqlitePoolOptions::new().max_connections(1).connect_with(opts).await?;
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(opts)
+        .await?;
     sqlx::query(SCHEMA).execute(&pool).await?;
     let mut rng = StdRng::from_rng(&mut rand::rng());
     for i in 0..n {
         // Spread idle time from minutes to 70 days: most fleets are mostly fresh.
         let frac = i as f64 / n.max(1) as f64;
         let idle = Duration::seconds((frac.powf(2.2) * 70.0 * 86400.0) as i64 + 300);
-        let status = if idle > Duration::days(60) || i % 13 == 5 { "needs_reauth" } else { "active" };
+        let status = if idle > Duration::days(60) || i % 13 == 5 {
+            "needs_reauth"
+        } else {
+            "active"
+        };
         insert(&pool, &mut rng, i, now - idle, status).await?;
     }
     Ok(pool)
@@ -107,17 +131,27 @@ async fn insert(
 }
 
 /// One action of the simulated host app.
-pub async fn act(pool: &SqlitePool, now: DateTime<Utc>, next_id: &mut usize) -> Result<(), sqlx::Error> {
+pub async fn act(
+    pool: &SqlitePool,
+    now: DateTime<Utc>,
+    next_id: &mut usize,
+) -> Result<(), sqlx::Error> {
     let mut rng = StdRng::from_rng(&mut rand::rng());
     let roll: f64 = rng.random();
-    let ids: Vec<(String, String)> = sqlx::query_as("SELECT id, status FROM xero_tokens ORDER BY RANDOM() LIMIT 1")
-        .fetch_all(pool)
-        .await?;
-    let Some((id, status)) = ids.into_iter().next() else { return Ok(()) };
+    let ids: Vec<(String, String)> =
+        sqlx::query_as("SELECT id, status FROM xero_tokens ORDER BY RANDOM() LIMIT 1")
+            .fetch_all(pool)
+            .await?;
+    let Some((id, status)) = ids.into_iter().next() else {
+        return Ok(());
+    };
     if status == "needs_reauth" {
         if roll < 0.5 {
             // Some apps delete the row after invalid_grant; a new tenant authorises.
-            sqlx::query("DELETE FROM xero_tokens WHERE id = ?").bind(&id).execute(pool).await?;
+            sqlx::query("DELETE FROM xero_tokens WHERE id = ?")
+                .bind(&id)
+                .execute(pool)
+                .await?;
             insert(pool, &mut rng, *next_id, now, "active").await?;
             *next_id += 1;
         }
@@ -165,14 +199,20 @@ sources:
       tenant_name: tenant_name
 "#,
         interval = humantime::format_duration(opts.poll_interval),
-        timeout = humantime::format_duration(opts.poll_interval.min(std::time::Duration::from_secs(5))),
+        timeout =
+            humantime::format_duration(opts.poll_interval.min(std::time::Duration::from_secs(5))),
         db = db.display(),
     )
 }
 
 /// Seed the store, start the simulated host app and serve metrics until `shutdown`.
-pub async fn run(listener: TcpListener, opts: DemoOptions, shutdown: CancellationToken) -> Result<(), String> {
-    let dir = tempfile::tempdir().map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+pub async fn run(
+    listener: TcpListener,
+    opts: DemoOptions,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
+    let dir =
+        tempfile::tempdir().map_err(|e| format!("cannot create a temporary directory: {e}"))?;
     let db = dir.path().join("host-app.db");
     let clock: SharedClock = Arc::new(SystemClock);
     let pool = seed(&db, opts.connections, clock.now())
@@ -181,7 +221,8 @@ pub async fn run(listener: TcpListener, opts: DemoOptions, shutdown: Cancellatio
     let yaml = config_yaml(&db, &opts);
     tracing::info!(store = %db.display(), connections = opts.connections, "Demo store created; config follows.\n{yaml}");
     let cfg = config::parse(&yaml, "<demo>", &|_| None).map_err(|e| e.to_string())?;
-    let exporter = Exporter::new(&cfg, clock.clone()).map_err(|(s, e)| format!("source {s}: {e}"))?;
+    let exporter =
+        Exporter::new(&cfg, clock.clone()).map_err(|(s, e)| format!("source {s}: {e}"))?;
     let app_stop = shutdown.clone();
     let tick = opts.tick;
     let mut next_id = opts.connections;
@@ -198,7 +239,9 @@ pub async fn run(listener: TcpListener, opts: DemoOptions, shutdown: Cancellatio
         }
         pool.close().await;
     });
-    let served = exporter.run(listener, ServerOptions::default(), shutdown).await;
+    let served = exporter
+        .run(listener, ServerOptions::default(), shutdown)
+        .await;
     let _ = host_app.await;
     drop(dir);
     served.map_err(|e| format!("server failed: {e}"))

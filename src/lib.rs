@@ -134,8 +134,8 @@ pub async fn run(
     clock: SharedClock,
     shutdown: CancellationToken,
 ) -> Result<(), String> {
-    let exporter = Exporter::new(&config, clock)
-        .map_err(|(source, e)| format!("source {source}: {e}"))?;
+    let exporter =
+        Exporter::new(&config, clock).map_err(|(source, e)| format!("source {source}: {e}"))?;
     exporter
         .run(listener, opts, shutdown)
         .await

@@ -7,10 +7,18 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
-#[command(name = "oauth-token-exporter", version, about = "Prometheus exporter for the health of OAuth 2.0 connections with rotating refresh tokens (Xero first).")]
+#[command(
+    name = "oauth-token-exporter",
+    version,
+    about = "Prometheus exporter for the health of OAuth 2.0 connections with rotating refresh tokens (Xero first)."
+)]
 struct Cli {
     /// Path to the YAML configuration file.
-    #[arg(long = "config.file", env = "OAUTH_EXPORTER_CONFIG", default_value = "oauth-token-exporter.yml")]
+    #[arg(
+        long = "config.file",
+        env = "OAUTH_EXPORTER_CONFIG",
+        default_value = "oauth-token-exporter.yml"
+    )]
     config_file: std::path::PathBuf,
     /// Validate the configuration file, print the result and exit.
     #[arg(long = "config.check")]
@@ -25,7 +33,12 @@ struct Cli {
     #[arg(long = "log.level", value_enum, default_value = "info", global = true)]
     log_level: LogLevel,
     /// Output format of log messages.
-    #[arg(long = "log.format", value_enum, default_value = "logfmt", global = true)]
+    #[arg(
+        long = "log.format",
+        value_enum,
+        default_value = "logfmt",
+        global = true
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
@@ -73,7 +86,11 @@ fn init_logging(level: LogLevel, format: LogFormat) {
     match format {
         LogFormat::Logfmt => registry.with(tracing_logfmt::layer()).init(),
         LogFormat::Json => registry
-            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
             .init(),
     }
 }
@@ -94,8 +111,9 @@ fn shutdown_on_signal() -> CancellationToken {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("installing the SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("installing the SIGTERM handler");
             tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
         }
         #[cfg(not(unix))]
@@ -115,8 +133,13 @@ async fn main() -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", cli.listen_address))?;
         tracing::info!(address = %listener.local_addr()?, "Demo listening; open it in a browser.");
-        let opts = demo::DemoOptions { connections, ..Default::default() };
-        return demo::run(listener, opts, shutdown_on_signal()).await.map_err(anyhow::Error::msg);
+        let opts = demo::DemoOptions {
+            connections,
+            ..Default::default()
+        };
+        return demo::run(listener, opts, shutdown_on_signal())
+            .await
+            .map_err(anyhow::Error::msg);
     }
     let cfg = match config::load(&cli.config_file) {
         Ok(c) => c,
@@ -126,16 +149,32 @@ async fn main() -> Result<()> {
         }
     };
     if cli.config_check {
-        println!("{}: OK, {} source(s): {}", cfg.file, cfg.sources.len(),
-            cfg.sources.iter().map(|s| format!("{} ({})", s.name, s.kind.as_str())).collect::<Vec<_>>().join(", "));
+        println!(
+            "{}: OK, {} source(s): {}",
+            cfg.file,
+            cfg.sources.len(),
+            cfg.sources
+                .iter()
+                .map(|s| format!("{} ({})", s.name, s.kind.as_str()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         return Ok(());
     }
     let listener = tokio::net::TcpListener::bind(listen_address(&cli.listen_address))
         .await
         .with_context(|| format!("cannot listen on {}", cli.listen_address))?;
     tracing::info!(address = %listener.local_addr()?, config = %cfg.file, sources = cfg.sources.len(), version = env!("CARGO_PKG_VERSION"), "Starting oauth-token-exporter.");
-    let opts = ServerOptions { telemetry_path: cli.telemetry_path };
-    oauth_token_exporter::run(cfg, listener, opts, Arc::new(SystemClock), shutdown_on_signal())
-        .await
-        .map_err(anyhow::Error::msg)
+    let opts = ServerOptions {
+        telemetry_path: cli.telemetry_path,
+    };
+    oauth_token_exporter::run(
+        cfg,
+        listener,
+        opts,
+        Arc::new(SystemClock),
+        shutdown_on_signal(),
+    )
+    .await
+    .map_err(anyhow::Error::msg)
 }

@@ -19,7 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Content type of the OpenMetrics exposition (what Prometheus asks for).
-pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// Content type of the classic text format (for clients that do not ask for OpenMetrics,
 /// and for `promtool check metrics`).
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -37,7 +38,11 @@ pub fn openmetrics_to_text(om: &str) -> String {
         }
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
-            let name = if kind == "counter" { format!("{name}_total") } else { name.to_string() };
+            let name = if kind == "counter" {
+                format!("{name}_total")
+            } else {
+                name.to_string()
+            };
             if let Some(help) = pending_help.take() {
                 let text = help.split_once(' ').map(|(_, t)| t).unwrap_or("");
                 out.push_str(&format!("# HELP {name} {text}\n"));
@@ -129,23 +134,65 @@ impl SourceErrorReason {
 /// Names and HELP texts, in one place.
 pub mod names {
     pub const LAST_REFRESH: (&str, &str) = ("oauth_refresh_token_last_refresh_timestamp_seconds", "When the current refresh token was issued (last successful refresh or authorisation), as of the last poll");
-    pub const AGE: (&str, &str) = ("oauth_refresh_token_age_seconds", "Time since the last successful refresh, as of the last poll");
+    pub const AGE: (&str, &str) = (
+        "oauth_refresh_token_age_seconds",
+        "Time since the last successful refresh, as of the last poll",
+    );
     pub const REFRESH_EXPIRY: (&str, &str) = ("oauth_refresh_token_expiry_timestamp_seconds", "When the refresh token expires: last refresh plus the provider's inactivity window, or a stored expiry if earlier");
-    pub const EXPIRED: (&str, &str) = ("oauth_refresh_token_expired", "1 when the refresh token is past its expiry as of the last poll");
-    pub const ACCESS_EXPIRY: (&str, &str) = ("oauth_access_token_expiry_timestamp_seconds", "When the current access token expires, as of the last poll");
-    pub const STATUS: (&str, &str) = ("oauth_connection_status", "Connection status as a state set: 1 for the current status");
-    pub const INFO: (&str, &str) = ("oauth_connection_info", "Extra labels of a connection, for joins");
-    pub const CONNECTIONS: (&str, &str) = ("oauth_connections", "Connections per status, as of the last poll");
+    pub const EXPIRED: (&str, &str) = (
+        "oauth_refresh_token_expired",
+        "1 when the refresh token is past its expiry as of the last poll",
+    );
+    pub const ACCESS_EXPIRY: (&str, &str) = (
+        "oauth_access_token_expiry_timestamp_seconds",
+        "When the current access token expires, as of the last poll",
+    );
+    pub const STATUS: (&str, &str) = (
+        "oauth_connection_status",
+        "Connection status as a state set: 1 for the current status",
+    );
+    pub const INFO: (&str, &str) = (
+        "oauth_connection_info",
+        "Extra labels of a connection, for joins",
+    );
+    pub const CONNECTIONS: (&str, &str) = (
+        "oauth_connections",
+        "Connections per status, as of the last poll",
+    );
     pub const EXPIRING: (&str, &str) = ("oauth_connections_expiring", "Connections whose refresh token expires within the window (cumulative), as of the last poll");
-    pub const FAILING: (&str, &str) = ("oauth_connections_failing", "Distinct connections with a failure in the last detect window");
+    pub const FAILING: (&str, &str) = (
+        "oauth_connections_failing",
+        "Distinct connections with a failure in the last detect window",
+    );
     pub const TRUNCATED: (&str, &str) = ("oauth_exporter_connections_truncated", "Connections left out of the per-connection series by the source's cap (aggregates count them)");
-    pub const REMOVED: (&str, &str) = ("oauth_connections_removed", "Connections that disappeared from the store (some apps delete the row on invalid_grant)");
-    pub const UP: (&str, &str) = ("oauth_exporter_source_up", "1 when the last poll of the source succeeded");
-    pub const LAST_SUCCESS: (&str, &str) = ("oauth_exporter_source_last_success_timestamp_seconds", "When the source was last polled successfully (0: never)");
-    pub const DURATION: (&str, &str) = ("oauth_exporter_source_duration_seconds", "How long the last poll of the source took");
-    pub const ERRORS: (&str, &str) = ("oauth_exporter_source_errors", "Failed polls of the source, by reason");
-    pub const REJECTED: (&str, &str) = ("oauth_exporter_rows_rejected", "Rows the source returned that could not be exported, by reason");
-    pub const BUILD_INFO: (&str, &str) = ("oauth_exporter_build_info", "Build information of the exporter; value 1");
+    pub const REMOVED: (&str, &str) = (
+        "oauth_connections_removed",
+        "Connections that disappeared from the store (some apps delete the row on invalid_grant)",
+    );
+    pub const UP: (&str, &str) = (
+        "oauth_exporter_source_up",
+        "1 when the last poll of the source succeeded",
+    );
+    pub const LAST_SUCCESS: (&str, &str) = (
+        "oauth_exporter_source_last_success_timestamp_seconds",
+        "When the source was last polled successfully (0: never)",
+    );
+    pub const DURATION: (&str, &str) = (
+        "oauth_exporter_source_duration_seconds",
+        "How long the last poll of the source took",
+    );
+    pub const ERRORS: (&str, &str) = (
+        "oauth_exporter_source_errors",
+        "Failed polls of the source, by reason",
+    );
+    pub const REJECTED: (&str, &str) = (
+        "oauth_exporter_rows_rejected",
+        "Rows the source returned that could not be exported, by reason",
+    );
+    pub const BUILD_INFO: (&str, &str) = (
+        "oauth_exporter_build_info",
+        "Build information of the exporter; value 1",
+    );
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -198,7 +245,9 @@ impl Live {
             let _ = self.errors.get_or_create(&self.reason(source, r.as_str()));
         }
         for r in RejectReason::ALL {
-            let _ = self.rejected.get_or_create(&self.reason(source, r.as_str()));
+            let _ = self
+                .rejected
+                .get_or_create(&self.reason(source, r.as_str()));
         }
         let _ = self.removed.get_or_create(&ProviderSourceLabels {
             provider,
@@ -214,7 +263,9 @@ impl Live {
     }
 
     pub fn source_error(&self, source: &str, reason: SourceErrorReason) {
-        self.errors.get_or_create(&self.reason(source, reason.as_str())).inc();
+        self.errors
+            .get_or_create(&self.reason(source, reason.as_str()))
+            .inc();
     }
 
     pub fn row_rejected(&self, source: &str, reason: RejectReason, n: u64) {
@@ -280,7 +331,8 @@ impl StateCollector {
                     for (i, v) in values.iter().enumerate() {
                         let labels: [Lbl; 3] =
                             [("provider", src.provider), ("source", &src.name), (key, v)];
-                        ConstGauge::new(value(&snap, i) as i64).encode(f.encode_family(&labels)?)?;
+                        ConstGauge::new(value(&snap, i) as i64)
+                            .encode(f.encode_family(&labels)?)?;
                     }
                 }
                 None => {
@@ -299,7 +351,9 @@ impl Collector for StateCollector {
         self.per_connection(&mut enc, LAST_REFRESH, |c| Some(c.last_refresh))?;
         self.per_connection(&mut enc, AGE, |c| Some(c.age))?;
         self.per_connection(&mut enc, REFRESH_EXPIRY, |c| Some(c.refresh_expiry))?;
-        self.per_connection(&mut enc, EXPIRED, |c| Some(if c.expired { 1.0 } else { 0.0 }))?;
+        self.per_connection(&mut enc, EXPIRED, |c| {
+            Some(if c.expired { 1.0 } else { 0.0 })
+        })?;
         self.per_connection(&mut enc, ACCESS_EXPIRY, |c| c.access_expiry)?;
         {
             let mut f = family(&mut enc, STATUS, MetricType::Gauge)?;
@@ -340,9 +394,12 @@ impl Collector for StateCollector {
             }
         }
         let statuses: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
-        self.per_source(&mut enc, CONNECTIONS, Some(("status", &statuses)), |s, i| {
-            s.aggregates.by_status[i]
-        })?;
+        self.per_source(
+            &mut enc,
+            CONNECTIONS,
+            Some(("status", &statuses)),
+            |s, i| s.aggregates.by_status[i],
+        )?;
         let windows: Vec<&str> = EXPIRING_WINDOWS.iter().map(|(w, _)| *w).collect();
         self.per_source(&mut enc, EXPIRING, Some(("within", &windows)), |s, i| {
             s.aggregates.expiring[i]
@@ -352,7 +409,8 @@ impl Collector for StateCollector {
             let mut f = family(&mut enc, TRUNCATED, MetricType::Gauge)?;
             for src in &self.sources {
                 let labels: [Lbl; 1] = [("source", &src.name)];
-                ConstGauge::new(src.snapshot().truncated as i64).encode(f.encode_family(&labels)?)?;
+                ConstGauge::new(src.snapshot().truncated as i64)
+                    .encode(f.encode_family(&labels)?)?;
             }
         }
         Ok(())
@@ -429,7 +487,8 @@ impl Exposition {
         out.push_str(&state);
         prometheus_client::encoding::text::encode_registry(&mut out, &self.live_registry)
             .expect("writing to a String cannot fail");
-        prometheus_client::encoding::text::encode_eof(&mut out).expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode_eof(&mut out)
+            .expect("writing to a String cannot fail");
         out
     }
 }

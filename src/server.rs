@@ -2,7 +2,9 @@
 //! `/-/ready`.
 
 use crate::clock::SharedClock;
-use crate::metrics::{openmetrics_to_text, Exposition, OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE};
+use crate::metrics::{
+    openmetrics_to_text, Exposition, OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE,
+};
 use crate::sources::SourceHandle;
 use crate::state::Status;
 use axum::extract::State;
@@ -56,12 +58,20 @@ async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
         }
     })
     .await;
-    let content_type = if openmetrics { OPENMETRICS_CONTENT_TYPE } else { TEXT_CONTENT_TYPE };
+    let content_type = if openmetrics {
+        OPENMETRICS_CONTENT_TYPE
+    } else {
+        TEXT_CONTENT_TYPE
+    };
     match rendered {
         Ok(body) => ([(header::CONTENT_TYPE, content_type)], body).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "Encoding the metrics failed.");
-            (StatusCode::INTERNAL_SERVER_ERROR, "encoding the metrics failed\n").into_response()
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "encoding the metrics failed\n",
+            )
+                .into_response()
         }
     }
 }
@@ -82,7 +92,10 @@ async fn ready(State(s): State<AppState>) -> Response {
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("Not ready: no successful poll yet of {}\n", waiting.join(", ")),
+            format!(
+                "Not ready: no successful poll yet of {}\n",
+                waiting.join(", ")
+            ),
         )
             .into_response()
     }
@@ -147,7 +160,9 @@ async fn landing(State(s): State<AppState>) -> Html<String> {
     h.push_str("</table><h2>Connections at risk</h2>");
     at_risk.sort_by(|a, b| a.1.refresh_expiry.total_cmp(&b.1.refresh_expiry));
     if at_risk.is_empty() {
-        h.push_str("<p>None: every exported connection is active and more than 7 days from expiry.</p>");
+        h.push_str(
+            "<p>None: every exported connection is active and more than 7 days from expiry.</p>",
+        );
     } else {
         let _ = write!(
             h,

@@ -126,7 +126,9 @@ impl SourceSnapshot {
         let total = rows.len();
         if total > cap {
             rows.select_nth_unstable_by(cap, |a, b| {
-                a.refresh_expiry.cmp(&b.refresh_expiry).then_with(|| a.id.cmp(&b.id))
+                a.refresh_expiry
+                    .cmp(&b.refresh_expiry)
+                    .then_with(|| a.id.cmp(&b.id))
             });
             rows.truncate(cap);
         }
@@ -188,7 +190,12 @@ mod tests {
     #[test]
     fn idle_59_days_expires_within_1d_and_idle_61_days_is_expired() {
         let now = Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap();
-        let rows = vec![conn("a", 59, now), conn("b", 61, now), conn("c", 1, now), conn("d", 40, now)];
+        let rows = vec![
+            conn("a", 59, now),
+            conn("b", 61, now),
+            conn("c", 1, now),
+            conn("d", 40, now),
+        ];
         let s = SourceSnapshot::build(rows, now, 100, Duration::minutes(15));
         assert_eq!(s.aggregates.expiring, [1, 1, 1, 2]);
         assert_eq!(s.aggregates.by_status[Status::Active.index()], 3);
@@ -202,7 +209,9 @@ mod tests {
     #[test]
     fn cap_keeps_the_connections_closest_to_expiry_and_counts_the_rest() {
         let now = Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap();
-        let rows = (0..10).map(|i| conn(&format!("c{i}"), i * 5, now)).collect();
+        let rows = (0..10)
+            .map(|i| conn(&format!("c{i}"), i * 5, now))
+            .collect();
         let s = SourceSnapshot::build(rows, now, 3, Duration::minutes(15));
         let ids: Vec<_> = s.connections.iter().map(|c| c.id.as_str()).collect();
         assert_eq!(ids, ["c7", "c8", "c9"]);

@@ -270,11 +270,15 @@ pub fn to_seconds(cell: &Cell) -> Result<Option<f64>, TimeError> {
         Cell::Null => return Ok(None),
         Cell::Int(i) => *i as f64,
         Cell::Float(f) => *f,
-        Cell::Text(s) => s.trim().parse::<f64>().map_err(|_| TimeError::Unparseable)?,
+        Cell::Text(s) => s
+            .trim()
+            .parse::<f64>()
+            .map_err(|_| TimeError::Unparseable)?,
         Cell::Json(serde_json::Value::Number(n)) => n.as_f64().unwrap_or(f64::NAN),
-        Cell::Json(serde_json::Value::String(s)) => {
-            s.trim().parse::<f64>().map_err(|_| TimeError::Unparseable)?
-        }
+        Cell::Json(serde_json::Value::String(s)) => s
+            .trim()
+            .parse::<f64>()
+            .map_err(|_| TimeError::Unparseable)?,
         Cell::Json(serde_json::Value::Null) => return Ok(None),
         _ => return Err(TimeError::Unparseable),
     };
@@ -308,7 +312,10 @@ mod tests {
         assert_eq!(auto(Cell::Int(1772360430000)), Ok(Some(t(WANT))));
         assert_eq!(auto(Cell::Float(1772360430.0)), Ok(Some(t(WANT))));
         assert_eq!(auto(Cell::Text("1772360430".into())), Ok(Some(t(WANT))));
-        assert_eq!(auto(Cell::Text(" 1772360430000 ".into())), Ok(Some(t(WANT))));
+        assert_eq!(
+            auto(Cell::Text(" 1772360430000 ".into())),
+            Ok(Some(t(WANT)))
+        );
     }
 
     #[test]
@@ -332,7 +339,10 @@ mod tests {
             Ok(Some(t(WANT)))
         );
         assert_eq!(
-            to_time(&Cell::Text("2026-03-01T10:20:30.000Z".into()), TimeFormat::Rfc3339),
+            to_time(
+                &Cell::Text("2026-03-01T10:20:30.000Z".into()),
+                TimeFormat::Rfc3339
+            ),
             Ok(Some(t(WANT)))
         );
     }
@@ -373,7 +383,10 @@ mod tests {
 
     #[test]
     fn garbage_and_impossible_values_are_told_apart() {
-        assert_eq!(auto(Cell::Text("yesterday".into())), Err(TimeError::Unparseable));
+        assert_eq!(
+            auto(Cell::Text("yesterday".into())),
+            Err(TimeError::Unparseable)
+        );
         assert_eq!(auto(Cell::Text("".into())), Err(TimeError::Unparseable));
         assert_eq!(auto(Cell::Bool(true)), Err(TimeError::Unparseable));
         assert_eq!(auto(Cell::Int(0)), Err(TimeError::Impossible));
@@ -413,7 +426,10 @@ mod tests {
         assert_eq!(to_seconds(&Cell::Int(1800)), Ok(Some(1800.0)));
         assert_eq!(to_seconds(&Cell::Text("1800".into())), Ok(Some(1800.0)));
         assert_eq!(to_seconds(&Cell::Null), Ok(None));
-        assert_eq!(to_seconds(&Cell::Text("soon".into())), Err(TimeError::Unparseable));
+        assert_eq!(
+            to_seconds(&Cell::Text("soon".into())),
+            Err(TimeError::Unparseable)
+        );
         assert_eq!(to_seconds(&Cell::Int(-1)), Err(TimeError::Impossible));
     }
 }

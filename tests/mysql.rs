@@ -9,24 +9,37 @@ async fn setup(test: &str, stmts: &[String]) -> Option<(MySqlPool, String)> {
     if !server_or_skip(test, "MySQL/MariaDB", &mysql_url()).await {
         return None;
     }
-    let pool = MySqlPoolOptions::new().max_connections(2).connect(&mysql_url()).await.expect("connect to MariaDB");
+    let pool = MySqlPoolOptions::new()
+        .max_connections(2)
+        .connect(&mysql_url())
+        .await
+        .expect("connect to MariaDB");
     let p = unique(test);
     for s in stmts {
         let s = s.replace("{p}", &p);
-        sqlx::query(&s).execute(&pool).await.unwrap_or_else(|e| panic!("{s}: {e}"));
+        sqlx::query(&s)
+            .execute(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("{s}: {e}"));
     }
     Some((pool, p))
 }
 
 async fn teardown(pool: MySqlPool, tables: &[String]) {
     for t in tables {
-        sqlx::query(&format!("DROP TABLE IF EXISTS {t}")).execute(&pool).await.unwrap();
+        sqlx::query(&format!("DROP TABLE IF EXISTS {t}"))
+            .execute(&pool)
+            .await
+            .unwrap();
     }
     pool.close().await;
 }
 
 fn my_source(name: &str, rest: &str) -> String {
-    format!("  - name: {name}\n    kind: mysql\n    dsn: {}\n{rest}", mysql_url())
+    format!(
+        "  - name: {name}\n    kind: mysql\n    dsn: {}\n{rest}",
+        mysql_url()
+    )
 }
 
 #[tokio::test]
@@ -40,7 +53,10 @@ async fn every_mysql_timestamp_type_gives_the_same_last_refresh() {
     let q = format!("    query: SELECT * FROM {p}_t\n");
     let mut yaml = String::from("sources:\n");
     for col in ["dt", "d_epoch", "ms_epoch", "dec_epoch", "txt"] {
-        yaml.push_str(&my_source(col, &format!("{q}    fields: {{connection: id, last_refresh: {col}}}\n")));
+        yaml.push_str(&my_source(
+            col,
+            &format!("{q}    fields: {{connection: id, last_refresh: {col}}}\n"),
+        ));
     }
     yaml.push_str(&my_source("json", &format!("{q}    infer_last_refresh: access_expires\n    fields: {{connection: id, access_expires: {{column: token_set, json_path: expires_at}}}}\n")));
     yaml.push_str(&my_source("relative", &format!("{q}    infer_last_refresh: access_expires\n    fields: {{connection: id, access_expires: {{column: expires_in, format: relative_seconds, relative_to: fetched_at}}}}\n")));
@@ -48,8 +64,24 @@ async fn every_mysql_timestamp_type_gives_the_same_last_refresh() {
     let ok = poll(&mut e).await;
     let text = scrape(&e);
     assert!(ok.iter().all(|o| *o), "{ok:?}\n{text}");
-    for src in ["dt", "d_epoch", "ms_epoch", "dec_epoch", "txt", "json", "relative"] {
-        assert_eq!(value(&text, "oauth_refresh_token_last_refresh_timestamp_seconds", &[("source", src), ("connection", "c1")]), 1777629600.0, "source {src}");
+    for src in [
+        "dt",
+        "d_epoch",
+        "ms_epoch",
+        "dec_epoch",
+        "txt",
+        "json",
+        "relative",
+    ] {
+        assert_eq!(
+            value(
+                &text,
+                "oauth_refresh_token_last_refresh_timestamp_seconds",
+                &[("source", src), ("connection", "c1")]
+            ),
+            1777629600.0,
+            "source {src}"
+        );
     }
     assert!(!text.contains("AT-m") && !text.contains("RT-m"));
     teardown(pool, &[format!("{p}_t")]).await;
@@ -67,27 +99,61 @@ async fn xero_tokens_and_token_set_json_presets_on_mariadb() {
     ]).await else { return };
     let yaml = format!(
         "sources:\n{}{}",
-        my_source("flat", &format!("    preset: xero_tokens\n    table: {p}_xero_tokens\n")),
-        my_source("sets", &format!("    preset: token_set_json\n    table: {p}_sets\n"))
+        my_source(
+            "flat",
+            &format!("    preset: xero_tokens\n    table: {p}_xero_tokens\n")
+        ),
+        my_source(
+            "sets",
+            &format!("    preset: token_set_json\n    table: {p}_sets\n")
+        )
     );
     let (mut e, _) = exporter(&yaml, fixed_now());
     assert_eq!(poll(&mut e).await, [true, true], "{}", scrape(&e));
     let text = scrape(&e);
     assert_eq!(connections(&text, "flat"), ["1", "3"]);
-    assert_eq!(value(&text, "oauth_refresh_token_age_seconds", &[("source", "flat"), ("connection", "1"), ("tenant", "t-1")]), 59.0 * 86400.0);
-    assert_eq!(value(&text, "oauth_exporter_rows_rejected_total", &[("source", "flat"), ("reason", "null_timestamp")]), 1.0);
+    assert_eq!(
+        value(
+            &text,
+            "oauth_refresh_token_age_seconds",
+            &[("source", "flat"), ("connection", "1"), ("tenant", "t-1")]
+        ),
+        59.0 * 86400.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "oauth_exporter_rows_rejected_total",
+            &[("source", "flat"), ("reason", "null_timestamp")]
+        ),
+        1.0
+    );
     assert_eq!(connections(&text, "sets"), ["ok"]);
-    assert_eq!(value(&text, "oauth_exporter_rows_rejected_total", &[("source", "sets"), ("reason", "unparseable_timestamp")]), 1.0);
+    assert_eq!(
+        value(
+            &text,
+            "oauth_exporter_rows_rejected_total",
+            &[("source", "sets"), ("reason", "unparseable_timestamp")]
+        ),
+        1.0
+    );
     teardown(pool, &[format!("{p}_xero_tokens"), format!("{p}_sets")]).await;
 }
 
 #[tokio::test]
 async fn a_configured_statement_that_writes_is_refused_by_mariadb() {
-    let Some((pool, p)) = setup("my_write", &[
-        "DROP TABLE IF EXISTS {p}_t".into(),
-        "CREATE TABLE {p}_t (id VARCHAR(10), lr DATETIME)".into(),
-        "INSERT INTO {p}_t VALUES ('a', '2026-05-01 10:00:00')".into(),
-    ]).await else { return };
+    let Some((pool, p)) = setup(
+        "my_write",
+        &[
+            "DROP TABLE IF EXISTS {p}_t".into(),
+            "CREATE TABLE {p}_t (id VARCHAR(10), lr DATETIME)".into(),
+            "INSERT INTO {p}_t VALUES ('a', '2026-05-01 10:00:00')".into(),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
     let mut yaml = String::from("sources:\n");
     yaml.push_str(&my_source("ret", &format!("    query: DELETE FROM {p}_t RETURNING id, lr\n    fields: {{connection: id, last_refresh: lr}}\n")));
     yaml.push_str(&my_source("ins", &format!("    query: INSERT INTO {p}_t SELECT 'b', lr FROM {p}_t\n    fields: {{connection: id, last_refresh: lr}}\n")));
@@ -95,21 +161,46 @@ async fn a_configured_statement_that_writes_is_refused_by_mariadb() {
     assert_eq!(poll(&mut e).await, [false, false]);
     let text = scrape(&e);
     for src in ["ret", "ins"] {
-        assert_eq!(value(&text, "oauth_exporter_source_errors_total", &[("source", src), ("reason", "write_refused")]), 1.0, "{src}: {text}");
+        assert_eq!(
+            value(
+                &text,
+                "oauth_exporter_source_errors_total",
+                &[("source", src), ("reason", "write_refused")]
+            ),
+            1.0,
+            "{src}: {text}"
+        );
     }
-    let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {p}_t")).fetch_one(&pool).await.unwrap();
+    let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {p}_t"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(n, 1);
     teardown(pool, &[format!("{p}_t")]).await;
 }
 
 #[tokio::test]
 async fn mariadb_going_away_keeps_last_values_and_the_source_recovers_by_itself() {
-    let Some((pool, p)) = setup("my_outage", &[
-        "DROP TABLE IF EXISTS {p}_t".into(),
-        "CREATE TABLE {p}_t (id VARCHAR(10), lr BIGINT)".into(),
-        "INSERT INTO {p}_t VALUES ('a', 1777629600)".into(),
-    ]).await else { return };
-    let target = mysql_url().split('@').nth(1).unwrap().split('/').next().unwrap().to_string();
+    let Some((pool, p)) = setup(
+        "my_outage",
+        &[
+            "DROP TABLE IF EXISTS {p}_t".into(),
+            "CREATE TABLE {p}_t (id VARCHAR(10), lr BIGINT)".into(),
+            "INSERT INTO {p}_t VALUES ('a', 1777629600)".into(),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let target = mysql_url()
+        .split('@')
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
     let proxy = FaultProxy::start(target).await;
     let yaml = format!(
         "sources:\n  - name: flaky\n    kind: mysql\n    dsn: mysql://root@{}/test\n    interval: 5s\n    timeout: 1s\n    query: SELECT id, lr FROM {p}_t\n    fields: {{connection: id, last_refresh: lr}}\n",
@@ -121,10 +212,20 @@ async fn mariadb_going_away_keeps_last_values_and_the_source_recovers_by_itself(
     clock.advance(chrono::Duration::minutes(1));
     assert_eq!(poll(&mut e).await, [false]);
     let text = scrape(&e);
-    assert_eq!(value(&text, "oauth_exporter_source_up", &[("source", "flaky")]), 0.0);
+    assert_eq!(
+        value(&text, "oauth_exporter_source_up", &[("source", "flaky")]),
+        0.0
+    );
     assert_eq!(connections(&text, "flaky"), ["a"]);
     proxy.restore();
     assert_eq!(poll(&mut e).await, [true]);
-    assert_eq!(value(&scrape(&e), "oauth_exporter_source_up", &[("source", "flaky")]), 1.0);
+    assert_eq!(
+        value(
+            &scrape(&e),
+            "oauth_exporter_source_up",
+            &[("source", "flaky")]
+        ),
+        1.0
+    );
     teardown(pool, &[format!("{p}_t")]).await;
 }

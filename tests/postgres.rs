@@ -9,19 +9,35 @@ async fn setup(test: &str, stmts: &[String]) -> Option<(PgPool, String)> {
     if !server_or_skip(test, "PostgreSQL", &pg_url()).await {
         return None;
     }
-    let pool = PgPoolOptions::new().max_connections(2).connect(&pg_url()).await.expect("connect to PostgreSQL");
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&pg_url())
+        .await
+        .expect("connect to PostgreSQL");
     let schema = unique(test);
-    sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).execute(&pool).await.unwrap();
-    sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&pool).await.unwrap();
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&pool)
+        .await
+        .unwrap();
     for s in stmts {
         let s = s.replace("{s}", &schema);
-        sqlx::query(&s).execute(&pool).await.unwrap_or_else(|e| panic!("{s}: {e}"));
+        sqlx::query(&s)
+            .execute(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("{s}: {e}"));
     }
     Some((pool, schema))
 }
 
 async fn teardown(pool: PgPool, schema: &str) {
-    sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).execute(&pool).await.unwrap();
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .execute(&pool)
+        .await
+        .unwrap();
     pool.close().await;
 }
 
@@ -40,8 +56,21 @@ async fn every_postgres_timestamp_type_gives_the_same_last_refresh() {
     let dsn = pg_url();
     let q = format!("    query: SELECT * FROM {s}.t\n");
     let mut yaml = String::from("sources:\n");
-    for col in ["tz", "naive", "d_epoch", "ms_epoch", "num_epoch", "f_epoch", "txt", "txt_epoch"] {
-        yaml.push_str(&pg_source(col, &dsn, &format!("{q}    fields: {{connection: id, last_refresh: {col}}}\n")));
+    for col in [
+        "tz",
+        "naive",
+        "d_epoch",
+        "ms_epoch",
+        "num_epoch",
+        "f_epoch",
+        "txt",
+        "txt_epoch",
+    ] {
+        yaml.push_str(&pg_source(
+            col,
+            &dsn,
+            &format!("{q}    fields: {{connection: id, last_refresh: {col}}}\n"),
+        ));
     }
     for col in ["token_set", "token_text"] {
         yaml.push_str(&pg_source(col, &dsn, &format!("{q}    infer_last_refresh: access_expires\n    fields: {{connection: id, access_expires: {{column: {col}, json_path: expires_at}}}}\n")));
@@ -49,8 +78,26 @@ async fn every_postgres_timestamp_type_gives_the_same_last_refresh() {
     let (mut e, _) = exporter(&yaml, fixed_now());
     assert!(poll(&mut e).await.iter().all(|ok| *ok), "{}", scrape(&e));
     let text = scrape(&e);
-    for src in ["tz", "naive", "d_epoch", "ms_epoch", "num_epoch", "f_epoch", "txt", "txt_epoch", "token_set", "token_text"] {
-        let v = value(&text, "oauth_refresh_token_last_refresh_timestamp_seconds", &[("source", src), ("connection", "6f1c2f6e-0000-4000-8000-000000000001")]);
+    for src in [
+        "tz",
+        "naive",
+        "d_epoch",
+        "ms_epoch",
+        "num_epoch",
+        "f_epoch",
+        "txt",
+        "txt_epoch",
+        "token_set",
+        "token_text",
+    ] {
+        let v = value(
+            &text,
+            "oauth_refresh_token_last_refresh_timestamp_seconds",
+            &[
+                ("source", src),
+                ("connection", "6f1c2f6e-0000-4000-8000-000000000001"),
+            ],
+        );
         assert_eq!(v, 1777629600.0, "source {src}");
     }
     assert!(!text.contains("AT-x") && !text.contains("RT-x"));
@@ -80,18 +127,78 @@ async fn nango_preset_reads_health_columns_of_a_nango_schema() {
             ('never_refreshed', 'xero-dev', '{{}}', '{{}}', {now} - interval '2 days', {now} - interval '47 hours', NULL, NULL, NULL, false, false), \
             ('gone', 'xero', '{{}}', '{{\"tenant_id\":\"tenant-5\"}}', {now} - interval '9 days', NULL, NULL, NULL, NULL, false, true)"),
     ]).await else { return };
-    let yaml = format!("sources:\n{}", pg_source("nango", &pg_url(), &format!("    preset: nango\n    table: {s}._nango_connections\n")));
+    let yaml = format!(
+        "sources:\n{}",
+        pg_source(
+            "nango",
+            &pg_url(),
+            &format!("    preset: nango\n    table: {s}._nango_connections\n")
+        )
+    );
     let (mut e, _) = exporter(&yaml, fixed_now());
     assert_eq!(poll(&mut e).await, [true], "{}", scrape(&e));
     let text = scrape(&e);
-    assert_eq!(connections(&text, "nango"), ["xero-dev/never_refreshed", "xero/exhausted", "xero/failing_now", "xero/healthy"]);
-    assert_eq!(value(&text, "oauth_refresh_token_age_seconds", &[("connection", "xero/healthy"), ("tenant", "tenant-1")]), 600.0);
-    assert_eq!(value(&text, "oauth_refresh_token_age_seconds", &[("connection", "xero-dev/never_refreshed")]), 2.0 * 86400.0);
-    assert_eq!(value(&text, "oauth_connection_status", &[("connection", "xero/exhausted"), ("status", "needs_reauth")]), 1.0);
-    assert_eq!(value(&text, "oauth_connection_status", &[("connection", "xero/failing_now"), ("status", "active")]), 1.0);
-    assert_eq!(value(&text, "oauth_connections_failing", &[("source", "nango")]), 1.0);
-    assert_eq!(value(&text, "oauth_connections", &[("source", "nango"), ("status", "needs_reauth")]), 1.0);
-    assert_eq!(value(&text, "oauth_access_token_expiry_timestamp_seconds", &[("connection", "xero/healthy")]), fixed_now().timestamp() as f64 + 1200.0);
+    assert_eq!(
+        connections(&text, "nango"),
+        [
+            "xero-dev/never_refreshed",
+            "xero/exhausted",
+            "xero/failing_now",
+            "xero/healthy"
+        ]
+    );
+    assert_eq!(
+        value(
+            &text,
+            "oauth_refresh_token_age_seconds",
+            &[("connection", "xero/healthy"), ("tenant", "tenant-1")]
+        ),
+        600.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "oauth_refresh_token_age_seconds",
+            &[("connection", "xero-dev/never_refreshed")]
+        ),
+        2.0 * 86400.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "oauth_connection_status",
+            &[("connection", "xero/exhausted"), ("status", "needs_reauth")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "oauth_connection_status",
+            &[("connection", "xero/failing_now"), ("status", "active")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&text, "oauth_connections_failing", &[("source", "nango")]),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "oauth_connections",
+            &[("source", "nango"), ("status", "needs_reauth")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "oauth_access_token_expiry_timestamp_seconds",
+            &[("connection", "xero/healthy")]
+        ),
+        fixed_now().timestamp() as f64 + 1200.0
+    );
     assert!(!text.contains("ENC-secret"));
     teardown(pool, &s).await;
 }
@@ -104,23 +211,61 @@ async fn xero_tokens_preset_on_postgres_with_garbage_rows_rejected_alone() {
            ('a', 'r', '2026-04-03 12:30:00', '00000000-0000-4000-8000-00000000000a'), ('a', 'r', NULL, '00000000-0000-4000-8000-00000000000b'), \
            ('a', 'r', '1970-01-01 00:30:00', '00000000-0000-4000-8000-00000000000c'), ('a', 'r', '2026-05-31 12:30:00', NULL)".into(),
     ]).await else { return };
-    let yaml = format!("sources:\n{}", pg_source("flat", &pg_url(), &format!("    preset: xero_tokens\n    table: {s}.xero_tokens\n")));
+    let yaml = format!(
+        "sources:\n{}",
+        pg_source(
+            "flat",
+            &pg_url(),
+            &format!("    preset: xero_tokens\n    table: {s}.xero_tokens\n")
+        )
+    );
     let (mut e, _) = exporter(&yaml, fixed_now());
     assert_eq!(poll(&mut e).await, [true]);
     let text = scrape(&e);
     assert_eq!(connections(&text, "flat"), ["1", "4"]);
-    assert_eq!(value(&text, "oauth_refresh_token_age_seconds", &[("connection", "1"), ("tenant", "00000000-0000-4000-8000-00000000000a")]), 59.0 * 86400.0);
-    assert_eq!(value(&text, "oauth_exporter_rows_rejected_total", &[("source", "flat"), ("reason", "null_timestamp")]), 1.0);
-    assert_eq!(value(&text, "oauth_exporter_rows_rejected_total", &[("source", "flat"), ("reason", "impossible_timestamp")]), 1.0);
+    assert_eq!(
+        value(
+            &text,
+            "oauth_refresh_token_age_seconds",
+            &[
+                ("connection", "1"),
+                ("tenant", "00000000-0000-4000-8000-00000000000a")
+            ]
+        ),
+        59.0 * 86400.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "oauth_exporter_rows_rejected_total",
+            &[("source", "flat"), ("reason", "null_timestamp")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "oauth_exporter_rows_rejected_total",
+            &[("source", "flat"), ("reason", "impossible_timestamp")]
+        ),
+        1.0
+    );
     teardown(pool, &s).await;
 }
 
 #[tokio::test]
 async fn a_configured_statement_that_writes_is_refused_by_postgres() {
-    let Some((pool, s)) = setup("pg_write", &[
-        "CREATE TABLE {s}.t (id text, lr timestamptz)".into(),
-        "INSERT INTO {s}.t VALUES ('a', now())".into(),
-    ]).await else { return };
+    let Some((pool, s)) = setup(
+        "pg_write",
+        &[
+            "CREATE TABLE {s}.t (id text, lr timestamptz)".into(),
+            "INSERT INTO {s}.t VALUES ('a', now())".into(),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
     let mut yaml = String::from("sources:\n");
     yaml.push_str(&pg_source("cte", &pg_url(), &format!("    query: WITH d AS (DELETE FROM {s}.t RETURNING id, lr) SELECT id, lr FROM d\n    fields: {{connection: id, last_refresh: lr}}\n")));
     yaml.push_str(&pg_source("upd", &pg_url(), &format!("    query: UPDATE {s}.t SET lr = now() RETURNING id, lr\n    fields: {{connection: id, last_refresh: lr}}\n")));
@@ -128,9 +273,20 @@ async fn a_configured_statement_that_writes_is_refused_by_postgres() {
     assert_eq!(poll(&mut e).await, [false, false]);
     let text = scrape(&e);
     for src in ["cte", "upd"] {
-        assert_eq!(value(&text, "oauth_exporter_source_errors_total", &[("source", src), ("reason", "write_refused")]), 1.0, "{src}");
+        assert_eq!(
+            value(
+                &text,
+                "oauth_exporter_source_errors_total",
+                &[("source", src), ("reason", "write_refused")]
+            ),
+            1.0,
+            "{src}"
+        );
     }
-    let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {s}.t")).fetch_one(&pool).await.unwrap();
+    let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {s}.t"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(n, 1);
     teardown(pool, &s).await;
 }
@@ -141,7 +297,14 @@ async fn postgres_going_away_keeps_last_values_and_the_source_recovers_by_itself
         "CREATE TABLE {s}.t (id text, lr timestamptz)".into(),
         "INSERT INTO {s}.t VALUES ('a', '2026-05-01 10:00:00+00'), ('b', '2026-05-02 10:00:00+00')".into(),
     ]).await else { return };
-    let target = pg_url().split('@').nth(1).unwrap().split('/').next().unwrap().to_string();
+    let target = pg_url()
+        .split('@')
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
     let proxy = FaultProxy::start(target).await;
     let dsn = format!("postgres://postgres@{}/test", proxy.addr);
     let yaml = format!("sources:\n{}", pg_source("flaky", &dsn, &format!("    interval: 5s\n    timeout: 1s\n    query: SELECT id, lr FROM {s}.t\n    fields: {{connection: id, last_refresh: lr}}\n")));
@@ -152,17 +315,58 @@ async fn postgres_going_away_keeps_last_values_and_the_source_recovers_by_itself
     assert_eq!(poll(&mut e).await, [false]);
     assert_eq!(poll(&mut e).await, [false]);
     let text = scrape(&e);
-    assert_eq!(value(&text, "oauth_exporter_source_up", &[("source", "flaky")]), 0.0);
-    let failures: f64 = ["connect", "timeout", "query"].iter().map(|r| value(&text, "oauth_exporter_source_errors_total", &[("source", "flaky"), ("reason", r)])).sum();
+    assert_eq!(
+        value(&text, "oauth_exporter_source_up", &[("source", "flaky")]),
+        0.0
+    );
+    let failures: f64 = ["connect", "timeout", "query"]
+        .iter()
+        .map(|r| {
+            value(
+                &text,
+                "oauth_exporter_source_errors_total",
+                &[("source", "flaky"), ("reason", r)],
+            )
+        })
+        .sum();
     assert_eq!(failures, 2.0, "{text}");
-    assert_eq!(connections(&text, "flaky"), ["a", "b"], "last good values stay exported");
-    assert_eq!(value(&text, "oauth_exporter_source_last_success_timestamp_seconds", &[("source", "flaky")]), fixed_now().timestamp() as f64);
+    assert_eq!(
+        connections(&text, "flaky"),
+        ["a", "b"],
+        "last good values stay exported"
+    );
+    assert_eq!(
+        value(
+            &text,
+            "oauth_exporter_source_last_success_timestamp_seconds",
+            &[("source", "flaky")]
+        ),
+        fixed_now().timestamp() as f64
+    );
     proxy.restore();
     clock.advance(chrono::Duration::minutes(1));
     assert_eq!(poll(&mut e).await, [true]);
     let text = scrape(&e);
-    assert_eq!(value(&text, "oauth_exporter_source_up", &[("source", "flaky")]), 1.0);
-    assert_eq!(value(&text, "oauth_exporter_source_last_success_timestamp_seconds", &[("source", "flaky")]), fixed_now().timestamp() as f64 + 120.0);
-    assert_eq!(value(&text, "oauth_connections_removed_total", &[("source", "flaky")]), 0.0, "an outage is not a removal");
+    assert_eq!(
+        value(&text, "oauth_exporter_source_up", &[("source", "flaky")]),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "oauth_exporter_source_last_success_timestamp_seconds",
+            &[("source", "flaky")]
+        ),
+        fixed_now().timestamp() as f64 + 120.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "oauth_connections_removed_total",
+            &[("source", "flaky")]
+        ),
+        0.0,
+        "an outage is not a removal"
+    );
     teardown(pool, &s).await;
 }

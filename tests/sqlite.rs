@@ -23,17 +23,32 @@ async fn every_timestamp_shape_in_sqlite_gives_the_same_last_refresh() {
          ('ms_json_date', '/Date(1777629600000+0000)/')",
     ])
     .await;
-    let yaml = source("shapes", &path, "    query: SELECT id, lr FROM shapes\n    fields: {connection: id, last_refresh: lr}\n");
+    let yaml = source(
+        "shapes",
+        &path,
+        "    query: SELECT id, lr FROM shapes\n    fields: {connection: id, last_refresh: lr}\n",
+    );
     let (mut e, _) = exporter(&yaml, fixed_now());
     assert_eq!(poll(&mut e).await, [true]);
     let text = scrape(&e);
     let ids = connections(&text, "shapes");
     assert_eq!(ids.len(), 10, "{text}");
     for id in ids {
-        let v = value(&text, "oauth_refresh_token_last_refresh_timestamp_seconds", &[("connection", &id)]);
+        let v = value(
+            &text,
+            "oauth_refresh_token_last_refresh_timestamp_seconds",
+            &[("connection", &id)],
+        );
         assert_eq!(v, t(T).timestamp() as f64, "shape {id}");
     }
-    assert_eq!(value(&text, "oauth_exporter_rows_rejected_total", &[("reason", "unparseable_timestamp")]), 0.0);
+    assert_eq!(
+        value(
+            &text,
+            "oauth_exporter_rows_rejected_total",
+            &[("reason", "unparseable_timestamp")]
+        ),
+        0.0
+    );
 }
 
 #[tokio::test]
@@ -55,11 +70,28 @@ async fn expires_in_relative_to_fetched_at_and_json_token_set_are_read() {
     let text = scrape(&e);
     for (src, id) in [("rel", "1"), ("rel", "2"), ("json", "a")] {
         let l = [("source", src), ("connection", id)];
-        assert_eq!(value(&text, "oauth_access_token_expiry_timestamp_seconds", &l), 1777631400.0, "{src}/{id}");
-        assert_eq!(value(&text, "oauth_refresh_token_last_refresh_timestamp_seconds", &l), 1777629600.0);
-        assert_eq!(value(&text, "oauth_refresh_token_expiry_timestamp_seconds", &l), 1777629600.0 + 60.0 * 86400.0);
+        assert_eq!(
+            value(&text, "oauth_access_token_expiry_timestamp_seconds", &l),
+            1777631400.0,
+            "{src}/{id}"
+        );
+        assert_eq!(
+            value(
+                &text,
+                "oauth_refresh_token_last_refresh_timestamp_seconds",
+                &l
+            ),
+            1777629600.0
+        );
+        assert_eq!(
+            value(&text, "oauth_refresh_token_expiry_timestamp_seconds", &l),
+            1777629600.0 + 60.0 * 86400.0
+        );
     }
-    assert!(!text.contains("secret"), "a token value leaked into the exposition");
+    assert!(
+        !text.contains("secret"),
+        "a token value leaked into the exposition"
+    );
 }
 
 #[tokio::test]
@@ -70,21 +102,41 @@ async fn null_garbage_impossible_duplicate_and_idless_rows_are_rejected_alone() 
          ('zero', 0), ('future', '2030-01-01T00:00:00Z'), ('good2', 1777629600), ('good1', 1777629600), (NULL, 1777629600), ('good3', '2026-05-02 00:00:00')",
     ])
     .await;
-    let yaml = source("bad", &path, "    query: SELECT id, lr FROM t\n    fields: {connection: id, last_refresh: lr}\n");
+    let yaml = source(
+        "bad",
+        &path,
+        "    query: SELECT id, lr FROM t\n    fields: {connection: id, last_refresh: lr}\n",
+    );
     let (mut e, _) = exporter(&yaml, fixed_now());
     assert_eq!(poll(&mut e).await, [true]);
     let text = scrape(&e);
     assert_eq!(connections(&text, "bad"), ["good1", "good2", "good3"]);
-    let rejected = |r: &str| value(&text, "oauth_exporter_rows_rejected_total", &[("source", "bad"), ("reason", r)]);
+    let rejected = |r: &str| {
+        value(
+            &text,
+            "oauth_exporter_rows_rejected_total",
+            &[("source", "bad"), ("reason", r)],
+        )
+    };
     assert_eq!(rejected("null_timestamp"), 1.0);
     assert_eq!(rejected("unparseable_timestamp"), 1.0);
     assert_eq!(rejected("impossible_timestamp"), 2.0);
     assert_eq!(rejected("duplicate_connection"), 1.0);
     assert_eq!(rejected("missing_connection"), 1.0);
-    assert_eq!(value(&text, "oauth_exporter_source_up", &[("source", "bad")]), 1.0);
+    assert_eq!(
+        value(&text, "oauth_exporter_source_up", &[("source", "bad")]),
+        1.0
+    );
     // Counted again on every poll while the rows stay bad.
     poll(&mut e).await;
-    assert_eq!(value(&scrape(&e), "oauth_exporter_rows_rejected_total", &[("reason", "null_timestamp")]), 2.0);
+    assert_eq!(
+        value(
+            &scrape(&e),
+            "oauth_exporter_rows_rejected_total",
+            &[("reason", "null_timestamp")]
+        ),
+        2.0
+    );
 }
 
 #[tokio::test]
@@ -102,14 +154,62 @@ async fn xero_tokens_preset_reads_the_flat_table_without_reading_tokens() {
     assert_eq!(poll(&mut e).await, [true]);
     let text = scrape(&e);
     let day = 86400.0;
-    assert_eq!(value(&text, "oauth_refresh_token_age_seconds", &[("connection", "1"), ("tenant", "tenant-a")]), 59.0 * day);
-    assert_eq!(value(&text, "oauth_refresh_token_age_seconds", &[("connection", "2")]), day);
-    assert_eq!(value(&text, "oauth_refresh_token_expired", &[("connection", "3")]), 1.0);
-    assert_eq!(value(&text, "oauth_refresh_token_expired", &[("connection", "1")]), 0.0);
-    assert_eq!(value(&text, "oauth_connection_status", &[("connection", "3"), ("status", "needs_reauth")]), 1.0);
-    assert_eq!(value(&text, "oauth_connections_expiring", &[("source", "flat"), ("within", "1d")]), 1.0);
-    assert_eq!(value(&text, "oauth_connections_expiring", &[("source", "flat"), ("within", "30d")]), 1.0);
-    assert_eq!(value(&text, "oauth_connections", &[("source", "flat"), ("status", "needs_reauth")]), 1.0);
+    assert_eq!(
+        value(
+            &text,
+            "oauth_refresh_token_age_seconds",
+            &[("connection", "1"), ("tenant", "tenant-a")]
+        ),
+        59.0 * day
+    );
+    assert_eq!(
+        value(
+            &text,
+            "oauth_refresh_token_age_seconds",
+            &[("connection", "2")]
+        ),
+        day
+    );
+    assert_eq!(
+        value(&text, "oauth_refresh_token_expired", &[("connection", "3")]),
+        1.0
+    );
+    assert_eq!(
+        value(&text, "oauth_refresh_token_expired", &[("connection", "1")]),
+        0.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "oauth_connection_status",
+            &[("connection", "3"), ("status", "needs_reauth")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "oauth_connections_expiring",
+            &[("source", "flat"), ("within", "1d")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "oauth_connections_expiring",
+            &[("source", "flat"), ("within", "30d")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "oauth_connections",
+            &[("source", "flat"), ("status", "needs_reauth")]
+        ),
+        1.0
+    );
     assert!(!text.contains("AT-") && !text.contains("RT-"));
 }
 
@@ -126,9 +226,30 @@ async fn token_set_json_preset_reads_expires_at_and_rejects_broken_json_alone() 
     assert_eq!(poll(&mut e).await, [true]);
     let text = scrape(&e);
     assert_eq!(connections(&text, "sets"), ["ok"]);
-    assert_eq!(value(&text, "oauth_refresh_token_last_refresh_timestamp_seconds", &[("connection", "ok")]), 1777629600.0);
-    assert_eq!(value(&text, "oauth_exporter_rows_rejected_total", &[("reason", "unparseable_timestamp")]), 1.0);
-    assert_eq!(value(&text, "oauth_exporter_rows_rejected_total", &[("reason", "null_timestamp")]), 1.0);
+    assert_eq!(
+        value(
+            &text,
+            "oauth_refresh_token_last_refresh_timestamp_seconds",
+            &[("connection", "ok")]
+        ),
+        1777629600.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "oauth_exporter_rows_rejected_total",
+            &[("reason", "unparseable_timestamp")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "oauth_exporter_rows_rejected_total",
+            &[("reason", "null_timestamp")]
+        ),
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -142,9 +263,22 @@ async fn a_configured_query_that_writes_is_refused_by_the_read_only_sqlite_conne
     let (mut e, _) = exporter(&yaml, fixed_now());
     assert_eq!(poll(&mut e).await, [false]);
     let text = scrape(&e);
-    assert_eq!(value(&text, "oauth_exporter_source_errors_total", &[("source", "w"), ("reason", "write_refused")]), 1.0);
-    assert_eq!(value(&text, "oauth_exporter_source_up", &[("source", "w")]), 0.0);
-    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM t").fetch_one(&pool).await.unwrap();
+    assert_eq!(
+        value(
+            &text,
+            "oauth_exporter_source_errors_total",
+            &[("source", "w"), ("reason", "write_refused")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&text, "oauth_exporter_source_up", &[("source", "w")]),
+        0.0
+    );
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM t")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(n, 1, "the write reached the store");
 }
 
@@ -155,16 +289,40 @@ async fn a_deleted_row_stops_being_exported_and_is_counted_as_removed() {
         "INSERT INTO t VALUES ('a', 1777629600), ('b', 1777629600), ('c', 1777629600)",
     ])
     .await;
-    let yaml = source("del", &path, "    query: SELECT id, lr FROM t\n    fields: {connection: id, last_refresh: lr}\n");
+    let yaml = source(
+        "del",
+        &path,
+        "    query: SELECT id, lr FROM t\n    fields: {connection: id, last_refresh: lr}\n",
+    );
     let (mut e, _) = exporter(&yaml, fixed_now());
     poll(&mut e).await;
-    assert_eq!(value(&scrape(&e), "oauth_connections_removed_total", &[("source", "del")]), 0.0);
-    sqlx::query("DELETE FROM t WHERE id IN ('a', 'b')").execute(&pool).await.unwrap();
-    sqlx::query("INSERT INTO t VALUES ('d', 1777629600)").execute(&pool).await.unwrap();
+    assert_eq!(
+        value(
+            &scrape(&e),
+            "oauth_connections_removed_total",
+            &[("source", "del")]
+        ),
+        0.0
+    );
+    sqlx::query("DELETE FROM t WHERE id IN ('a', 'b')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO t VALUES ('d', 1777629600)")
+        .execute(&pool)
+        .await
+        .unwrap();
     poll(&mut e).await;
     let text = scrape(&e);
     assert_eq!(connections(&text, "del"), ["c", "d"]);
-    assert_eq!(value(&text, "oauth_connections_removed_total", &[("source", "del"), ("provider", "xero")]), 2.0);
+    assert_eq!(
+        value(
+            &text,
+            "oauth_connections_removed_total",
+            &[("source", "del"), ("provider", "xero")]
+        ),
+        2.0
+    );
 }
 
 #[tokio::test]
@@ -172,7 +330,10 @@ async fn per_connection_series_are_capped_while_aggregates_count_every_connectio
     let mut stmts = vec!["CREATE TABLE t (id TEXT, lr INTEGER)".to_string()];
     for i in 0..50 {
         // Connection i refreshed 2i days ago: c30..c49 are past 60 days.
-        stmts.push(format!("INSERT INTO t VALUES ('c{i:02}', {})", fixed_now().timestamp() - 2 * i * 86400));
+        stmts.push(format!(
+            "INSERT INTO t VALUES ('c{i:02}', {})",
+            fixed_now().timestamp() - 2 * i * 86400
+        ));
     }
     let refs: Vec<&str> = stmts.iter().map(String::as_str).collect();
     let (_d, path, _pool) = sqlite_db(&refs).await;
@@ -181,10 +342,35 @@ async fn per_connection_series_are_capped_while_aggregates_count_every_connectio
     poll(&mut e).await;
     let text = scrape(&e);
     let ids = connections(&text, "cap");
-    assert_eq!(ids, (40..50).map(|i| format!("c{i}")).collect::<Vec<_>>(), "keeps those closest to expiry");
-    assert_eq!(value(&text, "oauth_exporter_connections_truncated", &[("source", "cap")]), 40.0);
-    assert_eq!(value(&text, "oauth_connections", &[("source", "cap"), ("status", "active")]), 30.0);
-    assert_eq!(value(&text, "oauth_connections", &[("source", "cap"), ("status", "needs_reauth")]), 20.0);
+    assert_eq!(
+        ids,
+        (40..50).map(|i| format!("c{i}")).collect::<Vec<_>>(),
+        "keeps those closest to expiry"
+    );
+    assert_eq!(
+        value(
+            &text,
+            "oauth_exporter_connections_truncated",
+            &[("source", "cap")]
+        ),
+        40.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "oauth_connections",
+            &[("source", "cap"), ("status", "active")]
+        ),
+        30.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "oauth_connections",
+            &[("source", "cap"), ("status", "needs_reauth")]
+        ),
+        20.0
+    );
 }
 
 #[tokio::test]
@@ -197,32 +383,86 @@ async fn a_locked_store_times_out_keeps_the_last_values_and_recovers_by_itself()
     let yaml = source("locked", &path, "    interval: 2s\n    timeout: 300ms\n    query: SELECT id, lr FROM t\n    fields: {connection: id, last_refresh: lr}\n");
     let (mut e, clock) = exporter(&yaml, fixed_now());
     assert_eq!(poll(&mut e).await, [true]);
-    let first_success = value(&scrape(&e), "oauth_exporter_source_last_success_timestamp_seconds", &[("source", "locked")]);
+    let first_success = value(
+        &scrape(&e),
+        "oauth_exporter_source_last_success_timestamp_seconds",
+        &[("source", "locked")],
+    );
     // The host app holds an exclusive lock: the store is there but does not answer.
     let mut conn = pool.acquire().await.unwrap();
-    sqlx::query("BEGIN EXCLUSIVE").execute(&mut *conn).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
     clock.advance(chrono::Duration::minutes(1));
     assert_eq!(poll(&mut e).await, [false]);
     let text = scrape(&e);
-    assert_eq!(value(&text, "oauth_exporter_source_up", &[("source", "locked")]), 0.0);
-    let errors: f64 = ["timeout", "query"].iter().map(|r| value(&text, "oauth_exporter_source_errors_total", &[("source", "locked"), ("reason", r)])).sum();
+    assert_eq!(
+        value(&text, "oauth_exporter_source_up", &[("source", "locked")]),
+        0.0
+    );
+    let errors: f64 = ["timeout", "query"]
+        .iter()
+        .map(|r| {
+            value(
+                &text,
+                "oauth_exporter_source_errors_total",
+                &[("source", "locked"), ("reason", r)],
+            )
+        })
+        .sum();
     assert_eq!(errors, 1.0, "{text}");
-    assert_eq!(connections(&text, "locked"), ["a"], "last good values stay exported");
-    assert_eq!(value(&text, "oauth_exporter_source_last_success_timestamp_seconds", &[("source", "locked")]), first_success);
+    assert_eq!(
+        connections(&text, "locked"),
+        ["a"],
+        "last good values stay exported"
+    );
+    assert_eq!(
+        value(
+            &text,
+            "oauth_exporter_source_last_success_timestamp_seconds",
+            &[("source", "locked")]
+        ),
+        first_success
+    );
     sqlx::query("COMMIT").execute(&mut *conn).await.unwrap();
     drop(conn);
     clock.advance(chrono::Duration::minutes(1));
     assert_eq!(poll(&mut e).await, [true]);
     let text = scrape(&e);
-    assert_eq!(value(&text, "oauth_exporter_source_up", &[("source", "locked")]), 1.0);
-    assert!(value(&text, "oauth_exporter_source_last_success_timestamp_seconds", &[("source", "locked")]) > first_success);
+    assert_eq!(
+        value(&text, "oauth_exporter_source_up", &[("source", "locked")]),
+        1.0
+    );
+    assert!(
+        value(
+            &text,
+            "oauth_exporter_source_last_success_timestamp_seconds",
+            &[("source", "locked")]
+        ) > first_success
+    );
 }
 
 #[tokio::test]
 async fn a_missing_column_fails_the_poll_with_the_mapping_reason() {
-    let (_d, path, _pool) = sqlite_db(&["CREATE TABLE t (id TEXT, lr INTEGER)", "INSERT INTO t VALUES ('a', 1)"]).await;
-    let yaml = source("m", &path, "    query: SELECT id, lr FROM t\n    fields: {connection: id, last_refresh: updated_at}\n");
+    let (_d, path, _pool) = sqlite_db(&[
+        "CREATE TABLE t (id TEXT, lr INTEGER)",
+        "INSERT INTO t VALUES ('a', 1)",
+    ])
+    .await;
+    let yaml = source(
+        "m",
+        &path,
+        "    query: SELECT id, lr FROM t\n    fields: {connection: id, last_refresh: updated_at}\n",
+    );
     let (mut e, _) = exporter(&yaml, fixed_now());
     assert_eq!(poll(&mut e).await, [false]);
-    assert_eq!(value(&scrape(&e), "oauth_exporter_source_errors_total", &[("reason", "mapping")]), 1.0);
+    assert_eq!(
+        value(
+            &scrape(&e),
+            "oauth_exporter_source_errors_total",
+            &[("reason", "mapping")]
+        ),
+        1.0
+    );
 }

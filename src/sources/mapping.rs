@@ -48,7 +48,11 @@ impl Resolver<'_> {
             .columns
             .iter()
             .position(|c| c == &f.column)
-            .or_else(|| self.columns.iter().position(|c| c.eq_ignore_ascii_case(&f.column)))
+            .or_else(|| {
+                self.columns
+                    .iter()
+                    .position(|c| c.eq_ignore_ascii_case(&f.column))
+            })
             .ok_or_else(|| MissingColumn {
                 column: f.column.clone(),
                 available: self.columns.to_vec(),
@@ -85,9 +89,21 @@ pub fn resolve(mapping: &Mapping, columns: &[String]) -> Result<Resolved, Missin
         LastRefresh::Field(f) => Some(r.time(f)?),
         LastRefresh::Infer(_) => None,
     };
-    let access_expires = mapping.access_expires.as_ref().map(|f| r.time(f)).transpose()?;
-    let refresh_expires = mapping.refresh_expires.as_ref().map(|f| r.time(f)).transpose()?;
-    let last_failure = mapping.last_failure.as_ref().map(|f| r.time(f)).transpose()?;
+    let access_expires = mapping
+        .access_expires
+        .as_ref()
+        .map(|f| r.time(f))
+        .transpose()?;
+    let refresh_expires = mapping
+        .refresh_expires
+        .as_ref()
+        .map(|f| r.time(f))
+        .transpose()?;
+    let last_failure = mapping
+        .last_failure
+        .as_ref()
+        .map(|f| r.time(f))
+        .transpose()?;
     let status = mapping.status.as_ref().map(|f| r.slot(&f.at)).transpose()?;
     let labels = mapping
         .labels
@@ -182,15 +198,23 @@ pub fn map_row(
         Some(v) => v.clone(),
         None => return Err(reject(RejectReason::MissingConnection, "connection")),
     };
-    let time = |slots: &Option<(Slot, Option<Slot>)>, tf: Option<&TimeField>, name: &'static str| {
-        match (slots, tf) {
+    let time =
+        |slots: &Option<(Slot, Option<Slot>)>, tf: Option<&TimeField>, name: &'static str| match (
+            slots, tf,
+        ) {
             (Some(s), Some(tf)) => read_time(cells, s, tf.format).map_err(|e| reject(e, name)),
             _ => Ok(None),
-        }
-    };
-    let access_expiry = time(&r.access_expires, m.access_expires.as_ref(), "access_expires")?;
-    let stored_refresh_expiry =
-        time(&r.refresh_expires, m.refresh_expires.as_ref(), "refresh_expires")?;
+        };
+    let access_expiry = time(
+        &r.access_expires,
+        m.access_expires.as_ref(),
+        "access_expires",
+    )?;
+    let stored_refresh_expiry = time(
+        &r.refresh_expires,
+        m.refresh_expires.as_ref(),
+        "refresh_expires",
+    )?;
     let last_failure = time(&r.last_failure, m.last_failure.as_ref(), "last_failure")?;
     let last_refresh = match &m.last_refresh {
         LastRefresh::Field(tf) => time(&r.last_refresh, Some(tf), "last_refresh")?,
@@ -297,9 +321,18 @@ mod tests {
             .collect();
         let c = map_row(&r, &m, &cells, &ProviderKind::Xero.profile(), now()).unwrap();
         assert_eq!(c.id, "7");
-        assert_eq!(c.access_expiry, Some(Utc.with_ymd_and_hms(2026, 5, 1, 10, 30, 0).unwrap()));
-        assert_eq!(c.last_refresh, Utc.with_ymd_and_hms(2026, 5, 1, 10, 0, 0).unwrap());
-        assert_eq!(c.refresh_expiry, Utc.with_ymd_and_hms(2026, 6, 30, 10, 0, 0).unwrap());
+        assert_eq!(
+            c.access_expiry,
+            Some(Utc.with_ymd_and_hms(2026, 5, 1, 10, 30, 0).unwrap())
+        );
+        assert_eq!(
+            c.last_refresh,
+            Utc.with_ymd_and_hms(2026, 5, 1, 10, 0, 0).unwrap()
+        );
+        assert_eq!(
+            c.refresh_expiry,
+            Utc.with_ymd_and_hms(2026, 6, 30, 10, 0, 0).unwrap()
+        );
         assert!(matches!(m.last_refresh, LastRefresh::Infer(_)));
     }
 
@@ -308,11 +341,23 @@ mod tests {
         let m = mapping("    fields:\n      connection: id\n      last_refresh: lr\n      refresh_expires: re\n");
         let r = resolve(&m, &cols(&["id", "lr", "re"])).unwrap();
         let p = ProviderKind::Xero.profile();
-        let row = |re: &str| vec![Cell::Text("a".into()), Cell::Text("2026-05-01T00:00:00Z".into()), Cell::Text(re.into())];
+        let row = |re: &str| {
+            vec![
+                Cell::Text("a".into()),
+                Cell::Text("2026-05-01T00:00:00Z".into()),
+                Cell::Text(re.into()),
+            ]
+        };
         let early = map_row(&r, &m, &row("2026-05-10T00:00:00Z"), &p, now()).unwrap();
-        assert_eq!(early.refresh_expiry, Utc.with_ymd_and_hms(2026, 5, 10, 0, 0, 0).unwrap());
+        assert_eq!(
+            early.refresh_expiry,
+            Utc.with_ymd_and_hms(2026, 5, 10, 0, 0, 0).unwrap()
+        );
         let late = map_row(&r, &m, &row("2027-01-01T00:00:00Z"), &p, now()).unwrap();
-        assert_eq!(late.refresh_expiry, Utc.with_ymd_and_hms(2026, 6, 30, 0, 0, 0).unwrap());
+        assert_eq!(
+            late.refresh_expiry,
+            Utc.with_ymd_and_hms(2026, 6, 30, 0, 0, 0).unwrap()
+        );
     }
 
     #[test]
@@ -321,11 +366,20 @@ mod tests {
         let r = resolve(&m, &cols(&["id", "lr", "st"])).unwrap();
         let p = ProviderKind::Xero.profile();
         let status = |v: Cell| {
-            map_row(&r, &m, &[Cell::Text("a".into()), Cell::Int(1780000000), v], &p, now())
-                .unwrap()
-                .stored_status
+            map_row(
+                &r,
+                &m,
+                &[Cell::Text("a".into()), Cell::Int(1780000000), v],
+                &p,
+                now(),
+            )
+            .unwrap()
+            .stored_status
         };
-        assert_eq!(status(Cell::Text("reauth_required".into())), Some(Status::NeedsReauth));
+        assert_eq!(
+            status(Cell::Text("reauth_required".into())),
+            Some(Status::NeedsReauth)
+        );
         assert_eq!(status(Cell::Text("OK".into())), Some(Status::Active));
         assert_eq!(status(Cell::Text("revoked".into())), Some(Status::Revoked));
         assert_eq!(status(Cell::Text("paused".into())), Some(Status::Unknown));
@@ -340,17 +394,48 @@ mod tests {
         let run = |id: Cell, lr: Cell, tok: Cell| map_row(&r, &m, &[id, lr, tok], &p, now());
         let ok_tok = || Cell::Text(r#"{"expires_at": 1780000000}"#.into());
         let e = run(Cell::Text("a".into()), Cell::Null, ok_tok()).unwrap_err();
-        assert_eq!((e.reason, e.field, e.connection.as_deref()), (RejectReason::NullTimestamp, "last_refresh", Some("a")));
-        let e = run(Cell::Text("b".into()), Cell::Text("garbage".into()), ok_tok()).unwrap_err();
-        assert_eq!((e.reason, e.field), (RejectReason::UnparseableTimestamp, "last_refresh"));
+        assert_eq!(
+            (e.reason, e.field, e.connection.as_deref()),
+            (RejectReason::NullTimestamp, "last_refresh", Some("a"))
+        );
+        let e = run(
+            Cell::Text("b".into()),
+            Cell::Text("garbage".into()),
+            ok_tok(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.reason, e.field),
+            (RejectReason::UnparseableTimestamp, "last_refresh")
+        );
         let e = run(Cell::Text("c".into()), Cell::Int(0), ok_tok()).unwrap_err();
         assert_eq!(e.reason, RejectReason::ImpossibleTimestamp);
-        let e = run(Cell::Text("d".into()), Cell::Text("2026-06-03T00:00:00Z".into()), ok_tok()).unwrap_err();
-        assert_eq!((e.reason, e.field), (RejectReason::ImpossibleTimestamp, "last_refresh"), "future last refresh");
-        let e = run(Cell::Text("e".into()), Cell::Int(1780000000), Cell::Text("{oops".into())).unwrap_err();
-        assert_eq!((e.reason, e.field), (RejectReason::InvalidJson, "access_expires"));
+        let e = run(
+            Cell::Text("d".into()),
+            Cell::Text("2026-06-03T00:00:00Z".into()),
+            ok_tok(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.reason, e.field),
+            (RejectReason::ImpossibleTimestamp, "last_refresh"),
+            "future last refresh"
+        );
+        let e = run(
+            Cell::Text("e".into()),
+            Cell::Int(1780000000),
+            Cell::Text("{oops".into()),
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.reason, e.field),
+            (RejectReason::InvalidJson, "access_expires")
+        );
         let e = run(Cell::Null, Cell::Int(1780000000), ok_tok()).unwrap_err();
-        assert_eq!((e.reason, e.connection), (RejectReason::MissingConnection, None));
+        assert_eq!(
+            (e.reason, e.connection),
+            (RejectReason::MissingConnection, None)
+        );
     }
 
     #[test]

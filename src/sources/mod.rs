@@ -344,12 +344,8 @@ impl Poller {
                     let mapped = map_rows(&fetched, &cfg, now);
                     let rejections = mapped.rejections;
                     let ids = mapped.ids;
-                    let snap = SourceSnapshot::build(
-                        mapped.connections,
-                        now,
-                        cfg.max_connections,
-                        window,
-                    );
+                    let snap =
+                        SourceSnapshot::build(mapped.connections, now, cfg.max_connections, window);
                     (snap, rejections, ids)
                 })
                 .await;
@@ -428,7 +424,9 @@ impl Poller {
         for (row, rej) in rejections {
             self.live.row_rejected(&self.cfg.name, rej.reason, 1);
             let key = (
-                rej.connection.clone().unwrap_or_else(|| format!("row {row}")),
+                rej.connection
+                    .clone()
+                    .unwrap_or_else(|| format!("row {row}")),
                 rej.reason,
             );
             if !self.logged_rejections.contains(&key) {

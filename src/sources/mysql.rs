@@ -26,7 +26,11 @@ pub fn connect(cfg: &SourceConfig) -> Result<MySqlPool, CollectError> {
         .connect_lazy_with(opts))
 }
 
-pub async fn fetch(pool: &MySqlPool, query: &str, mapping: &Mapping) -> Result<Fetched, CollectError> {
+pub async fn fetch(
+    pool: &MySqlPool,
+    query: &str,
+    mapping: &Mapping,
+) -> Result<Fetched, CollectError> {
     let mut tx = pool.begin().await.map_err(CollectError::from_sqlx)?;
     let out = read_rows(&mut *tx, query, mapping, decode).await;
     tx.rollback().await.map_err(CollectError::from_sqlx)?;
@@ -48,14 +52,19 @@ fn decode(row: &MySqlRow, i: usize) -> Result<Cell, CollectError> {
     let cell = match ty.as_str() {
         "NULL" => None,
         "BOOLEAN" => get!(bool).map(Cell::Bool),
-        "TINYINT" | "SMALLINT" | "MEDIUMINT" | "INT" | "BIGINT" | "YEAR" => get!(i64).map(Cell::Int),
+        "TINYINT" | "SMALLINT" | "MEDIUMINT" | "INT" | "BIGINT" | "YEAR" => {
+            get!(i64).map(Cell::Int)
+        }
         t if t.ends_with("UNSIGNED") => get!(u64).map(|v| Cell::Int(v.min(i64::MAX as u64) as i64)),
         "FLOAT" => get!(f32).map(|v| Cell::Float(v.into())),
         "DOUBLE" => get!(f64).map(Cell::Float),
-        "DECIMAL" => get!(rust_decimal::Decimal).map(|d| Cell::Float(d.to_f64().unwrap_or(f64::NAN))),
+        "DECIMAL" => {
+            get!(rust_decimal::Decimal).map(|d| Cell::Float(d.to_f64().unwrap_or(f64::NAN)))
+        }
         "TIMESTAMP" => get!(DateTime<Utc>).map(Cell::Time),
         "DATETIME" => get!(NaiveDateTime).map(|t| Cell::Time(t.and_utc())),
-        "DATE" => get!(NaiveDate).map(|d| Cell::Time(d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc())),
+        "DATE" => get!(NaiveDate)
+            .map(|d| Cell::Time(d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc())),
         "JSON" => get!(serde_json::Value).map(Cell::Json),
         "BINARY" | "VARBINARY" | "TINYBLOB" | "BLOB" | "MEDIUMBLOB" | "LONGBLOB" => {
             get!(Vec<u8>).map(|b| Cell::Text(String::from_utf8_lossy(&b).into_owned()))

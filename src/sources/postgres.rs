@@ -56,10 +56,13 @@ fn decode(row: &PgRow, i: usize) -> Result<Cell, CollectError> {
         "INT8" => get!(i64).map(Cell::Int),
         "FLOAT4" => get!(f32).map(|v| Cell::Float(v.into())),
         "FLOAT8" => get!(f64).map(Cell::Float),
-        "NUMERIC" => get!(rust_decimal::Decimal).map(|d| Cell::Float(d.to_f64().unwrap_or(f64::NAN))),
+        "NUMERIC" => {
+            get!(rust_decimal::Decimal).map(|d| Cell::Float(d.to_f64().unwrap_or(f64::NAN)))
+        }
         "TIMESTAMPTZ" => get!(DateTime<Utc>).map(Cell::Time),
         "TIMESTAMP" => get!(NaiveDateTime).map(|t| Cell::Time(t.and_utc())),
-        "DATE" => get!(NaiveDate).map(|d| Cell::Time(d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc())),
+        "DATE" => get!(NaiveDate)
+            .map(|d| Cell::Time(d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc())),
         "JSON" | "JSONB" => get!(serde_json::Value).map(Cell::Json),
         "UUID" => get!(uuid::Uuid).map(|u| Cell::Text(u.to_string())),
         _ => get!(String).map(Cell::Text),

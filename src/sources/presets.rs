@@ -80,9 +80,7 @@ pub fn build(preset: Preset, kind: StoreKind, table: Option<&str>) -> Result<Bui
                 StoreKind::Sqlite => "CASE WHEN json_valid(token_set) THEN json_extract(token_set, '$.expires_at') ELSE 'invalid JSON' END".to_string(),
             };
             Ok(Built {
-                query: format!(
-                    "SELECT id, tenant_id, {expires} AS expires_at FROM {table}"
-                ),
+                query: format!("SELECT id, tenant_id, {expires} AS expires_at FROM {table}"),
                 fields: RawFields::preset(&[
                     ("connection", "id"),
                     ("tenant", "tenant_id"),

@@ -25,7 +25,11 @@ pub fn connect(cfg: &SourceConfig) -> Result<SqlitePool, CollectError> {
         .connect_lazy_with(opts))
 }
 
-pub async fn fetch(pool: &SqlitePool, query: &str, mapping: &Mapping) -> Result<Fetched, CollectError> {
+pub async fn fetch(
+    pool: &SqlitePool,
+    query: &str,
+    mapping: &Mapping,
+) -> Result<Fetched, CollectError> {
     let mut conn = pool.acquire().await.map_err(CollectError::from_sqlx)?;
     read_rows(&mut *conn, query, mapping, decode).await
 }
@@ -43,7 +47,9 @@ fn decode(row: &SqliteRow, i: usize) -> Result<Cell, CollectError> {
     };
     use sqlx::Column;
     Ok(match ty.as_str() {
-        "INTEGER" | "BOOLEAN" | "INT8" => Cell::Int(row.try_get_unchecked::<i64, _>(i).map_err(err)?),
+        "INTEGER" | "BOOLEAN" | "INT8" => {
+            Cell::Int(row.try_get_unchecked::<i64, _>(i).map_err(err)?)
+        }
         "REAL" | "NUMERIC" => Cell::Float(row.try_get_unchecked::<f64, _>(i).map_err(err)?),
         "BLOB" => {
             let b = row.try_get_unchecked::<Vec<u8>, _>(i).map_err(err)?;

@@ -31,7 +31,13 @@ fn ci() -> bool {
 /// Whether a server answers on host:port; when it does not, the test is skipped by name
 /// (or fails under `CI=true`).
 pub async fn server_or_skip(test: &str, what: &str, url: &str) -> bool {
-    let hostport = url.split('@').next_back().unwrap_or(url).split('/').next().unwrap_or("");
+    let hostport = url
+        .split('@')
+        .next_back()
+        .unwrap_or(url)
+        .split('/')
+        .next()
+        .unwrap_or("");
     let up = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(hostport))
         .await
         .is_ok_and(|r| r.is_ok());
@@ -90,13 +96,21 @@ pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         if line.starts_with('#') {
             continue;
         }
-        let Some(rest) = line.strip_prefix(name) else { continue };
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
         if !(rest.starts_with('{') || rest.starts_with(' ')) {
             continue;
         }
-        if labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))) {
+        if labels
+            .iter()
+            .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+        {
             let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-            assert!(found.is_none(), "more than one sample of {name} matches {labels:?}");
+            assert!(
+                found.is_none(),
+                "more than one sample of {name} matches {labels:?}"
+            );
             found = Some(value);
         }
     }
@@ -112,7 +126,10 @@ pub fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 pub fn connections(text: &str, source: &str) -> Vec<String> {
     let mut ids: Vec<String> = text
         .lines()
-        .filter(|l| l.starts_with("oauth_refresh_token_age_seconds{") && l.contains(&format!("source=\"{source}\"")))
+        .filter(|l| {
+            l.starts_with("oauth_refresh_token_age_seconds{")
+                && l.contains(&format!("source=\"{source}\""))
+        })
         .map(|l| {
             let start = l.find("connection=\"").unwrap() + 12;
             let end = l[start..].find('"').unwrap() + start;
@@ -140,7 +157,9 @@ impl FaultProxy {
         let (up2, cut2) = (up.clone(), cut.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((mut client, _)) = listener.accept().await else { break };
+                let Ok((mut client, _)) = listener.accept().await else {
+                    break;
+                };
                 if !up2.load(Ordering::SeqCst) {
                     let _ = client.shutdown().await;
                     continue;
@@ -148,7 +167,9 @@ impl FaultProxy {
                 let target = target.clone();
                 let cut = cut2.clone();
                 tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(&target).await else { return };
+                    let Ok(mut server) = TcpStream::connect(&target).await else {
+                        return;
+                    };
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
                         _ = cut.notified() => {}
@@ -170,17 +191,26 @@ impl FaultProxy {
 }
 
 /// A writable SQLite file (the host app's side) created with `stmts`.
-pub async fn sqlite_db(stmts: &[&str]) -> (tempfile::TempDir, std::path::PathBuf, sqlx::SqlitePool) {
+pub async fn sqlite_db(
+    stmts: &[&str],
+) -> (tempfile::TempDir, std::path::PathBuf, sqlx::SqlitePool) {
     use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.db");
     let pool = SqlitePoolOptions::new()
         .max_connections(1)
-        .connect_with(SqliteConnectOptions::new().filename(&path).create_if_missing(true))
+        .connect_with(
+            SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true),
+        )
         .await
         .unwrap();
     for s in stmts {
-        sqlx::query(s).execute(&pool).await.unwrap_or_else(|e| panic!("{s}: {e}"));
+        sqlx::query(s)
+            .execute(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("{s}: {e}"));
     }
     (dir, path, pool)
 }

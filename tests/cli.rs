@@ -1,0 +1,140 @@
+//! The real binary: `--config.check`, flags, and graceful shutdown on SIGTERM.
+
+use std::process::{Command, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_oauth-token-exporter");
+
+fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.path().join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn config_check_accepts_a_good_file_and_exits_zero() {
+    let d = tempfile::tempdir().unwrap();
+    let p = write(
+        &d,
+        "ok.yml",
+        "sources:\n  - {name: app, kind: sqlite, dsn: /nonexistent/app.db, preset: xero_tokens}\n",
+    );
+    let out = Command::new(BIN)
+        .arg("--config.file")
+        .arg(&p)
+        .arg("--config.check")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK, 1 source(s): app (sqlite)"));
+}
+
+#[test]
+fn config_check_reports_every_problem_with_file_and_key_and_exits_nonzero() {
+    let d = tempfile::tempdir().unwrap();
+    let p = write(
+        &d,
+        "bad.yml",
+        "sources:\n  - {name: a, kind: sqlite, dsn: x.db, preset: xero_tokens, colour: red}\n  - {name: b, kind: postgres, dsn_env: OTE_TEST_UNSET_VAR, preset: nango, interval: 1 fortnight}\n",
+    );
+    let out = Command::new(BIN)
+        .arg("--config.file")
+        .arg(&p)
+        .arg("--config.check")
+        .env_remove("OTE_TEST_UNSET_VAR")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("config file {} has 2 problem(s)", p.display())),
+        "{err}"
+    );
+    assert!(
+        err.contains("sources[0].colour: unknown field `colour`"),
+        "{err}"
+    );
+    assert!(err.contains("sources[1].interval"), "{err}");
+}
+
+#[test]
+fn dsn_from_the_environment_never_appears_in_errors() {
+    let d = tempfile::tempdir().unwrap();
+    let p = write(&d, "pg.yml", "sources:\n  - {name: pg, kind: postgres, dsn_env: OTE_TEST_DSN, preset: xero_tokens, timeout: 40s}\n");
+    let out = Command::new(BIN)
+        .arg("--config.file")
+        .arg(&p)
+        .arg("--config.check")
+        .env(
+            "OTE_TEST_DSN",
+            "postgres://exporter:Canary-Pw-7731@db.invalid/app",
+        )
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(all.contains("sources[0].timeout"), "{all}");
+    assert!(!all.contains("Canary-Pw-7731"), "{all}");
+}
+
+#[test]
+fn sigterm_stops_the_exporter_gracefully() {
+    let d = tempfile::tempdir().unwrap();
+    let p = write(
+        &d,
+        "ok.yml",
+        "sources:\n  - {name: app, kind: sqlite, dsn: /nonexistent/app.db, preset: xero_tokens}\n",
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let mut child = Command::new(BIN)
+        .args([
+            "--config.file",
+            p.to_str().unwrap(),
+            "--web.listen-address",
+            &format!("127.0.0.1:{port}"),
+            "--log.format",
+            "json",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut up = false;
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(up, "the exporter did not start listening");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed().as_secs() < 10,
+            "no exit within 10 s of SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("Shutting down"), "{stderr}");
+    // The store is missing: the poll failed, was logged with its reason, and the process kept serving.
+    assert!(stderr.contains("\"reason\":\"connect\""), "{stderr}");
+}
