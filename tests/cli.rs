@@ -138,3 +138,20 @@ fn sigterm_stops_the_exporter_gracefully() {
     // The store is missing: the poll failed, was logged with its reason, and the process kept serving.
     assert!(stderr.contains("\"reason\":\"connect\""), "{stderr}");
 }
+
+#[test]
+fn every_example_config_is_valid() {
+    let mut n = 0;
+    for entry in std::fs::read_dir("examples").unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if !name.ends_with(".yml") || name == "prometheus.yml" || name == "alertmanager.yml" {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        oauth_token_exporter::config::parse(&text, &name, &|_| Some("postgres://u@h/d".into()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        n += 1;
+    }
+    assert!(n >= 4, "expected an example per store and preset, found {n}");
+}
