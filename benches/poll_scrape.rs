@@ -30,10 +30,26 @@ fn ms(d: Duration) -> f64 {
 
 fn psql(sql: &str) {
     let out = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "test",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        ])
         .output()
         .expect("psql");
-    assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn load(n: usize) {
@@ -54,7 +70,9 @@ fn load(n: usize) {
 
 fn raw_copy() -> f64 {
     let t = Instant::now();
-    psql(&format!("\\copy (SELECT id, tenant_id, expires_at FROM {SCHEMA}.xero_tokens) TO '/dev/null'"));
+    psql(&format!(
+        "\\copy (SELECT id, tenant_id, expires_at FROM {SCHEMA}.xero_tokens) TO '/dev/null'"
+    ));
     ms(t.elapsed())
 }
 
@@ -62,14 +80,22 @@ fn raw_copy() -> f64 {
 fn http_get(port: u16, path: &str, headers: &str) -> (f64, usize) {
     let t = Instant::now();
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n{headers}\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n{headers}\r\n"
+    )
+    .unwrap();
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).unwrap();
     (ms(t.elapsed()), buf.len())
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn rss_mib(pid: u32) -> (f64, f64) {
@@ -90,7 +116,10 @@ fn wait_for(port: u16, path: &str, needle: &str, limit: Duration) -> bool {
     let start = Instant::now();
     while start.elapsed() < limit {
         if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-            let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n");
+            let _ = write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+            );
             let mut buf = Vec::new();
             let _ = s.read_to_end(&mut buf);
             if String::from_utf8_lossy(&buf).contains(needle) {
@@ -137,7 +166,7 @@ async fn ours(n: usize, dir: &std::path::Path) -> Figures {
         assert!(e.pollers[0].poll_once().await, "poll failed");
         polls.push(ms(t.elapsed()));
         let t = Instant::now();
-        let _ = e.exposition.state_text();
+        let _ = e.exposition.state();
         encodes.push(ms(t.elapsed()));
         let t = Instant::now();
         let _ = e.exposition.render();
@@ -150,20 +179,30 @@ async fn ours(n: usize, dir: &std::path::Path) -> Figures {
     let port = free_port();
     let child = Killed(
         Command::new(env!("CARGO_BIN_EXE_oauth-token-exporter"))
-            .args(["--config.file", path.to_str().unwrap(), "--web.listen-address", &format!("127.0.0.1:{port}"), "--log.level", "warn"])
+            .args([
+                "--config.file",
+                path.to_str().unwrap(),
+                "--web.listen-address",
+                &format!("127.0.0.1:{port}"),
+                "--log.level",
+                "warn",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );
-    assert!(wait_for(port, "/-/ready", "200 OK", Duration::from_secs(120)), "exporter not ready");
+    assert!(
+        wait_for(port, "/-/ready", "200 OK", Duration::from_secs(120)),
+        "exporter not ready"
+    );
     let (mut plain, mut gz) = (vec![], vec![]);
     let mut bytes = 0;
     for _ in 0..RUNS {
         let (t, b) = http_get(port, "/metrics", "");
         plain.push(t);
         bytes = b;
-        gz.push(http_get(port, "/metrics", "Accept-Encoding: gzip\r\nAccept: application/openmetrics-text;version=1.0.0\r\n").0);
+        gz.push(http_get(port, "/metrics", GZIP).0);
     }
     let rss = rss_mib(child.0.id());
     Figures {
@@ -177,9 +216,32 @@ async fn ours(n: usize, dir: &std::path::Path) -> Figures {
     }
 }
 
-/// prometheus-sql-exporter with the equivalent query: refresh-token age per connection.
-fn peer(n: usize, dir: &std::path::Path) -> Option<(f64, usize, (f64, f64))> {
-    if Command::new("prometheus-sql-exporter").arg("-version").output().is_err() {
+const GZIP: &str = "Accept-Encoding: gzip\r\nAccept: application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.4\r\n";
+
+/// The peer's query: `age` only (1 series per connection), or every value we export per
+/// connection that SQL can express (5 series per connection).
+fn peer_query(full: bool) -> String {
+    if full {
+        format!("    labels: [connection, tenant]\n    values: [last_refresh, age, expiry, expired, access_expiry]\n    query: |\n      SELECT id::text AS connection, tenant_id::text AS tenant, extract(epoch from expires_at - interval '30 minutes')::float8 AS last_refresh, extract(epoch from now() - (expires_at - interval '30 minutes'))::float8 AS age, extract(epoch from expires_at - interval '30 minutes' + interval '60 days')::float8 AS expiry, (expires_at - interval '30 minutes' + interval '60 days' < now())::int::float8 AS expired, extract(epoch from expires_at)::float8 AS access_expiry FROM {SCHEMA}.xero_tokens\n")
+    } else {
+        format!("    labels: [connection, tenant]\n    values: [age]\n    query: |\n      SELECT id::text AS connection, tenant_id::text AS tenant, extract(epoch from now() - (expires_at - interval '30 minutes'))::float8 AS age FROM {SCHEMA}.xero_tokens\n")
+    }
+}
+
+struct Peer {
+    plain: f64,
+    gzip: f64,
+    bytes: usize,
+    rss: (f64, f64),
+}
+
+/// prometheus-sql-exporter on the same table.
+fn peer(n: usize, dir: &std::path::Path, full: bool) -> Option<Peer> {
+    if Command::new("prometheus-sql-exporter")
+        .arg("-version")
+        .output()
+        .is_err()
+    {
         eprintln!("prometheus-sql-exporter not installed (apt-get install prometheus-sql-exporter); skipping the peer");
         return None;
     }
@@ -187,69 +249,101 @@ fn peer(n: usize, dir: &std::path::Path) -> Option<(f64, usize, (f64, f64))> {
     std::fs::write(
         &path,
         format!(
-            "jobs:\n- name: xero\n  interval: 1h\n  connections:\n  - '{PG}?sslmode=disable'\n  queries:\n  - name: refresh_token_age_seconds\n    help: Time since the last refresh\n    labels: [connection, tenant]\n    values: [age]\n    query: |\n      SELECT id::text AS connection, tenant_id::text AS tenant, extract(epoch from now() - (expires_at - interval '30 minutes'))::float8 AS age FROM {SCHEMA}.xero_tokens\n"
+            "jobs:\n- name: xero\n  interval: 1h\n  connections:\n  - '{PG}?sslmode=disable'\n  queries:\n  - name: refresh_token\n    help: Refresh-token state\n{}",
+            peer_query(full)
         ),
     )
     .unwrap();
     let port = free_port();
     let child = Killed(
         Command::new("prometheus-sql-exporter")
-            .args(["-config.file", path.to_str().unwrap(), "-web.listen-address", &format!("127.0.0.1:{port}")])
+            .args([
+                "-config.file",
+                path.to_str().unwrap(),
+                "-web.listen-address",
+                &format!("127.0.0.1:{port}"),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );
-    if !wait_for(port, "/metrics", "sql_refresh_token_age_seconds{", Duration::from_secs(180)) {
+    if !wait_for(
+        port,
+        "/metrics",
+        "sql_refresh_token{",
+        Duration::from_secs(180),
+    ) {
         eprintln!("prometheus-sql-exporter never exported the query");
         return None;
     }
-    let mut times = vec![];
+    let (mut plain, mut gzip) = (vec![], vec![]);
     let mut bytes = 0;
     for _ in 0..RUNS {
         let (t, b) = http_get(port, "/metrics", "");
-        times.push(t);
+        plain.push(t);
         bytes = b;
+        gzip.push(http_get(port, "/metrics", GZIP).0);
     }
-    Some((median(times), bytes, rss_mib(child.0.id())))
+    Some(Peer {
+        plain: median(plain),
+        gzip: median(gzip),
+        bytes,
+        rss: rss_mib(child.0.id()),
+    })
 }
 
 #[tokio::main]
 async fn main() {
-    let sizes: Vec<usize> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).filter_map(|a| a.parse().ok()).collect();
-    let sizes = if sizes.is_empty() { vec![1_000, 10_000, 100_000] } else { sizes };
+    let sizes: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let sizes = if sizes.is_empty() {
+        vec![1_000, 10_000, 100_000]
+    } else {
+        sizes
+    };
     let dir = tempfile::tempdir().unwrap();
     println!("oauth-token-exporter benchmark: PostgreSQL, preset xero_tokens, medians of {RUNS} runs, {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
-    println!();
-    println!("| connections | raw psql \\copy | our poll | poll / raw | encode (cold) | render (warm) | our scrape | our scrape gzip | our body | our RSS (peak) | sql-exporter scrape | sql-exporter body | sql-exporter RSS (peak) | scrape speed-up | RSS ratio |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("Scrapes are Prometheus-like (gzip, OpenMetrics accepted) unless marked plain.");
+    let mut ours_rows = vec![];
+    let mut peer_rows = vec![];
     for n in sizes {
         load(n);
         let raw = median((0..RUNS).map(|_| raw_copy()).collect());
         let o = ours(n, dir.path()).await;
-        let p = peer(n, dir.path());
-        let (ps, pb, prss, speed, ratio) = match p {
-            Some((t, b, rss)) => (
-                format!("{t:.0} ms"),
-                format!("{:.1} MiB", b as f64 / 1048576.0),
-                format!("{:.0} MiB ({:.0})", rss.0, rss.1),
-                format!("{:.0}x", t / o.scrape_plain),
-                format!("1/{:.1}", rss.0 / o.rss.0),
-            ),
-            None => ("-".into(), "-".into(), "-".into(), "-".into(), "-".into()),
-        };
-        println!(
-            "| {n} | {raw:.0} ms | {:.0} ms | {:.2}x | {:.0} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} MiB | {:.0} MiB ({:.0}) | {ps} | {pb} | {prss} | {speed} | {ratio} |",
-            o.poll,
-            o.poll / raw,
-            o.encode_cold,
-            o.render_warm,
-            o.scrape_plain,
-            o.scrape_gzip,
-            o.bytes as f64 / 1048576.0,
-            o.rss.0,
-            o.rss.1,
-        );
+        ours_rows.push(format!(
+            "| {n} | {raw:.0} ms | {:.0} ms | {:.2}x | {:.0} ms | {:.1} ms | {:.1} ms | {:.1} MiB | {:.0} MiB ({:.0}) |",
+            o.poll, o.poll / raw, o.encode_cold, o.scrape_gzip, o.scrape_plain,
+            o.bytes as f64 / 1048576.0, o.rss.0, o.rss.1,
+        ));
+        for (full, what) in [(false, "1 series/conn (age)"), (true, "5 series/conn")] {
+            if let Some(p) = peer(n, dir.path(), full) {
+                peer_rows.push(format!(
+                    "| {n} | {what} | {:.0} ms | {:.0} ms | {:.1} MiB | {:.0} MiB ({:.0}) | {:.0}x | {:.0}x | 1/{:.1} |",
+                    p.gzip, p.plain, p.bytes as f64 / 1048576.0, p.rss.0, p.rss.1,
+                    p.gzip / o.scrape_gzip, p.plain / o.scrape_plain, p.rss.0 / o.rss.0,
+                ));
+            }
+        }
+    }
+    println!();
+    println!("oauth-token-exporter (10 series per connection):");
+    println!();
+    println!("| connections | raw psql \\copy | poll | poll / raw | encode+deflate per poll | scrape | scrape plain | plain body | RSS (peak) |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for r in ours_rows {
+        println!("{r}");
+    }
+    println!();
+    println!("prometheus-sql-exporter 0.4.5 on the same table, and our advantage:");
+    println!();
+    println!("| connections | query | scrape | scrape plain | plain body | RSS (peak) | scrape: ours faster | plain: ours faster | our RSS |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for r in peer_rows {
+        println!("{r}");
     }
     psql(&format!("DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"));
 }

@@ -8,7 +8,8 @@
 //! - [`sources`]: one file per store kind (`sqlite`, `postgres`, `mysql`), presets, the field
 //!   mapping and the poll loop.
 //! - [`state`]: per-source snapshots and their aggregates.
-//! - [`metrics`]: the metric catalogue and the exposition (cached state + live counters).
+//! - [`metrics`]: the metric catalogue: names, HELP, labels, closed reason enums.
+//! - [`exposition`]: `/metrics` bodies: the state part deflated once per poll, live part per scrape.
 //! - [`server`]: HTTP endpoints.
 //! - [`clock`]: injected time.
 //! - [`secret`]: a string type that never prints.
@@ -17,6 +18,7 @@
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod exposition;
 pub mod metrics;
 pub mod provider;
 pub mod secret;
@@ -27,7 +29,7 @@ pub mod timestamp;
 
 use clock::SharedClock;
 use config::Config;
-use metrics::Exposition;
+use exposition::Exposition;
 use sources::{CollectError, Poller, SourceHandle};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -74,7 +76,7 @@ impl Exporter {
                 Poller::new(
                     cfg.clone(),
                     h.clone(),
-                    exposition.live.clone(),
+                    exposition.clone(),
                     clock.clone(),
                     generation.clone(),
                     config.detect.window,

@@ -1,10 +1,9 @@
 //! The metric catalogue: every name, HELP text, label set and closed label-value enum.
 //!
-//! Two registries make one exposition:
+//! Two registries make one exposition (see [`crate::exposition`]):
 //! - *state*: per-connection gauges and per-source aggregates, encoded from the snapshots by
-//!   [`StateCollector`]. Its text is cached per snapshot generation, so a scrape between two
-//!   polls costs a copy, however many scrapers ask;
-//! - *live*: self-health and counters, encoded on every scrape.
+//!   [`StateCollector`], once per poll;
+//! - *live*: self-health and counters ([`Live`]), encoded on every scrape.
 
 use crate::sources::SourceHandle;
 use crate::state::{Status, EXPIRING_WINDOWS};
@@ -15,8 +14,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
 /// Content type of the OpenMetrics exposition (what Prometheus asks for).
 pub const OPENMETRICS_CONTENT_TYPE: &str =
@@ -213,7 +212,7 @@ pub struct ProviderSourceLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct BuildLabels {
+pub struct BuildLabels {
     version: &'static str,
     revision: &'static str,
     rustversion: &'static str,
@@ -278,7 +277,7 @@ impl Live {
 /// Encodes the snapshots of every source.
 #[derive(Debug)]
 pub struct StateCollector {
-    sources: Vec<Arc<SourceHandle>>,
+    pub sources: Vec<Arc<SourceHandle>>,
 }
 
 type Lbl<'a> = (&'static str, &'a str);
@@ -417,78 +416,37 @@ impl Collector for StateCollector {
     }
 }
 
-/// The whole exposition: cached state text plus live metrics.
-#[derive(Debug)]
-pub struct Exposition {
-    state: Registry,
-    live_registry: Registry,
-    pub live: Arc<Live>,
-    generation: Arc<AtomicU64>,
-    cache: Mutex<Option<(u64, Arc<String>)>>,
+/// The state registry: one collector over every source's snapshot.
+pub fn state_registry(sources: Vec<Arc<SourceHandle>>) -> Registry {
+    let mut state = Registry::default();
+    state.register_collector(Box::new(StateCollector { sources }));
+    state
 }
 
-impl Exposition {
-    pub fn new(sources: Vec<Arc<SourceHandle>>, generation: Arc<AtomicU64>) -> Self {
-        let mut state = Registry::default();
-        state.register_collector(Box::new(StateCollector {
-            sources: sources.clone(),
-        }));
-        let live = Arc::new(Live::default());
-        for s in &sources {
-            live.init_source(&s.name, s.provider);
-        }
-        let mut r = Registry::default();
-        use names::*;
-        r.register(UP.0, UP.1, live.up.clone());
-        r.register(LAST_SUCCESS.0, LAST_SUCCESS.1, live.last_success.clone());
-        r.register(DURATION.0, DURATION.1, live.duration.clone());
-        r.register(ERRORS.0, ERRORS.1, live.errors.clone());
-        r.register(REJECTED.0, REJECTED.1, live.rejected.clone());
-        r.register(REMOVED.0, REMOVED.1, live.removed.clone());
-        let build: Family<BuildLabels, Gauge> = Family::default();
-        build
-            .get_or_create(&BuildLabels {
-                version: env!("CARGO_PKG_VERSION"),
-                revision: option_env!("OAUTH_EXPORTER_REVISION").unwrap_or("unknown"),
-                rustversion: option_env!("OAUTH_EXPORTER_RUSTC").unwrap_or("unknown"),
-            })
-            .set(1);
-        r.register(BUILD_INFO.0, BUILD_INFO.1, build);
-        Exposition {
-            state,
-            live_registry: r,
-            live,
-            generation,
-            cache: Mutex::new(None),
-        }
+/// The live registry over `live`, with every source's series created at its start value.
+pub fn live_registry(live: &Live, sources: &[Arc<SourceHandle>]) -> Registry {
+    for s in sources {
+        live.init_source(&s.name, s.provider);
     }
-
-    /// The state part, re-encoded only when a snapshot changed since the last call.
-    pub fn state_text(&self) -> Arc<String> {
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        let gen = self.generation.load(Ordering::Acquire);
-        if let Some((g, text)) = cache.as_ref() {
-            if *g == gen {
-                return text.clone();
-            }
-        }
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode_registry(&mut text, &self.state)
-            .expect("writing to a String cannot fail");
-        let text = Arc::new(text);
-        *cache = Some((gen, text.clone()));
-        text
-    }
-
-    /// A complete OpenMetrics exposition.
-    pub fn render(&self) -> String {
-        let state = self.state_text();
-        let mut out = String::with_capacity(state.len() + 8192);
-        out.push_str(&state);
-        prometheus_client::encoding::text::encode_registry(&mut out, &self.live_registry)
-            .expect("writing to a String cannot fail");
-        prometheus_client::encoding::text::encode_eof(&mut out)
-            .expect("writing to a String cannot fail");
-        out
-    }
+    let mut r = Registry::default();
+    use names::*;
+    r.register(UP.0, UP.1, live.up.clone());
+    r.register(LAST_SUCCESS.0, LAST_SUCCESS.1, live.last_success.clone());
+    r.register(DURATION.0, DURATION.1, live.duration.clone());
+    r.register(ERRORS.0, ERRORS.1, live.errors.clone());
+    r.register(REJECTED.0, REJECTED.1, live.rejected.clone());
+    r.register(REMOVED.0, REMOVED.1, live.removed.clone());
+    let build: Family<BuildLabels, Gauge> = Family::default();
+    build
+        .get_or_create(&BuildLabels {
+            version: env!("CARGO_PKG_VERSION"),
+            revision: option_env!("OAUTH_EXPORTER_REVISION").unwrap_or("unknown"),
+            rustversion: option_env!("OAUTH_EXPORTER_RUSTC").unwrap_or("unknown"),
+        })
+        .set(1);
+    r.register(BUILD_INFO.0, BUILD_INFO.1, build);
+    r
 }
+
+/// Shared counter of snapshot replacements; the exposition re-encodes when it moves.
+pub type Generation = Arc<AtomicU64>;

@@ -2,19 +2,20 @@
 //! `/-/ready`.
 
 use crate::clock::SharedClock;
-use crate::metrics::{
-    openmetrics_to_text, Exposition, OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE,
-};
+use crate::exposition::Exposition;
+use crate::metrics::{OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE};
 use crate::sources::SourceHandle;
 use crate::state::Status;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use bytes::Bytes;
+use std::convert::Infallible;
 use std::fmt::Write;
 use std::sync::Arc;
-use tower_http::compression::CompressionLayer;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -24,16 +25,20 @@ pub struct AppState {
     pub clock: SharedClock,
 }
 
+/// Longest time a handler may take to produce a response.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The router, testable without a socket.
 pub fn router(state: AppState, telemetry_path: &str) -> Router {
-    let metrics = Router::new()
-        .route(telemetry_path, get(metrics))
-        .layer(CompressionLayer::new().gzip(true));
     Router::new()
         .route("/", get(landing))
         .route("/-/healthy", get(healthy))
         .route("/-/ready", get(ready))
-        .merge(metrics)
+        .route(telemetry_path, get(metrics))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
         .with_state(state)
 }
 
@@ -46,34 +51,70 @@ fn wants_openmetrics(headers: &HeaderMap) -> bool {
         .any(|v| v.contains("application/openmetrics-text"))
 }
 
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|enc| {
+            let mut parts = enc.split(';').map(str::trim);
+            parts.next() == Some("gzip") && !parts.any(|p| p.replace(' ', "") == "q=0")
+        })
+}
+
+fn failed(e: impl std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "Encoding the metrics failed.");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "encoding the metrics failed\n",
+    )
+        .into_response()
+}
+
+/// `/metrics`: gzip bodies come mostly precompressed; plain bodies stream as they inflate.
 async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
-    let exposition = s.exposition.clone();
     let openmetrics = wants_openmetrics(&headers);
-    let rendered = tokio::task::spawn_blocking(move || {
-        let om = exposition.render();
-        if openmetrics {
-            om
-        } else {
-            openmetrics_to_text(&om)
-        }
-    })
-    .await;
     let content_type = if openmetrics {
         OPENMETRICS_CONTENT_TYPE
     } else {
         TEXT_CONTENT_TYPE
     };
-    match rendered {
-        Ok(body) => ([(header::CONTENT_TYPE, content_type)], body).into_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "Encoding the metrics failed.");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "encoding the metrics failed\n",
-            )
-                .into_response()
-        }
+    let exposition = s.exposition.clone();
+    if accepts_gzip(&headers) {
+        let chunks =
+            match tokio::task::spawn_blocking(move || exposition.gzip_body(openmetrics)).await {
+                Ok(c) => c,
+                Err(e) => return failed(e),
+            };
+        let length: usize = chunks.iter().map(Bytes::len).sum();
+        let stream = futures_util::stream::iter(chunks.into_iter().map(Ok::<_, Infallible>));
+        return (
+            [
+                (header::CONTENT_TYPE, content_type.to_string()),
+                (header::CONTENT_ENCODING, "gzip".to_string()),
+                (header::CONTENT_LENGTH, length.to_string()),
+                (header::VARY, "Accept-Encoding".to_string()),
+            ],
+            Body::from_stream(stream),
+        )
+            .into_response();
     }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    tokio::task::spawn_blocking(move || {
+        exposition.plain_body(openmetrics, |b| tx.blocking_send(b).is_ok())
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
+    });
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::VARY, "Accept-Encoding"),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response()
 }
 
 async fn healthy() -> &'static str {

@@ -153,5 +153,8 @@ fn every_example_config_is_valid() {
             .unwrap_or_else(|e| panic!("{e}"));
         n += 1;
     }
-    assert!(n >= 4, "expected an example per store and preset, found {n}");
+    assert!(
+        n >= 4,
+        "expected an example per store and preset, found {n}"
+    );
 }

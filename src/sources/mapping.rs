@@ -198,13 +198,12 @@ pub fn map_row(
         Some(v) => v.clone(),
         None => return Err(reject(RejectReason::MissingConnection, "connection")),
     };
-    let time =
-        |slots: &Option<(Slot, Option<Slot>)>, tf: Option<&TimeField>, name: &'static str| match (
-            slots, tf,
-        ) {
-            (Some(s), Some(tf)) => read_time(cells, s, tf.format).map_err(|e| reject(e, name)),
-            _ => Ok(None),
-        };
+    let time = |slots: &Option<(Slot, Option<Slot>)>,
+                tf: Option<&TimeField>,
+                name: &'static str| match (slots, tf) {
+        (Some(s), Some(tf)) => read_time(cells, s, tf.format).map_err(|e| reject(e, name)),
+        _ => Ok(None),
+    };
     let access_expiry = time(
         &r.access_expires,
         m.access_expires.as_ref(),

@@ -13,6 +13,7 @@ pub mod sqlite;
 
 use crate::clock::SharedClock;
 use crate::config::{Mapping, SourceConfig, StoreKind};
+use crate::exposition::Exposition;
 use crate::metrics::{Live, RejectReason, SourceErrorReason, SourceLabels};
 use crate::state::{MappedConnection, SourceSnapshot};
 use crate::timestamp::Cell;
@@ -268,6 +269,7 @@ pub struct Poller {
     pub cfg: SourceConfig,
     backend: Backend,
     handle: Arc<SourceHandle>,
+    exposition: Arc<Exposition>,
     live: Arc<Live>,
     clock: SharedClock,
     generation: Arc<AtomicU64>,
@@ -281,7 +283,7 @@ impl Poller {
     pub fn new(
         cfg: SourceConfig,
         handle: Arc<SourceHandle>,
-        live: Arc<Live>,
+        exposition: Arc<Exposition>,
         clock: SharedClock,
         generation: Arc<AtomicU64>,
         failing_window: Duration,
@@ -291,7 +293,8 @@ impl Poller {
             cfg,
             backend,
             handle,
-            live,
+            live: exposition.live.clone(),
+            exposition,
             clock,
             generation,
             failing_window: chrono::Duration::from_std(failing_window)
@@ -381,6 +384,11 @@ impl Poller {
                 let truncated = snap.truncated;
                 self.handle.replace(snap);
                 self.generation.fetch_add(1, Ordering::AcqRel);
+                // Encode the new state now, off the async threads, so scrapes find it ready.
+                let exposition = self.exposition.clone();
+                tokio::task::spawn_blocking(move || {
+                    exposition.state();
+                });
                 self.live.up.get_or_create(&labels).set(1);
                 self.live
                     .last_success
