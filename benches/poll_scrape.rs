@@ -146,9 +146,9 @@ fn config_yaml(n: usize) -> String {
 }
 
 struct Figures {
+    fetch: f64,
     poll: f64,
     encode_cold: f64,
-    render_warm: f64,
     scrape_plain: f64,
     scrape_gzip: f64,
     bytes: usize,
@@ -160,17 +160,23 @@ async fn ours(n: usize, dir: &std::path::Path) -> Figures {
     let cfg = config::parse(&config_yaml(n), "bench.yml", &|_| None).unwrap();
     let clock: SharedClock = Arc::new(SystemClock);
     let mut e = Exporter::new(&cfg, clock).unwrap_or_else(|(s, e)| panic!("{s}: {e}"));
-    let (mut polls, mut encodes, mut warm) = (vec![], vec![], vec![]);
+    let (mut polls, mut encodes, mut fetches) = (vec![], vec![], vec![]);
     for _ in 0..RUNS {
+        let p = &e.pollers[0];
+        let t = Instant::now();
+        let fetched = p
+            .backend()
+            .fetch(&p.cfg.query, &p.cfg.mapping)
+            .await
+            .expect("fetch");
+        fetches.push(ms(t.elapsed()));
+        drop(fetched);
         let t = Instant::now();
         assert!(e.pollers[0].poll_once().await, "poll failed");
         polls.push(ms(t.elapsed()));
         let t = Instant::now();
         let _ = e.exposition.state();
         encodes.push(ms(t.elapsed()));
-        let t = Instant::now();
-        let _ = e.exposition.render();
-        warm.push(ms(t.elapsed()));
     }
     drop(e);
     // As a process: HTTP scrapes and memory.
@@ -206,9 +212,9 @@ async fn ours(n: usize, dir: &std::path::Path) -> Figures {
     }
     let rss = rss_mib(child.0.id());
     Figures {
+        fetch: median(fetches),
         poll: median(polls),
         encode_cold: median(encodes),
-        render_warm: median(warm),
         scrape_plain: median(plain),
         scrape_gzip: median(gz),
         bytes,
@@ -237,6 +243,9 @@ struct Peer {
 
 /// prometheus-sql-exporter on the same table.
 fn peer(n: usize, dir: &std::path::Path, full: bool) -> Option<Peer> {
+    if std::env::var("OTE_BENCH_PEER").is_ok_and(|v| v == "0") {
+        return None;
+    }
     if Command::new("prometheus-sql-exporter")
         .arg("-version")
         .output()
@@ -315,8 +324,8 @@ async fn main() {
         let raw = median((0..RUNS).map(|_| raw_copy()).collect());
         let o = ours(n, dir.path()).await;
         ours_rows.push(format!(
-            "| {n} | {raw:.0} ms | {:.0} ms | {:.2}x | {:.0} ms | {:.1} ms | {:.1} ms | {:.1} MiB | {:.0} MiB ({:.0}) |",
-            o.poll, o.poll / raw, o.encode_cold, o.scrape_gzip, o.scrape_plain,
+            "| {n} | {raw:.0} ms | {:.0} ms | {:.0} ms | {:.2}x | {:.0} ms | {:.1} ms | {:.1} ms | {:.1} MiB | {:.0} MiB ({:.0}) |",
+            o.fetch, o.poll, o.poll / raw, o.encode_cold, o.scrape_gzip, o.scrape_plain,
             o.bytes as f64 / 1048576.0, o.rss.0, o.rss.1,
         ));
         for (full, what) in [(false, "1 series/conn (age)"), (true, "5 series/conn")] {
@@ -332,8 +341,8 @@ async fn main() {
     println!();
     println!("oauth-token-exporter (10 series per connection):");
     println!();
-    println!("| connections | raw psql \\copy | poll | poll / raw | encode+deflate per poll | scrape | scrape plain | plain body | RSS (peak) |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| connections | raw psql \\copy | fetch (rows decoded) | poll (fetch + map + swap) | poll / raw | encode+deflate per poll | scrape | scrape plain | plain body | RSS (peak) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for r in ours_rows {
         println!("{r}");
     }

@@ -86,7 +86,7 @@ pub struct Aggregates {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SourceSnapshot {
     pub polled_at: Option<DateTime<Utc>>,
-    /// Exported connections: the ones closest to expiry, up to the cap, sorted by id.
+    /// Exported connections: the ones closest to expiry, up to the cap, in query order.
     pub connections: Vec<Connection>,
     pub aggregates: Aggregates,
     /// Connections left out by the cap.
@@ -132,7 +132,6 @@ impl SourceSnapshot {
             });
             rows.truncate(cap);
         }
-        rows.sort_unstable_by(|a, b| a.id.cmp(&b.id));
         let connections = rows
             .into_iter()
             .map(|r| {
@@ -213,7 +212,8 @@ mod tests {
             .map(|i| conn(&format!("c{i}"), i * 5, now))
             .collect();
         let s = SourceSnapshot::build(rows, now, 3, Duration::minutes(15));
-        let ids: Vec<_> = s.connections.iter().map(|c| c.id.as_str()).collect();
+        let mut ids: Vec<_> = s.connections.iter().map(|c| c.id.as_str()).collect();
+        ids.sort();
         assert_eq!(ids, ["c7", "c8", "c9"]);
         assert_eq!(s.truncated, 7);
         assert_eq!(s.aggregates.by_status.iter().sum::<u64>(), 10);

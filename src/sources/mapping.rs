@@ -7,6 +7,7 @@ use crate::provider::ProviderProfile;
 use crate::state::{MappedConnection, Status};
 use crate::timestamp::{self, Cell, TimeError, TimeFormat};
 use chrono::{DateTime, Duration, Utc};
+use std::borrow::Cow;
 
 /// A field's position in the compact row of needed cells.
 #[derive(Debug, Clone)]
@@ -136,12 +137,12 @@ pub struct Rejection {
 /// Most a last refresh may lie in the future (clock skew between hosts).
 const MAX_CLOCK_SKEW: i64 = 300;
 
-fn cell(cells: &[Cell], s: &Slot) -> Result<Cell, TimeError> {
+fn cell<'a>(cells: &'a [Cell], s: &Slot) -> Result<Cow<'a, Cell>, TimeError> {
     let c = &cells[s.pos];
     if s.json_path.is_empty() {
-        Ok(c.clone())
+        Ok(Cow::Borrowed(c))
     } else {
-        c.json_path(&s.json_path)
+        c.json_path(&s.json_path).map(Cow::Owned)
     }
 }
 

@@ -222,8 +222,15 @@ impl Backend {
 pub struct Mapped {
     pub connections: Vec<MappedConnection>,
     pub rejections: Vec<(usize, Rejection)>,
-    /// Every connection id seen (including rejected rows whose id could be read).
-    pub ids: HashSet<String>,
+    /// Hashes of every connection id seen (including rejected rows whose id could be read),
+    /// to count removals between polls without keeping a copy of every id.
+    pub ids: HashSet<u64>,
+}
+
+/// A 64-bit hash of a connection id (a collision would only hide one removal).
+fn id_hash(id: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(id)
 }
 
 /// Map every row; a bad row is rejected alone. A second row for the same connection is
@@ -240,7 +247,7 @@ pub fn map_rows(
     for (i, cells) in fetched.rows.iter().enumerate() {
         match mapping::map_row(r, &cfg.mapping, cells, &cfg.provider, now) {
             Ok(c) => {
-                if out.ids.insert(c.id.clone()) {
+                if out.ids.insert(id_hash(&c.id)) {
                     out.connections.push(c);
                 } else {
                     out.rejections.push((
@@ -255,7 +262,7 @@ pub fn map_rows(
             }
             Err(rej) => {
                 if let Some(id) = &rej.connection {
-                    out.ids.insert(id.clone());
+                    out.ids.insert(id_hash(id));
                 }
                 out.rejections.push((i + 1, rej));
             }
@@ -274,7 +281,7 @@ pub struct Poller {
     clock: SharedClock,
     generation: Arc<AtomicU64>,
     failing_window: chrono::Duration,
-    known_ids: Option<HashSet<String>>,
+    known_ids: Option<HashSet<u64>>,
     logged_rejections: HashSet<(String, RejectReason)>,
     failures: u32,
 }
@@ -303,6 +310,11 @@ impl Poller {
             logged_rejections: HashSet::new(),
             failures: 0,
         })
+    }
+
+    /// The source's store (benchmarks time a bare fetch through it).
+    pub fn backend(&self) -> &Backend {
+        &self.backend
     }
 
     /// Poll until `shutdown`; after a failure wait the interval doubled per consecutive
