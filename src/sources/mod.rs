@@ -180,6 +180,33 @@ where
     Ok(out)
 }
 
+/// Decode column `i` of `row` by its SQL type name: `decode_by_type!(row, i, |ty, get| match
+/// ty { "INT8" => get!(i64).map(Cell::Int), ... })`. `get!(T)` reads an `Option<T>`; a type
+/// the driver cannot read becomes [`CollectError::Decode`] naming the column and its type.
+macro_rules! decode_by_type {
+    ($row:expr, $i:expr, |$ty:ident| $body:expr) => {{
+        use sqlx::{Column, Row, TypeInfo};
+        let row = $row;
+        let i = $i;
+        let col = &row.columns()[i];
+        let type_name = col.type_info().name().to_string();
+        let err = |_| CollectError::Decode {
+            column: col.name().to_string(),
+            type_name: type_name.clone(),
+        };
+        #[allow(unused_macros)]
+        macro_rules! get {
+            ($t:ty) => {
+                row.try_get::<Option<$t>, _>(i).map_err(err)?
+            };
+        }
+        let $ty = type_name.as_str();
+        let cell: Option<Cell> = $body;
+        Ok(cell.unwrap_or(Cell::Null))
+    }};
+}
+pub(crate) use decode_by_type;
+
 /// A connection pool for one store kind.
 #[derive(Debug, Clone)]
 pub enum Backend {

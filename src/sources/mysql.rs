@@ -1,13 +1,13 @@
 //! MySQL and MariaDB. Sessions are set `TRANSACTION READ ONLY` on connect and every poll runs
 //! in a transaction that is rolled back, so a configured statement that writes fails.
 
-use super::{read_rows, CollectError, Fetched};
+use super::{decode_by_type, read_rows, CollectError, Fetched};
 use crate::config::{Mapping, SourceConfig};
 use crate::timestamp::Cell;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use rust_decimal::prelude::ToPrimitive;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow};
-use sqlx::{Column, Executor, Row, TypeInfo};
+use sqlx::Executor;
 use std::str::FromStr;
 
 pub fn connect(cfg: &SourceConfig) -> Result<MySqlPool, CollectError> {
@@ -38,18 +38,7 @@ pub async fn fetch(
 }
 
 fn decode(row: &MySqlRow, i: usize) -> Result<Cell, CollectError> {
-    let col = &row.columns()[i];
-    let ty = col.type_info().name().to_string();
-    let err = |_| CollectError::Decode {
-        column: col.name().to_string(),
-        type_name: ty.clone(),
-    };
-    macro_rules! get {
-        ($t:ty) => {
-            row.try_get::<Option<$t>, _>(i).map_err(err)?
-        };
-    }
-    let cell = match ty.as_str() {
+    decode_by_type!(row, i, |ty| match ty {
         "NULL" => None,
         "BOOLEAN" => get!(bool).map(Cell::Bool),
         "TINYINT" | "SMALLINT" | "MEDIUMINT" | "INT" | "BIGINT" | "YEAR" => {
@@ -70,6 +59,5 @@ fn decode(row: &MySqlRow, i: usize) -> Result<Cell, CollectError> {
             get!(Vec<u8>).map(|b| Cell::Text(String::from_utf8_lossy(&b).into_owned()))
         }
         _ => get!(String).map(Cell::Text),
-    };
-    Ok(cell.unwrap_or(Cell::Null))
+    })
 }

@@ -1,13 +1,12 @@
 //! PostgreSQL. Sessions start with `default_transaction_read_only=on` and every poll runs in a
 //! `READ ONLY` transaction that is rolled back, so a configured statement that writes fails.
 
-use super::{read_rows, CollectError, Fetched};
+use super::{decode_by_type, read_rows, CollectError, Fetched};
 use crate::config::{Mapping, SourceConfig};
 use crate::timestamp::Cell;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use rust_decimal::prelude::ToPrimitive;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Column, Row, TypeInfo};
 use std::str::FromStr;
 
 pub fn connect(cfg: &SourceConfig) -> Result<PgPool, CollectError> {
@@ -38,18 +37,7 @@ pub async fn fetch(pool: &PgPool, query: &str, mapping: &Mapping) -> Result<Fetc
 }
 
 fn decode(row: &PgRow, i: usize) -> Result<Cell, CollectError> {
-    let col = &row.columns()[i];
-    let ty = col.type_info().name().to_string();
-    let err = |_| CollectError::Decode {
-        column: col.name().to_string(),
-        type_name: ty.clone(),
-    };
-    macro_rules! get {
-        ($t:ty) => {
-            row.try_get::<Option<$t>, _>(i).map_err(err)?
-        };
-    }
-    let cell = match ty.as_str() {
+    decode_by_type!(row, i, |ty| match ty {
         "BOOL" => get!(bool).map(Cell::Bool),
         "INT2" => get!(i16).map(|v| Cell::Int(v.into())),
         "INT4" => get!(i32).map(|v| Cell::Int(v.into())),
@@ -66,6 +54,5 @@ fn decode(row: &PgRow, i: usize) -> Result<Cell, CollectError> {
         "JSON" | "JSONB" => get!(serde_json::Value).map(Cell::Json),
         "UUID" => get!(uuid::Uuid).map(|u| Cell::Text(u.to_string())),
         _ => get!(String).map(Cell::Text),
-    };
-    Ok(cell.unwrap_or(Cell::Null))
+    })
 }
