@@ -5,7 +5,7 @@ use common::*;
 use sqlx::mysql::MySqlPoolOptions;
 use sqlx::MySqlPool;
 
-async fn setup(test: &str, stmts: &[String]) -> Option<(MySqlPool, String)> {
+async fn setup(test: &str, id: &str, stmts: &[String]) -> Option<(MySqlPool, String)> {
     if !server_or_skip(test, "MySQL/MariaDB", &mysql_url()).await {
         return None;
     }
@@ -14,7 +14,7 @@ async fn setup(test: &str, stmts: &[String]) -> Option<(MySqlPool, String)> {
         .connect(&mysql_url())
         .await
         .expect("connect to MariaDB");
-    let p = unique(test);
+    let p = unique(id);
     for s in stmts {
         let s = s.replace("{p}", &p);
         sqlx::query(&s)
@@ -44,7 +44,7 @@ fn my_source(name: &str, rest: &str) -> String {
 
 #[tokio::test]
 async fn every_mysql_timestamp_type_gives_the_same_last_refresh() {
-    let Some((pool, p)) = setup("my_shapes", &[
+    let Some((pool, p)) = setup("every_mysql_timestamp_type_gives_the_same_last_refresh", "my_shapes", &[
         "DROP TABLE IF EXISTS {p}_t".into(),
         "CREATE TABLE {p}_t (id VARCHAR(64) PRIMARY KEY, dt DATETIME, ts TIMESTAMP NULL, d_epoch BIGINT, ms_epoch BIGINT UNSIGNED, dec_epoch DECIMAL(16,3), txt VARCHAR(40), token_set JSON, expires_in VARCHAR(10), fetched_at DATETIME(3))".into(),
         "SET time_zone = '+00:00'".into(),
@@ -89,7 +89,7 @@ async fn every_mysql_timestamp_type_gives_the_same_last_refresh() {
 
 #[tokio::test]
 async fn xero_tokens_and_token_set_json_presets_on_mariadb() {
-    let Some((pool, p)) = setup("my_presets", &[
+    let Some((pool, p)) = setup("xero_tokens_and_token_set_json_presets_on_mariadb", "my_presets", &[
         "DROP TABLE IF EXISTS {p}_xero_tokens".into(),
         "DROP TABLE IF EXISTS {p}_sets".into(),
         "CREATE TABLE {p}_xero_tokens (id INT AUTO_INCREMENT PRIMARY KEY, access_token TEXT, refresh_token TEXT, expires_at DATETIME, tenant_id CHAR(36), created_at DATETIME, updated_at DATETIME)".into(),

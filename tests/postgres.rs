@@ -5,7 +5,7 @@ use common::*;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
-async fn setup(test: &str, stmts: &[String]) -> Option<(PgPool, String)> {
+async fn setup(test: &str, id: &str, stmts: &[String]) -> Option<(PgPool, String)> {
     if !server_or_skip(test, "PostgreSQL", &pg_url()).await {
         return None;
     }
@@ -14,7 +14,7 @@ async fn setup(test: &str, stmts: &[String]) -> Option<(PgPool, String)> {
         .connect(&pg_url())
         .await
         .expect("connect to PostgreSQL");
-    let schema = unique(test);
+    let schema = unique(id);
     sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
         .execute(&pool)
         .await
@@ -47,7 +47,7 @@ fn pg_source(name: &str, dsn: &str, rest: &str) -> String {
 
 #[tokio::test]
 async fn every_postgres_timestamp_type_gives_the_same_last_refresh() {
-    let Some((pool, s)) = setup("pg_shapes", &[
+    let Some((pool, s)) = setup("every_postgres_timestamp_type_gives_the_same_last_refresh", "pg_shapes", &[
         "CREATE TABLE {s}.t (id uuid PRIMARY KEY, tz timestamptz, naive timestamp, d_epoch bigint, ms_epoch bigint, num_epoch numeric, f_epoch double precision, txt text, txt_epoch varchar(20), token_set jsonb, token_text json)".into(),
         "INSERT INTO {s}.t VALUES ('6f1c2f6e-0000-4000-8000-000000000001', '2026-05-01 22:00:00+12', '2026-05-01 10:00:00', 1777629600, 1777629600000, \
            extract(epoch from timestamptz '2026-05-01 10:00:00+00'), 1777629600, '2026-05-01T10:00:00Z', '1777629600', \
@@ -118,7 +118,7 @@ const NANGO_TABLE: &str = "CREATE TABLE {s}._nango_connections (
 #[tokio::test]
 async fn nango_preset_reads_health_columns_of_a_nango_schema() {
     let now = "timestamptz '2026-06-01 12:00:00+00'";
-    let Some((pool, s)) = setup("pg_nango", &[
+    let Some((pool, s)) = setup("nango_preset_reads_health_columns_of_a_nango_schema", "pg_nango", &[
         NANGO_TABLE.into(),
         format!("INSERT INTO {{s}}._nango_connections (connection_id, provider_config_key, credentials, connection_config, created_at, credentials_expires_at, last_refresh_success, last_refresh_failure, refresh_attempts, refresh_exhausted, deleted) VALUES \
             ('healthy', 'xero', '{{\"encrypted\":\"ENC-secret\"}}', '{{\"tenant_id\":\"tenant-1\"}}', {now} - interval '90 days', {now} + interval '20 minutes', {now} - interval '10 minutes', NULL, 0, false, false), \
@@ -205,7 +205,7 @@ async fn nango_preset_reads_health_columns_of_a_nango_schema() {
 
 #[tokio::test]
 async fn xero_tokens_preset_on_postgres_with_garbage_rows_rejected_alone() {
-    let Some((pool, s)) = setup("pg_flat", &[
+    let Some((pool, s)) = setup("xero_tokens_preset_on_postgres_with_garbage_rows_rejected_alone", "pg_flat", &[
         "CREATE TABLE {s}.xero_tokens (id bigserial PRIMARY KEY, access_token text, refresh_token text, expires_at timestamp, tenant_id uuid, created_at timestamp, updated_at timestamp)".into(),
         "INSERT INTO {s}.xero_tokens (access_token, refresh_token, expires_at, tenant_id) VALUES \
            ('a', 'r', '2026-04-03 12:30:00', '00000000-0000-4000-8000-00000000000a'), ('a', 'r', NULL, '00000000-0000-4000-8000-00000000000b'), \
@@ -293,7 +293,7 @@ async fn a_configured_statement_that_writes_is_refused_by_postgres() {
 
 #[tokio::test]
 async fn postgres_going_away_keeps_last_values_and_the_source_recovers_by_itself() {
-    let Some((pool, s)) = setup("pg_outage", &[
+    let Some((pool, s)) = setup("postgres_going_away_keeps_last_values_and_the_source_recovers_by_itself", "pg_outage", &[
         "CREATE TABLE {s}.t (id text, lr timestamptz)".into(),
         "INSERT INTO {s}.t VALUES ('a', '2026-05-01 10:00:00+00'), ('b', '2026-05-02 10:00:00+00')".into(),
     ]).await else { return };
