@@ -143,6 +143,7 @@ async fn xero_tokens_and_token_set_json_presets_on_mariadb() {
 #[tokio::test]
 async fn a_configured_statement_that_writes_is_refused_by_mariadb() {
     let Some((pool, p)) = setup(
+        "a_configured_statement_that_writes_is_refused_by_mariadb",
         "my_write",
         &[
             "DROP TABLE IF EXISTS {p}_t".into(),
@@ -182,6 +183,7 @@ async fn a_configured_statement_that_writes_is_refused_by_mariadb() {
 #[tokio::test]
 async fn mariadb_going_away_keeps_last_values_and_the_source_recovers_by_itself() {
     let Some((pool, p)) = setup(
+        "mariadb_going_away_keeps_last_values_and_the_source_recovers_by_itself",
         "my_outage",
         &[
             "DROP TABLE IF EXISTS {p}_t".into(),

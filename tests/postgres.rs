@@ -256,6 +256,7 @@ async fn xero_tokens_preset_on_postgres_with_garbage_rows_rejected_alone() {
 #[tokio::test]
 async fn a_configured_statement_that_writes_is_refused_by_postgres() {
     let Some((pool, s)) = setup(
+        "a_configured_statement_that_writes_is_refused_by_postgres",
         "pg_write",
         &[
             "CREATE TABLE {s}.t (id text, lr timestamptz)".into(),
