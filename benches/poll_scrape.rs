@@ -166,7 +166,7 @@ async fn ours(n: usize, dir: &std::path::Path) -> Figures {
         let t = Instant::now();
         let fetched = p
             .backend()
-            .fetch(&p.cfg.query, &p.cfg.mapping)
+            .fetch(&p.cfg.mapping)
             .await
             .expect("fetch");
         fetches.push(ms(t.elapsed()));

@@ -26,6 +26,8 @@ pub mod defaults {
     pub const BACKOFF_MAX_FACTOR: u32 = 5;
     pub const MAX_CONNECTIONS_PER_SOURCE: usize = 10_000;
     pub const DETECT_WINDOW: Duration = Duration::from_secs(15 * 60);
+    /// Most keys a Redis source reads per poll.
+    pub const MAX_KEYS: usize = 100_000;
 }
 
 /// A validated configuration.
@@ -51,6 +53,9 @@ pub enum StoreKind {
     Sqlite,
     Postgres,
     Mysql,
+    Redis,
+    File,
+    Http,
 }
 
 impl StoreKind {
@@ -59,6 +64,81 @@ impl StoreKind {
             StoreKind::Sqlite => "sqlite",
             StoreKind::Postgres => "postgres",
             StoreKind::Mysql => "mysql",
+            StoreKind::Redis => "redis",
+            StoreKind::File => "file",
+            StoreKind::Http => "http",
+        }
+    }
+
+    /// SQL stores take a `query` or a `preset`; the others hold documents (hashes, JSON, YAML)
+    /// whose keys are the columns.
+    pub fn is_sql(self) -> bool {
+        matches!(self, StoreKind::Sqlite | StoreKind::Postgres | StoreKind::Mysql)
+    }
+}
+
+/// How a Redis source reads each key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisValue {
+    /// A hash: its fields are the columns (`HGETALL`).
+    Hash,
+    /// A string holding a JSON object: its keys are the columns (`GET`).
+    Json,
+}
+
+/// How a token file holds its token sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileLayout {
+    /// A list is many token sets; an object holding `access_token`, `refresh_token`,
+    /// `expires_at` or the connection column is one token set; any other object maps ids to
+    /// token sets.
+    #[default]
+    Auto,
+    /// The whole document is one token set (`_key` is the file name without extension).
+    Single,
+    /// A list of token sets (`_key` is the position, from 0).
+    List,
+    /// An object of id to token set (`_key` is the id).
+    Map,
+}
+
+/// Where and how a source reads, per store kind.
+#[derive(Debug, Clone)]
+pub enum Store {
+    Sql {
+        query: String,
+    },
+    Redis {
+        /// SCAN pattern, e.g. `qbo:tokens:*`.
+        key_pattern: String,
+        value: RedisValue,
+        /// Most keys read per poll.
+        max_keys: usize,
+    },
+    File {
+        path: PathBuf,
+        layout: FileLayout,
+    },
+    Http {
+        url: String,
+        /// Path of the list of token sets inside the answer (empty: the answer itself).
+        items_path: Vec<String>,
+        bearer_token: Option<Secret>,
+        /// Extra request headers (not secrets: put those in `bearer_token_env`).
+        headers: Vec<(String, String)>,
+        /// PEM CA bundle to trust in addition to the system roots.
+        ca_file: Option<PathBuf>,
+    },
+}
+
+impl Store {
+    /// The SQL query, for SQL stores.
+    pub fn query(&self) -> Option<&str> {
+        match self {
+            Store::Sql { query } => Some(query),
+            _ => None,
         }
     }
 }
@@ -68,9 +148,10 @@ impl StoreKind {
 pub struct SourceConfig {
     pub name: String,
     pub kind: StoreKind,
-    /// Connection string; for SQLite a path or a `sqlite:` URL.
-    pub dsn: Secret,
-    pub query: String,
+    /// Connection string (SQL stores and Redis); for SQLite a path or a `sqlite:` URL.
+    pub dsn: Option<Secret>,
+    /// What to read and how, per store kind.
+    pub store: Store,
     pub mapping: Mapping,
     pub provider: ProviderProfile,
     pub interval: Duration,
@@ -130,6 +211,8 @@ pub struct Mapping {
     pub access_expires: Option<TimeField>,
     pub refresh_expires: Option<TimeField>,
     pub last_failure: Option<TimeField>,
+    /// When the connection was first authorised (for providers with a hard maximum lifetime).
+    pub authorized_at: Option<TimeField>,
     pub status: Option<StatusField>,
     /// Extra labels of `oauth_connection_info`, by label name.
     pub labels: Vec<(String, FieldRef)>,
@@ -275,6 +358,7 @@ pub struct RawFields {
     access_expires: Option<RawField>,
     refresh_expires: Option<RawField>,
     last_failure: Option<RawField>,
+    authorized_at: Option<RawField>,
     status: Option<RawField>,
 }
 
@@ -291,6 +375,7 @@ impl RawFields {
             access_expires,
             refresh_expires,
             last_failure,
+            authorized_at,
             status
         );
         self
@@ -311,6 +396,7 @@ impl RawFields {
                 "access_expires" => f.access_expires = field,
                 "refresh_expires" => f.refresh_expires = field,
                 "last_failure" => f.last_failure = field,
+                "authorized_at" => f.authorized_at = field,
                 "status" => f.status = field,
                 other => unreachable!("preset names unknown field {other}"),
             }
@@ -342,7 +428,7 @@ struct RawDetect {
 struct RawSource {
     /// Unique name, the `source` label.
     name: String,
-    /// `sqlite`, `postgres` or `mysql`.
+    /// `sqlite`, `postgres`, `mysql`, `redis`, `file` or `http`.
     kind: StoreKind,
     /// Inline connection string (SQLite paths; avoid for anything with a password).
     dsn: Option<String>,
@@ -352,6 +438,31 @@ struct RawSource {
     dsn_file: Option<PathBuf>,
     /// Provider profile, default `xero`.
     provider: Option<ProviderKind>,
+    /// The `provider` label of a `custom` profile (default `custom`).
+    provider_name: Option<String>,
+    /// Redis: SCAN pattern of the token keys.
+    key_pattern: Option<String>,
+    /// Redis: `hash` or `json`.
+    value: Option<RedisValue>,
+    /// Redis: most keys read per poll (default 100000).
+    max_keys: Option<usize>,
+    /// File: the token file (JSON or YAML).
+    path: Option<PathBuf>,
+    /// File: `auto`, `single`, `list` or `map`.
+    layout: Option<FileLayout>,
+    /// HTTP: the JSON endpoint.
+    url: Option<String>,
+    /// HTTP: dotted path of the list inside the answer.
+    items_path: Option<String>,
+    /// HTTP: environment variable holding a bearer token.
+    bearer_token_env: Option<String>,
+    /// HTTP: file holding a bearer token.
+    bearer_token_file: Option<PathBuf>,
+    /// HTTP: extra request headers (not secrets).
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    /// HTTP: PEM CA bundle to trust.
+    ca_file: Option<PathBuf>,
     /// A known schema: `xero_tokens`, `nango`, `token_set_json`.
     preset: Option<Preset>,
     /// Table for the preset, when not its default.
@@ -570,47 +681,33 @@ fn validate_source(
         );
     }
 
-    let dsn = match (&raw.dsn, &raw.dsn_env, &raw.dsn_file) {
-        (Some(d), None, None) => Some(Secret::new(d.clone())),
-        (None, Some(var), None) => match env(var) {
-            Some(v) if !v.trim().is_empty() => Some(Secret::new(v.trim().to_string())),
-            _ => {
-                problems.add(
-                    format!("{at}.dsn_env"),
-                    format!("environment variable {var} is not set or empty"),
-                );
-                None
-            }
-        },
-        (None, None, Some(path)) => match std::fs::read_to_string(path) {
-            Ok(v) if !v.trim().is_empty() => Some(Secret::new(v.trim().to_string())),
-            Ok(_) => {
-                problems.add(
-                    format!("{at}.dsn_file"),
-                    format!("{} is empty", path.display()),
-                );
-                None
-            }
-            Err(e) => {
-                problems.add(
-                    format!("{at}.dsn_file"),
-                    format!("cannot read {}: {e}", path.display()),
-                );
-                None
-            }
-        },
-        (None, None, None) => {
-            problems.add(at, "one of `dsn`, `dsn_env` or `dsn_file` is required");
-            None
-        }
-        _ => {
-            problems.add(at, "give only one of `dsn`, `dsn_env` and `dsn_file`");
-            None
-        }
-    };
+    let takes_dsn = raw.kind.is_sql() || raw.kind == StoreKind::Redis;
+    let dsn = secret_from(
+        at,
+        "dsn",
+        raw.dsn.as_deref(),
+        raw.dsn_env.as_deref(),
+        raw.dsn_file.as_deref(),
+        takes_dsn,
+        env,
+        problems,
+    );
+    let store = store_options(at, &raw, env, problems);
 
-    // Preset or query.
+    // Preset or query (SQL), or the token-set shape (documents).
     let (query, mut fields, mut infer) = match (raw.preset, &raw.query) {
+        _ if !raw.kind.is_sql() => {
+            for (key, given) in [("preset", raw.preset.is_some()), ("query", raw.query.is_some()), ("table", raw.table.is_some())] {
+                if given {
+                    problems.add(format!("{at}.{key}"), format!("only SQL sources take `{key}`; a {} source maps the keys of its documents with `fields`", raw.kind.as_str()));
+                }
+            }
+            (
+                Some(String::new()),
+                RawFields::preset(&[("connection", "_key"), ("access_expires", "expires_at")]),
+                Some(Inference::AccessExpires),
+            )
+        }
         (Some(_), Some(_)) => {
             problems.add(
                 format!("{at}.query"),
@@ -677,6 +774,7 @@ fn validate_source(
     let access_expires = time("access_expires", &fields.access_expires, problems);
     let refresh_expires = time("refresh_expires", &fields.refresh_expires, problems);
     let last_failure = time("last_failure", &fields.last_failure, problems);
+    let authorized_at = time("authorized_at", &fields.authorized_at, problems);
     let last_refresh = match (&fields.last_refresh, infer) {
         (Some(_), _) => {
             time("last_refresh", &fields.last_refresh, problems).map(LastRefresh::Field)
@@ -737,6 +835,23 @@ fn validate_source(
 
     let provider_kind = raw.provider.unwrap_or(ProviderKind::Xero);
     let mut provider = provider_kind.profile();
+    if provider_kind == ProviderKind::Custom {
+        for (key, given) in [("access_token_lifetime", raw.access_token_lifetime.is_some()), ("refresh_token_lifetime", raw.refresh_token_lifetime.is_some())] {
+            if !given {
+                problems.add(format!("{at}.{key}"), "is required with `provider: custom`");
+            }
+        }
+        if let Some(name) = &raw.provider_name {
+            if name.is_empty() || name.len() > 32 || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+                problems.add(format!("{at}.provider_name"), "use 1-32 lower-case letters, digits or `_`");
+            } else {
+                // Lives as long as the process; one per configured source.
+                provider.name = Box::leak(name.clone().into_boxed_str());
+            }
+        }
+    } else if raw.provider_name.is_some() {
+        problems.add(format!("{at}.provider_name"), "only a `custom` provider takes a name");
+    }
     if let Some(d) = raw.access_token_lifetime {
         provider.access_token_lifetime = to_chrono(d.0);
         if d.0.is_zero() {
@@ -785,11 +900,15 @@ fn validate_source(
     if problems.list.len() != before {
         return None;
     }
+    let store = match (store, query) {
+        (Some(Store::Sql { .. }), Some(q)) => Some(Store::Sql { query: q }),
+        (other, _) => other,
+    };
     Some(SourceConfig {
         name: raw.name,
         kind: raw.kind,
-        dsn: dsn?,
-        query: query?,
+        dsn,
+        store: store?,
         mapping: Mapping {
             connection: connection?,
             tenant,
@@ -797,6 +916,7 @@ fn validate_source(
             access_expires,
             refresh_expires,
             last_failure,
+            authorized_at,
             status,
             labels,
         },
@@ -806,6 +926,136 @@ fn validate_source(
         backoff_max,
         max_connections,
     })
+}
+
+/// A secret given inline, by environment variable or by file (exactly one when `wanted`, none
+/// otherwise).
+#[allow(clippy::too_many_arguments)]
+fn secret_from(
+    at: &str,
+    key: &str,
+    inline: Option<&str>,
+    var: Option<&str>,
+    file: Option<&Path>,
+    wanted: bool,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Problems,
+) -> Option<Secret> {
+    let given = [inline.is_some(), var.is_some(), file.is_some()].iter().filter(|g| **g).count();
+    if !wanted {
+        if given > 0 {
+            problems.add(at, format!("this kind of source takes no `{key}`"));
+        }
+        return None;
+    }
+    match (inline, var, file) {
+        (Some(d), None, None) => Some(Secret::new(d)),
+        (None, Some(var), None) => match env(var) {
+            Some(v) if !v.trim().is_empty() => Some(Secret::new(v.trim())),
+            _ => {
+                problems.add(format!("{at}.{key}_env"), format!("environment variable {var} is not set or empty"));
+                None
+            }
+        },
+        (None, None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(v) if !v.trim().is_empty() => Some(Secret::new(v.trim())),
+            Ok(_) => {
+                problems.add(format!("{at}.{key}_file"), format!("{} is empty", path.display()));
+                None
+            }
+            Err(e) => {
+                problems.add(format!("{at}.{key}_file"), format!("cannot read {}: {e}", path.display()));
+                None
+            }
+        },
+        (None, None, None) => {
+            problems.add(at, format!("one of `{key}`, `{key}_env` or `{key}_file` is required"));
+            None
+        }
+        _ => {
+            problems.add(at, format!("give only one of `{key}`, `{key}_env` and `{key}_file`"));
+            None
+        }
+    }
+}
+
+/// Options of the store kind; options of other kinds are problems.
+fn store_options(
+    at: &str,
+    raw: &RawSource,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Problems,
+) -> Option<Store> {
+    let before = problems.list.len();
+    let kind = raw.kind;
+    let only = |key: &str, given: bool, for_kind: StoreKind, problems: &mut Problems| {
+        if given && kind != for_kind {
+            problems.add(format!("{at}.{key}"), format!("only {} sources take `{key}`", for_kind.as_str()));
+        }
+    };
+    only("key_pattern", raw.key_pattern.is_some(), StoreKind::Redis, problems);
+    only("value", raw.value.is_some(), StoreKind::Redis, problems);
+    only("max_keys", raw.max_keys.is_some(), StoreKind::Redis, problems);
+    only("path", raw.path.is_some(), StoreKind::File, problems);
+    only("layout", raw.layout.is_some(), StoreKind::File, problems);
+    only("url", raw.url.is_some(), StoreKind::Http, problems);
+    only("items_path", raw.items_path.is_some(), StoreKind::Http, problems);
+    only("bearer_token_env", raw.bearer_token_env.is_some(), StoreKind::Http, problems);
+    only("bearer_token_file", raw.bearer_token_file.is_some(), StoreKind::Http, problems);
+    only("headers", !raw.headers.is_empty(), StoreKind::Http, problems);
+    only("ca_file", raw.ca_file.is_some(), StoreKind::Http, problems);
+    let store = match kind {
+        StoreKind::Sqlite | StoreKind::Postgres | StoreKind::Mysql => Store::Sql { query: String::new() },
+        StoreKind::Redis => {
+            let key_pattern = raw.key_pattern.clone().unwrap_or_default();
+            if key_pattern.trim().is_empty() {
+                problems.add(format!("{at}.key_pattern"), "is required: the SCAN pattern of the token keys, e.g. `qbo:tokens:*`");
+            }
+            let max_keys = raw.max_keys.unwrap_or(defaults::MAX_KEYS);
+            if max_keys == 0 {
+                problems.add(format!("{at}.max_keys"), "must be at least 1");
+            }
+            Store::Redis { key_pattern, value: raw.value.unwrap_or(RedisValue::Hash), max_keys }
+        }
+        StoreKind::File => match &raw.path {
+            Some(path) => Store::File { path: path.clone(), layout: raw.layout.unwrap_or_default() },
+            None => {
+                problems.add(format!("{at}.path"), "is required: the token file");
+                return None;
+            }
+        },
+        StoreKind::Http => {
+            let url = raw.url.clone().unwrap_or_default();
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                problems.add(format!("{at}.url"), "is required: an http:// or https:// URL");
+            }
+            let items_path = match raw.items_path.as_deref() {
+                None | Some("") => Vec::new(),
+                Some(p) => parse_path(p).unwrap_or_else(|| {
+                    problems.add(format!("{at}.items_path"), format!("{p:?} is not a dotted path like `data.connections`"));
+                    Vec::new()
+                }),
+            };
+            let bearer_token = if raw.bearer_token_env.is_some() || raw.bearer_token_file.is_some() {
+                secret_from(at, "bearer_token", None, raw.bearer_token_env.as_deref(), raw.bearer_token_file.as_deref(), true, env, problems)
+            } else {
+                None
+            };
+            for name in raw.headers.keys() {
+                if name.eq_ignore_ascii_case("authorization") {
+                    problems.add(format!("{at}.headers.{name}"), "put credentials in `bearer_token_env` or `bearer_token_file`, not in the config");
+                }
+            }
+            Store::Http {
+                url,
+                items_path,
+                bearer_token,
+                headers: raw.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                ca_file: raw.ca_file.clone(),
+            }
+        }
+    };
+    (problems.list.len() == before).then_some(store)
 }
 
 fn to_chrono(d: Duration) -> chrono::Duration {
@@ -1048,7 +1298,7 @@ sources:
     preset: xero_tokens
 "#);
         assert_eq!(
-            c.sources[0].dsn.expose(),
+            c.sources[0].dsn.as_ref().unwrap().expose(),
             "postgres://exporter:s3cr3t@db/app"
         );
         assert!(!format!("{c:?}").contains("s3cr3t"));
@@ -1153,7 +1403,8 @@ sources:
       last_refresh: updated_at
 "#);
         let s = &c.sources[0];
-        assert!(s.query.contains("app_xero_tokens"), "{}", s.query);
+        let q = s.store.query().unwrap();
+        assert!(q.contains("app_xero_tokens"), "{q}");
         assert!(
             matches!(s.mapping.last_refresh, LastRefresh::Field(ref f) if f.at.column == "updated_at")
         );

@@ -67,16 +67,18 @@ pub enum RejectReason {
     UnparseableTimestamp,
     ImpossibleTimestamp,
     InvalidJson,
+    WrongType,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 6] = [
+    pub const ALL: [RejectReason; 7] = [
         RejectReason::MissingConnection,
         RejectReason::DuplicateConnection,
         RejectReason::NullTimestamp,
         RejectReason::UnparseableTimestamp,
         RejectReason::ImpossibleTimestamp,
         RejectReason::InvalidJson,
+        RejectReason::WrongType,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -87,6 +89,7 @@ impl RejectReason {
             RejectReason::UnparseableTimestamp => "unparseable_timestamp",
             RejectReason::ImpossibleTimestamp => "impossible_timestamp",
             RejectReason::InvalidJson => "invalid_json",
+            RejectReason::WrongType => "wrong_type",
         }
     }
 }
@@ -104,18 +107,21 @@ pub enum SourceErrorReason {
     WriteRefused,
     /// A configured field names a column the query does not return.
     Mapping,
-    /// A column has a type the exporter cannot read.
+    /// A column has a type the exporter cannot read, or a document cannot be parsed.
     Decode,
+    /// The source reached its per-poll key limit (the poll still succeeds with what it read).
+    KeyLimit,
 }
 
 impl SourceErrorReason {
-    pub const ALL: [SourceErrorReason; 6] = [
+    pub const ALL: [SourceErrorReason; 7] = [
         SourceErrorReason::Connect,
         SourceErrorReason::Timeout,
         SourceErrorReason::Query,
         SourceErrorReason::WriteRefused,
         SourceErrorReason::Mapping,
         SourceErrorReason::Decode,
+        SourceErrorReason::KeyLimit,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -126,6 +132,7 @@ impl SourceErrorReason {
             SourceErrorReason::WriteRefused => "write_refused",
             SourceErrorReason::Mapping => "mapping",
             SourceErrorReason::Decode => "decode",
+            SourceErrorReason::KeyLimit => "key_limit",
         }
     }
 }
@@ -163,6 +170,9 @@ pub mod names {
         "oauth_connections_failing",
         "Distinct connections with a failure in the last detect window",
     );
+    pub const REFRESH_WINDOW: (&str, &str) = ("oauth_provider_refresh_token_lifetime_seconds", "The provider's refresh-token inactivity window as configured for the source (Xero 60 days, QuickBooks 100 days, ...)");
+    pub const ACCESS_LIFETIME: (&str, &str) = ("oauth_provider_access_token_lifetime_seconds", "The provider's access-token lifetime as configured for the source");
+    pub const MAX_LIFETIME: (&str, &str) = ("oauth_provider_refresh_token_max_lifetime_seconds", "The provider's hard maximum refresh-token lifetime from authorisation, where it has one (QuickBooks 5 years)");
     pub const TRUNCATED: (&str, &str) = ("oauth_exporter_connections_truncated", "Connections left out of the per-connection series by the source's cap (aggregates count them)");
     pub const REMOVED: (&str, &str) = (
         "oauth_connections_removed",
@@ -404,6 +414,19 @@ impl Collector for StateCollector {
             s.aggregates.expiring[i]
         })?;
         self.per_source(&mut enc, FAILING, None, |s, _| s.aggregates.failing)?;
+        for (desc, value) in [
+            (REFRESH_WINDOW, (|h: &SourceHandle| Some(h.refresh_window)) as fn(&SourceHandle) -> Option<f64>),
+            (ACCESS_LIFETIME, |h: &SourceHandle| Some(h.access_lifetime)),
+            (MAX_LIFETIME, |h: &SourceHandle| h.refresh_max_lifetime),
+        ] {
+            let mut f = family(&mut enc, desc, MetricType::Gauge)?;
+            for src in &self.sources {
+                if let Some(v) = value(src) {
+                    let labels: [Lbl; 2] = [("provider", src.provider), ("source", &src.name)];
+                    ConstGauge::new(v).encode(f.encode_family(&labels)?)?;
+                }
+            }
+        }
         {
             let mut f = family(&mut enc, TRUNCATED, MetricType::Gauge)?;
             for src in &self.sources {

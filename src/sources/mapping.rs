@@ -27,6 +27,7 @@ pub struct Resolved {
     access_expires: Option<(Slot, Option<Slot>)>,
     refresh_expires: Option<(Slot, Option<Slot>)>,
     last_failure: Option<(Slot, Option<Slot>)>,
+    authorized_at: Option<(Slot, Option<Slot>)>,
     status: Option<Slot>,
     labels: Vec<Slot>,
 }
@@ -105,6 +106,11 @@ pub fn resolve(mapping: &Mapping, columns: &[String]) -> Result<Resolved, Missin
         .as_ref()
         .map(|f| r.time(f))
         .transpose()?;
+    let authorized_at = mapping
+        .authorized_at
+        .as_ref()
+        .map(|f| r.time(f))
+        .transpose()?;
     let status = mapping.status.as_ref().map(|f| r.slot(&f.at)).transpose()?;
     let labels = mapping
         .labels
@@ -119,9 +125,48 @@ pub fn resolve(mapping: &Mapping, columns: &[String]) -> Result<Resolved, Missin
         access_expires,
         refresh_expires,
         last_failure,
+        authorized_at,
         status,
         labels,
     })
+}
+
+/// Every column the mapping reads, once each, in mapping order (document sources use these as
+/// their columns).
+pub fn columns(m: &Mapping) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut add = |f: &FieldRef| {
+        if !out.contains(&f.column) {
+            out.push(f.column.clone());
+        }
+    };
+    add(&m.connection);
+    let times = [
+        match &m.last_refresh {
+            LastRefresh::Field(f) => Some(f),
+            LastRefresh::Infer(_) => None,
+        },
+        m.access_expires.as_ref(),
+        m.refresh_expires.as_ref(),
+        m.last_failure.as_ref(),
+        m.authorized_at.as_ref(),
+    ];
+    for t in times.into_iter().flatten() {
+        add(&t.at);
+        if let Some(r) = &t.relative_to {
+            add(r);
+        }
+    }
+    if let Some(t) = &m.tenant {
+        add(t);
+    }
+    if let Some(s) = &m.status {
+        add(&s.at);
+    }
+    for (_, f) in &m.labels {
+        add(f);
+    }
+    out
 }
 
 /// A row that could not be exported.
@@ -216,6 +261,7 @@ pub fn map_row(
         "refresh_expires",
     )?;
     let last_failure = time(&r.last_failure, m.last_failure.as_ref(), "last_failure")?;
+    let authorized_at = time(&r.authorized_at, m.authorized_at.as_ref(), "authorized_at")?;
     let last_refresh = match &m.last_refresh {
         LastRefresh::Field(tf) => time(&r.last_refresh, Some(tf), "last_refresh")?,
         LastRefresh::Infer(Inference::AccessExpires) => {
@@ -230,10 +276,15 @@ pub fn map_row(
         return Err(reject(RejectReason::ImpossibleTimestamp, "last_refresh"));
     }
     let idle_expiry = last_refresh + provider.refresh_token_idle_lifetime;
-    let refresh_expiry = match stored_refresh_expiry {
-        Some(s) if s < idle_expiry => s,
-        _ => idle_expiry,
+    let hard_expiry = match (authorized_at, provider.refresh_token_max_lifetime) {
+        (Some(a), Some(max)) => Some(a + max),
+        _ => None,
     };
+    let refresh_expiry = [Some(idle_expiry), stored_refresh_expiry, hard_expiry]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(idle_expiry);
     let stored_status = match (&r.status, &m.status) {
         (Some(slot), Some(sf)) => {
             let v = cell(cells, slot).ok().and_then(|c| c.as_label());
@@ -436,6 +487,19 @@ mod tests {
             (e.reason, e.connection),
             (RejectReason::MissingConnection, None)
         );
+    }
+
+    #[test]
+    fn quickbooks_hard_maximum_caps_expiry_five_years_after_authorisation() {
+        let text = "sources:\n  - name: t\n    kind: sqlite\n    dsn: x.db\n    provider: quickbooks\n    query: SELECT 1\n    fields: {connection: id, last_refresh: lr, authorized_at: auth}\n";
+        let cfg = config::parse(text, "t.yml", &|_| None).unwrap().sources.remove(0);
+        let r = resolve(&cfg.mapping, &cols(&["id", "lr", "auth"])).unwrap();
+        let row = |auth: &str| vec![Cell::Text("a".into()), Cell::Text("2026-05-01T00:00:00Z".into()), Cell::Text(auth.into())];
+        // Authorised 5 years minus 30 days ago: the hard maximum comes before the 100-day window.
+        let c = map_row(&r, &cfg.mapping, &row("2021-06-02T00:00:00Z"), &cfg.provider, now()).unwrap();
+        assert_eq!(c.refresh_expiry, Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap());
+        let c = map_row(&r, &cfg.mapping, &row("2025-01-01T00:00:00Z"), &cfg.provider, now()).unwrap();
+        assert_eq!(c.refresh_expiry, Utc.with_ymd_and_hms(2026, 8, 9, 0, 0, 0).unwrap(), "100 days after the last refresh");
     }
 
     #[test]

@@ -5,10 +5,13 @@
 //! [`Poller`] runs one source: one poll at a time, a deadline on every poll, backoff after
 //! failures, and an atomic replacement of the source's snapshot.
 
+pub mod file;
+pub mod http;
 pub mod mapping;
 pub mod mysql;
 pub mod postgres;
 pub mod presets;
+pub mod redis;
 pub mod sqlite;
 
 use crate::clock::SharedClock;
@@ -33,6 +36,11 @@ pub struct SourceHandle {
     pub kind: StoreKind,
     /// Names of the extra `oauth_connection_info` labels, in config order.
     pub label_names: Vec<String>,
+    /// The provider's windows as configured for this source, in seconds (exported so that
+    /// alerts and dashboards use each provider's own window).
+    pub refresh_window: f64,
+    pub access_lifetime: f64,
+    pub refresh_max_lifetime: Option<f64>,
     snapshot: RwLock<Arc<SourceSnapshot>>,
     ready: AtomicBool,
     up: AtomicBool,
@@ -45,6 +53,12 @@ impl SourceHandle {
             provider: cfg.provider.name(),
             kind: cfg.kind,
             label_names: cfg.mapping.labels.iter().map(|(n, _)| n.clone()).collect(),
+            refresh_window: cfg.provider.refresh_token_idle_lifetime.num_seconds() as f64,
+            access_lifetime: cfg.provider.access_token_lifetime.num_seconds() as f64,
+            refresh_max_lifetime: cfg
+                .provider
+                .refresh_token_max_lifetime
+                .map(|d| d.num_seconds() as f64),
             snapshot: RwLock::new(Arc::new(SourceSnapshot::default())),
             ready: AtomicBool::new(false),
             up: AtomicBool::new(false),
@@ -89,6 +103,8 @@ pub enum CollectError {
     MissingColumn { column: String, available: String },
     #[error("column {column:?} has type {type_name}, which cannot be read; cast it to text, a number or a timestamp in the query")]
     Decode { column: String, type_name: String },
+    #[error("{0}")]
+    Document(String),
 }
 
 impl CollectError {
@@ -99,7 +115,7 @@ impl CollectError {
             CollectError::WriteRefused(_) => SourceErrorReason::WriteRefused,
             CollectError::Query(_) => SourceErrorReason::Query,
             CollectError::MissingColumn { .. } => SourceErrorReason::Mapping,
-            CollectError::Decode { .. } => SourceErrorReason::Decode,
+            CollectError::Decode { .. } | CollectError::Document(_) => SourceErrorReason::Decode,
         }
     }
 
@@ -142,6 +158,92 @@ impl CollectError {
 pub struct Fetched {
     pub resolved: Option<Resolved>,
     pub rows: Vec<Vec<Cell>>,
+    /// Documents rejected before mapping (not JSON, wrong Redis type), with their row number.
+    pub rejected: Vec<(usize, Rejection)>,
+    /// The source stopped at its per-poll key limit: connections beyond it are missing.
+    pub limit_hit: bool,
+}
+
+/// A JSON value as a cell.
+pub fn json_cell(v: &serde_json::Value) -> Cell {
+    match v {
+        serde_json::Value::Null => Cell::Null,
+        serde_json::Value::Bool(b) => Cell::Bool(*b),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => Cell::Int(i),
+            None => Cell::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        serde_json::Value::String(s) => Cell::Text(s.clone()),
+        other => Cell::Json(other.clone()),
+    }
+}
+
+/// The key column of document sources: the Redis key, the map key, the list position, or the
+/// file name.
+pub const KEY_COLUMN: &str = "_key";
+
+/// Rows from documents (hashes, JSON objects): the columns are the keys the mapping reads, a
+/// missing key is NULL, and `_key` is the document's key.
+pub struct DocumentRows {
+    columns: Vec<String>,
+    out: Fetched,
+}
+
+impl DocumentRows {
+    pub fn new(mapping: &Mapping) -> Self {
+        let columns = mapping::columns(mapping);
+        let resolved = mapping::resolve(mapping, &columns).expect("the columns come from the mapping");
+        DocumentRows {
+            columns,
+            out: Fetched {
+                resolved: Some(resolved),
+                ..Fetched::default()
+            },
+        }
+    }
+
+    /// Add one document; `get` looks a column up in it.
+    pub fn push(&mut self, key: &str, get: impl Fn(&str) -> Option<Cell>) {
+        let r = self.out.resolved.as_ref().expect("set in new");
+        let cells = r
+            .needed
+            .iter()
+            .map(|&i| {
+                let col = &self.columns[i];
+                if col == KEY_COLUMN {
+                    Cell::Text(key.to_string())
+                } else {
+                    get(col).unwrap_or(Cell::Null)
+                }
+            })
+            .collect();
+        self.out.rows.push(cells);
+    }
+
+    /// Add a JSON document: an object's keys are its columns; anything else is rejected.
+    pub fn push_json(&mut self, key: &str, doc: &serde_json::Value) {
+        match doc {
+            serde_json::Value::Object(m) => self.push(key, |c| m.get(c).map(json_cell)),
+            _ => self.reject(key, RejectReason::InvalidJson),
+        }
+    }
+
+    pub fn reject(&mut self, key: &str, reason: RejectReason) {
+        let row = self.out.rows.len() + self.out.rejected.len() + 1;
+        self.out.rejected.push((
+            row,
+            Rejection {
+                connection: Some(key.to_string()),
+                reason,
+                field: "connection",
+            },
+        ));
+    }
+
+    pub fn finish(mut self, limit_hit: bool) -> Fetched {
+        self.out.limit_hit = limit_hit;
+        self.out
+    }
 }
 
 /// Stream a query's rows, resolving the mapping on the first row and decoding only the
@@ -207,39 +309,55 @@ macro_rules! decode_by_type {
 }
 pub(crate) use decode_by_type;
 
-/// A connection pool for one store kind.
-#[derive(Debug, Clone)]
+/// Install the TLS provider (ring) once for the clients that use rustls.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The connection to one store, per kind.
+#[derive(Debug)]
 pub enum Backend {
-    Sqlite(sqlx::SqlitePool),
-    Postgres(sqlx::PgPool),
-    Mysql(sqlx::MySqlPool),
+    Sqlite(sqlx::SqlitePool, String),
+    Postgres(sqlx::PgPool, String),
+    Mysql(sqlx::MySqlPool, String),
+    Redis(redis::RedisSource),
+    File(file::FileSource),
+    Http(http::HttpSource),
 }
 
 impl Backend {
-    /// Prepare a read-only pool. Connects lazily: a store that is down at start-up is a failed
-    /// poll, not a failed start.
+    /// Prepare a read-only connection. Connects lazily: a store that is down at start-up is a
+    /// failed poll, not a failed start.
     pub fn connect(cfg: &SourceConfig) -> Result<Backend, CollectError> {
+        let query = cfg.store.query().unwrap_or_default().to_string();
         Ok(match cfg.kind {
-            StoreKind::Sqlite => Backend::Sqlite(sqlite::connect(cfg)?),
-            StoreKind::Postgres => Backend::Postgres(postgres::connect(cfg)?),
-            StoreKind::Mysql => Backend::Mysql(mysql::connect(cfg)?),
+            StoreKind::Sqlite => Backend::Sqlite(sqlite::connect(cfg)?, query),
+            StoreKind::Postgres => Backend::Postgres(postgres::connect(cfg)?, query),
+            StoreKind::Mysql => Backend::Mysql(mysql::connect(cfg)?, query),
+            StoreKind::Redis => Backend::Redis(redis::RedisSource::connect(cfg)?),
+            StoreKind::File => Backend::File(file::FileSource::new(cfg)?),
+            StoreKind::Http => Backend::Http(http::HttpSource::new(cfg)?),
         })
     }
 
-    /// Run the source's query in a read-only transaction.
-    pub async fn fetch(&self, query: &str, mapping: &Mapping) -> Result<Fetched, CollectError> {
+    /// Read every connection once, without writing anything.
+    pub async fn fetch(&self, mapping: &Mapping) -> Result<Fetched, CollectError> {
         match self {
-            Backend::Sqlite(p) => sqlite::fetch(p, query, mapping).await,
-            Backend::Postgres(p) => postgres::fetch(p, query, mapping).await,
-            Backend::Mysql(p) => mysql::fetch(p, query, mapping).await,
+            Backend::Sqlite(p, q) => sqlite::fetch(p, q, mapping).await,
+            Backend::Postgres(p, q) => postgres::fetch(p, q, mapping).await,
+            Backend::Mysql(p, q) => mysql::fetch(p, q, mapping).await,
+            Backend::Redis(r) => r.fetch(mapping).await,
+            Backend::File(f) => f.fetch(mapping).await,
+            Backend::Http(h) => h.fetch(mapping).await,
         }
     }
 
     pub async fn close(&self) {
         match self {
-            Backend::Sqlite(p) => p.close().await,
-            Backend::Postgres(p) => p.close().await,
-            Backend::Mysql(p) => p.close().await,
+            Backend::Sqlite(p, _) => p.close().await,
+            Backend::Postgres(p, _) => p.close().await,
+            Backend::Mysql(p, _) => p.close().await,
+            Backend::Redis(_) | Backend::File(_) | Backend::Http(_) => {}
         }
     }
 }
@@ -268,6 +386,12 @@ pub fn map_rows(
     now: chrono::DateTime<chrono::Utc>,
 ) -> Mapped {
     let mut out = Mapped::default();
+    for (row, rej) in &fetched.rejected {
+        if let Some(id) = &rej.connection {
+            out.ids.insert(id_hash(id));
+        }
+        out.rejections.push((*row, rej.clone()));
+    }
     let Some(r) = &fetched.resolved else {
         return out;
     };
@@ -367,7 +491,7 @@ impl Poller {
         let started = Instant::now();
         let result = match tokio::time::timeout(
             self.cfg.timeout,
-            self.backend.fetch(&self.cfg.query, &self.cfg.mapping),
+            self.backend.fetch(&self.cfg.mapping),
         )
         .await
         {
@@ -379,6 +503,10 @@ impl Poller {
         };
         let result = match result {
             Ok(fetched) => {
+                if fetched.limit_hit {
+                    self.live.source_error(&self.cfg.name, SourceErrorReason::KeyLimit);
+                    tracing::warn!(source = %self.cfg.name, reason = SourceErrorReason::KeyLimit.as_str(), "The source reached its per-poll key limit (max_keys); connections beyond it are not exported.");
+                }
                 let now = self.clock.now();
                 let cfg = self.cfg.clone();
                 let window = self.failing_window;

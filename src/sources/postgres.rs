@@ -11,7 +11,7 @@ use std::str::FromStr;
 
 pub fn connect(cfg: &SourceConfig) -> Result<PgPool, CollectError> {
     let timeout_ms = cfg.timeout.as_millis().to_string();
-    let opts = PgConnectOptions::from_str(cfg.dsn.expose())
+    let opts = PgConnectOptions::from_str(cfg.dsn.as_ref().map(|d| d.expose()).unwrap_or_default())
         .map_err(|_| CollectError::Connect("the PostgreSQL DSN cannot be parsed".into()))?
         .application_name("oauth-token-exporter")
         .options([

@@ -78,6 +78,9 @@ pub fn build(preset: Preset, kind: StoreKind, table: Option<&str>) -> Result<Bui
                 StoreKind::Postgres => "(token_set::jsonb ->> 'expires_at')".to_string(),
                 StoreKind::Mysql => "CASE WHEN JSON_VALID(token_set) THEN JSON_UNQUOTE(JSON_EXTRACT(token_set, '$.expires_at')) ELSE 'invalid JSON' END".to_string(),
                 StoreKind::Sqlite => "CASE WHEN json_valid(token_set) THEN json_extract(token_set, '$.expires_at') ELSE 'invalid JSON' END".to_string(),
+                StoreKind::Redis | StoreKind::File | StoreKind::Http => {
+                    return Err(format!("presets are for SQL stores; a {} source maps its documents' keys", kind.as_str()))
+                }
             };
             Ok(Built {
                 query: format!("SELECT id, tenant_id, {expires} AS expires_at FROM {table}"),

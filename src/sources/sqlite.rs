@@ -8,7 +8,7 @@ use sqlx::{Row, TypeInfo, ValueRef};
 use std::str::FromStr;
 
 pub fn connect(cfg: &SourceConfig) -> Result<SqlitePool, CollectError> {
-    let dsn = cfg.dsn.expose();
+    let dsn = cfg.dsn.as_ref().map(|d| d.expose()).unwrap_or_default();
     let opts = if dsn.starts_with("sqlite:") {
         SqliteConnectOptions::from_str(dsn).map_err(CollectError::from_sqlx)?
     } else {

@@ -1,0 +1,165 @@
+//! Redis: token sets stored as hashes or JSON strings under keys found by a pattern. Keys are
+//! found with non-blocking `SCAN` (never `KEYS`), values read in pipelines; the source only
+//! ever sends `SCAN`, `TYPE`, `HGETALL` and `GET`. `rediss://` URLs use TLS (rustls) and the
+//! URL carries the password or ACL user.
+
+use super::{CollectError, DocumentRows, Fetched};
+use crate::config::{Mapping, RedisValue, SourceConfig, Store};
+use crate::metrics::RejectReason;
+use crate::timestamp::Cell;
+use ::redis::aio::MultiplexedConnection;
+use std::collections::{HashMap, HashSet};
+use tokio::sync::Mutex;
+
+/// Keys asked per SCAN step and read per pipeline.
+const BATCH: usize = 500;
+
+#[derive(Debug)]
+pub struct RedisSource {
+    client: ::redis::Client,
+    conn: Mutex<Option<MultiplexedConnection>>,
+    pattern: String,
+    value: RedisValue,
+    max_keys: usize,
+}
+
+fn error(e: ::redis::RedisError) -> CollectError {
+    if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() || e.is_timeout() {
+        CollectError::Connect(e.to_string())
+    } else {
+        CollectError::Query(e.to_string())
+    }
+}
+
+impl RedisSource {
+    pub fn connect(cfg: &SourceConfig) -> Result<Self, CollectError> {
+        super::install_tls_provider();
+        let Store::Redis { key_pattern, value, max_keys } = &cfg.store else {
+            unreachable!("a redis source has redis options");
+        };
+        let url = cfg.dsn.as_ref().map(|d| d.expose()).unwrap_or_default();
+        let client = ::redis::Client::open(url)
+            .map_err(|_| CollectError::Connect("the Redis URL cannot be parsed".into()))?;
+        Ok(RedisSource {
+            client,
+            conn: Mutex::new(None),
+            pattern: key_pattern.clone(),
+            value: *value,
+            max_keys: *max_keys,
+        })
+    }
+
+    async fn connection(&self) -> Result<MultiplexedConnection, CollectError> {
+        let mut slot = self.conn.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = self
+            .client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(error)?;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    pub async fn fetch(&self, mapping: &Mapping) -> Result<Fetched, CollectError> {
+        let result = self.read(mapping).await;
+        if let Err(CollectError::Connect(_)) = &result {
+            // Reconnect at the next poll.
+            *self.conn.lock().await = None;
+        }
+        result
+    }
+
+    async fn read(&self, mapping: &Mapping) -> Result<Fetched, CollectError> {
+        let mut conn = self.connection().await?;
+        let mut keys: Vec<String> = Vec::new();
+        let mut seen = HashSet::new();
+        let mut cursor: u64 = 0;
+        let mut limit_hit = false;
+        loop {
+            let (next, batch): (u64, Vec<String>) = ::redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&self.pattern)
+                .arg("COUNT")
+                .arg(BATCH)
+                .query_async(&mut conn)
+                .await
+                .map_err(error)?;
+            for k in batch {
+                // SCAN may return a key more than once.
+                if seen.insert(k.clone()) {
+                    if keys.len() == self.max_keys {
+                        limit_hit = true;
+                        break;
+                    }
+                    keys.push(k);
+                }
+            }
+            cursor = next;
+            if cursor == 0 || limit_hit {
+                break;
+            }
+        }
+        let mut rows = DocumentRows::new(mapping);
+        let want = match self.value {
+            RedisValue::Hash => "hash",
+            RedisValue::Json => "string",
+        };
+        for chunk in keys.chunks(BATCH) {
+            let mut types = ::redis::pipe();
+            for k in chunk {
+                types.cmd("TYPE").arg(k);
+            }
+            let types: Vec<String> = types.query_async(&mut conn).await.map_err(error)?;
+            let readable: Vec<&String> = chunk
+                .iter()
+                .zip(&types)
+                .filter_map(|(k, t)| match t.as_str() {
+                    // Deleted between SCAN and TYPE: gone, not bad.
+                    "none" => None,
+                    t if t == want => Some(k),
+                    _ => {
+                        rows.reject(k, RejectReason::WrongType);
+                        None
+                    }
+                })
+                .collect();
+            if readable.is_empty() {
+                continue;
+            }
+            let mut reads = ::redis::pipe();
+            match self.value {
+                RedisValue::Hash => {
+                    for k in &readable {
+                        reads.cmd("HGETALL").arg(*k);
+                    }
+                    let values: Vec<HashMap<String, String>> =
+                        reads.query_async(&mut conn).await.map_err(error)?;
+                    for (k, h) in readable.iter().zip(values) {
+                        if !h.is_empty() {
+                            rows.push(k, |c| h.get(c).map(|v| Cell::Text(v.clone())));
+                        }
+                    }
+                }
+                RedisValue::Json => {
+                    for k in &readable {
+                        reads.cmd("GET").arg(*k);
+                    }
+                    let values: Vec<Option<String>> =
+                        reads.query_async(&mut conn).await.map_err(error)?;
+                    for (k, v) in readable.iter().zip(values) {
+                        let Some(v) = v else { continue };
+                        match serde_json::from_str::<serde_json::Value>(&v) {
+                            Ok(doc) => rows.push_json(k, &doc),
+                            Err(_) => rows.reject(k, RejectReason::InvalidJson),
+                        }
+                    }
+                }
+            }
+        }
+        Ok(rows.finish(limit_hit))
+    }
+}
