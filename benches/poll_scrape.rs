@@ -164,11 +164,7 @@ async fn ours(n: usize, dir: &std::path::Path) -> Figures {
     for _ in 0..RUNS {
         let p = &e.pollers[0];
         let t = Instant::now();
-        let fetched = p
-            .backend()
-            .fetch(&p.cfg.mapping)
-            .await
-            .expect("fetch");
+        let fetched = p.backend().fetch(&p.cfg.mapping).await.expect("fetch");
         fetches.push(ms(t.elapsed()));
         drop(fetched);
         let t = Instant::now();

@@ -73,7 +73,10 @@ impl StoreKind {
     /// SQL stores take a `query` or a `preset`; the others hold documents (hashes, JSON, YAML)
     /// whose keys are the columns.
     pub fn is_sql(self) -> bool {
-        matches!(self, StoreKind::Sqlite | StoreKind::Postgres | StoreKind::Mysql)
+        matches!(
+            self,
+            StoreKind::Sqlite | StoreKind::Postgres | StoreKind::Mysql
+        )
     }
 }
 
@@ -697,7 +700,11 @@ fn validate_source(
     // Preset or query (SQL), or the token-set shape (documents).
     let (query, mut fields, mut infer) = match (raw.preset, &raw.query) {
         _ if !raw.kind.is_sql() => {
-            for (key, given) in [("preset", raw.preset.is_some()), ("query", raw.query.is_some()), ("table", raw.table.is_some())] {
+            for (key, given) in [
+                ("preset", raw.preset.is_some()),
+                ("query", raw.query.is_some()),
+                ("table", raw.table.is_some()),
+            ] {
                 if given {
                     problems.add(format!("{at}.{key}"), format!("only SQL sources take `{key}`; a {} source maps the keys of its documents with `fields`", raw.kind.as_str()));
                 }
@@ -836,21 +843,38 @@ fn validate_source(
     let provider_kind = raw.provider.unwrap_or(ProviderKind::Xero);
     let mut provider = provider_kind.profile();
     if provider_kind == ProviderKind::Custom {
-        for (key, given) in [("access_token_lifetime", raw.access_token_lifetime.is_some()), ("refresh_token_lifetime", raw.refresh_token_lifetime.is_some())] {
+        for (key, given) in [
+            ("access_token_lifetime", raw.access_token_lifetime.is_some()),
+            (
+                "refresh_token_lifetime",
+                raw.refresh_token_lifetime.is_some(),
+            ),
+        ] {
             if !given {
                 problems.add(format!("{at}.{key}"), "is required with `provider: custom`");
             }
         }
         if let Some(name) = &raw.provider_name {
-            if name.is_empty() || name.len() > 32 || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
-                problems.add(format!("{at}.provider_name"), "use 1-32 lower-case letters, digits or `_`");
+            if name.is_empty()
+                || name.len() > 32
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
+                problems.add(
+                    format!("{at}.provider_name"),
+                    "use 1-32 lower-case letters, digits or `_`",
+                );
             } else {
                 // Lives as long as the process; one per configured source.
                 provider.name = Box::leak(name.clone().into_boxed_str());
             }
         }
     } else if raw.provider_name.is_some() {
-        problems.add(format!("{at}.provider_name"), "only a `custom` provider takes a name");
+        problems.add(
+            format!("{at}.provider_name"),
+            "only a `custom` provider takes a name",
+        );
     }
     if let Some(d) = raw.access_token_lifetime {
         provider.access_token_lifetime = to_chrono(d.0);
@@ -941,7 +965,10 @@ fn secret_from(
     env: &dyn Fn(&str) -> Option<String>,
     problems: &mut Problems,
 ) -> Option<Secret> {
-    let given = [inline.is_some(), var.is_some(), file.is_some()].iter().filter(|g| **g).count();
+    let given = [inline.is_some(), var.is_some(), file.is_some()]
+        .iter()
+        .filter(|g| **g)
+        .count();
     if !wanted {
         if given > 0 {
             problems.add(at, format!("this kind of source takes no `{key}`"));
@@ -953,27 +980,42 @@ fn secret_from(
         (None, Some(var), None) => match env(var) {
             Some(v) if !v.trim().is_empty() => Some(Secret::new(v.trim())),
             _ => {
-                problems.add(format!("{at}.{key}_env"), format!("environment variable {var} is not set or empty"));
+                problems.add(
+                    format!("{at}.{key}_env"),
+                    format!("environment variable {var} is not set or empty"),
+                );
                 None
             }
         },
         (None, None, Some(path)) => match std::fs::read_to_string(path) {
             Ok(v) if !v.trim().is_empty() => Some(Secret::new(v.trim())),
             Ok(_) => {
-                problems.add(format!("{at}.{key}_file"), format!("{} is empty", path.display()));
+                problems.add(
+                    format!("{at}.{key}_file"),
+                    format!("{} is empty", path.display()),
+                );
                 None
             }
             Err(e) => {
-                problems.add(format!("{at}.{key}_file"), format!("cannot read {}: {e}", path.display()));
+                problems.add(
+                    format!("{at}.{key}_file"),
+                    format!("cannot read {}: {e}", path.display()),
+                );
                 None
             }
         },
         (None, None, None) => {
-            problems.add(at, format!("one of `{key}`, `{key}_env` or `{key}_file` is required"));
+            problems.add(
+                at,
+                format!("one of `{key}`, `{key}_env` or `{key}_file` is required"),
+            );
             None
         }
         _ => {
-            problems.add(at, format!("give only one of `{key}`, `{key}_env` and `{key}_file`"));
+            problems.add(
+                at,
+                format!("give only one of `{key}`, `{key}_env` and `{key}_file`"),
+            );
             None
         }
     }
@@ -990,35 +1032,80 @@ fn store_options(
     let kind = raw.kind;
     let only = |key: &str, given: bool, for_kind: StoreKind, problems: &mut Problems| {
         if given && kind != for_kind {
-            problems.add(format!("{at}.{key}"), format!("only {} sources take `{key}`", for_kind.as_str()));
+            problems.add(
+                format!("{at}.{key}"),
+                format!("only {} sources take `{key}`", for_kind.as_str()),
+            );
         }
     };
-    only("key_pattern", raw.key_pattern.is_some(), StoreKind::Redis, problems);
+    only(
+        "key_pattern",
+        raw.key_pattern.is_some(),
+        StoreKind::Redis,
+        problems,
+    );
     only("value", raw.value.is_some(), StoreKind::Redis, problems);
-    only("max_keys", raw.max_keys.is_some(), StoreKind::Redis, problems);
+    only(
+        "max_keys",
+        raw.max_keys.is_some(),
+        StoreKind::Redis,
+        problems,
+    );
     only("path", raw.path.is_some(), StoreKind::File, problems);
     only("layout", raw.layout.is_some(), StoreKind::File, problems);
     only("url", raw.url.is_some(), StoreKind::Http, problems);
-    only("items_path", raw.items_path.is_some(), StoreKind::Http, problems);
-    only("bearer_token_env", raw.bearer_token_env.is_some(), StoreKind::Http, problems);
-    only("bearer_token_file", raw.bearer_token_file.is_some(), StoreKind::Http, problems);
-    only("headers", !raw.headers.is_empty(), StoreKind::Http, problems);
+    only(
+        "items_path",
+        raw.items_path.is_some(),
+        StoreKind::Http,
+        problems,
+    );
+    only(
+        "bearer_token_env",
+        raw.bearer_token_env.is_some(),
+        StoreKind::Http,
+        problems,
+    );
+    only(
+        "bearer_token_file",
+        raw.bearer_token_file.is_some(),
+        StoreKind::Http,
+        problems,
+    );
+    only(
+        "headers",
+        !raw.headers.is_empty(),
+        StoreKind::Http,
+        problems,
+    );
     only("ca_file", raw.ca_file.is_some(), StoreKind::Http, problems);
     let store = match kind {
-        StoreKind::Sqlite | StoreKind::Postgres | StoreKind::Mysql => Store::Sql { query: String::new() },
+        StoreKind::Sqlite | StoreKind::Postgres | StoreKind::Mysql => Store::Sql {
+            query: String::new(),
+        },
         StoreKind::Redis => {
             let key_pattern = raw.key_pattern.clone().unwrap_or_default();
             if key_pattern.trim().is_empty() {
-                problems.add(format!("{at}.key_pattern"), "is required: the SCAN pattern of the token keys, e.g. `qbo:tokens:*`");
+                problems.add(
+                    format!("{at}.key_pattern"),
+                    "is required: the SCAN pattern of the token keys, e.g. `qbo:tokens:*`",
+                );
             }
             let max_keys = raw.max_keys.unwrap_or(defaults::MAX_KEYS);
             if max_keys == 0 {
                 problems.add(format!("{at}.max_keys"), "must be at least 1");
             }
-            Store::Redis { key_pattern, value: raw.value.unwrap_or(RedisValue::Hash), max_keys }
+            Store::Redis {
+                key_pattern,
+                value: raw.value.unwrap_or(RedisValue::Hash),
+                max_keys,
+            }
         }
         StoreKind::File => match &raw.path {
-            Some(path) => Store::File { path: path.clone(), layout: raw.layout.unwrap_or_default() },
+            Some(path) => Store::File {
+                path: path.clone(),
+                layout: raw.layout.unwrap_or_default(),
+            },
             None => {
                 problems.add(format!("{at}.path"), "is required: the token file");
                 return None;
@@ -1027,17 +1114,33 @@ fn store_options(
         StoreKind::Http => {
             let url = raw.url.clone().unwrap_or_default();
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                problems.add(format!("{at}.url"), "is required: an http:// or https:// URL");
+                problems.add(
+                    format!("{at}.url"),
+                    "is required: an http:// or https:// URL",
+                );
             }
             let items_path = match raw.items_path.as_deref() {
                 None | Some("") => Vec::new(),
                 Some(p) => parse_path(p).unwrap_or_else(|| {
-                    problems.add(format!("{at}.items_path"), format!("{p:?} is not a dotted path like `data.connections`"));
+                    problems.add(
+                        format!("{at}.items_path"),
+                        format!("{p:?} is not a dotted path like `data.connections`"),
+                    );
                     Vec::new()
                 }),
             };
-            let bearer_token = if raw.bearer_token_env.is_some() || raw.bearer_token_file.is_some() {
-                secret_from(at, "bearer_token", None, raw.bearer_token_env.as_deref(), raw.bearer_token_file.as_deref(), true, env, problems)
+            let bearer_token = if raw.bearer_token_env.is_some() || raw.bearer_token_file.is_some()
+            {
+                secret_from(
+                    at,
+                    "bearer_token",
+                    None,
+                    raw.bearer_token_env.as_deref(),
+                    raw.bearer_token_file.as_deref(),
+                    true,
+                    env,
+                    problems,
+                )
             } else {
                 None
             };
@@ -1050,7 +1153,11 @@ fn store_options(
                 url,
                 items_path,
                 bearer_token,
-                headers: raw.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                headers: raw
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
                 ca_file: raw.ca_file.clone(),
             }
         }

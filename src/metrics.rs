@@ -171,7 +171,10 @@ pub mod names {
         "Distinct connections with a failure in the last detect window",
     );
     pub const REFRESH_WINDOW: (&str, &str) = ("oauth_provider_refresh_token_lifetime_seconds", "The provider's refresh-token inactivity window as configured for the source (Xero 60 days, QuickBooks 100 days, ...)");
-    pub const ACCESS_LIFETIME: (&str, &str) = ("oauth_provider_access_token_lifetime_seconds", "The provider's access-token lifetime as configured for the source");
+    pub const ACCESS_LIFETIME: (&str, &str) = (
+        "oauth_provider_access_token_lifetime_seconds",
+        "The provider's access-token lifetime as configured for the source",
+    );
     pub const MAX_LIFETIME: (&str, &str) = ("oauth_provider_refresh_token_max_lifetime_seconds", "The provider's hard maximum refresh-token lifetime from authorisation, where it has one (QuickBooks 5 years)");
     pub const TRUNCATED: (&str, &str) = ("oauth_exporter_connections_truncated", "Connections left out of the per-connection series by the source's cap (aggregates count them)");
     pub const REMOVED: (&str, &str) = (
@@ -415,7 +418,10 @@ impl Collector for StateCollector {
         })?;
         self.per_source(&mut enc, FAILING, None, |s, _| s.aggregates.failing)?;
         for (desc, value) in [
-            (REFRESH_WINDOW, (|h: &SourceHandle| Some(h.refresh_window)) as fn(&SourceHandle) -> Option<f64>),
+            (
+                REFRESH_WINDOW,
+                (|h: &SourceHandle| Some(h.refresh_window)) as fn(&SourceHandle) -> Option<f64>,
+            ),
             (ACCESS_LIFETIME, |h: &SourceHandle| Some(h.access_lifetime)),
             (MAX_LIFETIME, |h: &SourceHandle| h.refresh_max_lifetime),
         ] {

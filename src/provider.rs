@@ -49,7 +49,12 @@ impl ProviderKind {
 
     /// The built-in profile. `Custom` has no lifetimes of its own: the config must give both.
     pub fn profile(self) -> ProviderProfile {
-        let p = |access: Duration, idle: Duration, max: Option<Duration>, rotates: bool, grace: Duration, verified: bool| ProviderProfile {
+        let p = |access: Duration,
+                 idle: Duration,
+                 max: Option<Duration>,
+                 rotates: bool,
+                 grace: Duration,
+                 verified: bool| ProviderProfile {
             kind: self,
             name: self.as_str(),
             access_token_lifetime: access,
@@ -61,18 +66,67 @@ impl ProviderKind {
         };
         match self {
             // 30 min access; refresh 60 days from last use; rotation with a 30 min grace period.
-            ProviderKind::Xero => p(Duration::minutes(30), Duration::days(60), None, true, Duration::minutes(30), true),
+            ProviderKind::Xero => p(
+                Duration::minutes(30),
+                Duration::days(60),
+                None,
+                true,
+                Duration::minutes(30),
+                true,
+            ),
             // 1 h access; refresh 100 days rolling; 5-year hard maximum from authorisation.
-            ProviderKind::Quickbooks => p(Duration::hours(1), Duration::days(100), Some(Duration::days(5 * 365)), true, Duration::zero(), true),
+            ProviderKind::Quickbooks => p(
+                Duration::hours(1),
+                Duration::days(100),
+                Some(Duration::days(5 * 365)),
+                true,
+                Duration::zero(),
+                true,
+            ),
             // 5 min access; refresh 31 days.
-            ProviderKind::Sage => p(Duration::minutes(5), Duration::days(31), None, true, Duration::zero(), false),
+            ProviderKind::Sage => p(
+                Duration::minutes(5),
+                Duration::days(31),
+                None,
+                true,
+                Duration::zero(),
+                false,
+            ),
             // ~1 h access; refresh 90 days (24 h for single-page apps: override per source).
-            ProviderKind::Microsoft => p(Duration::hours(1), Duration::days(90), None, true, Duration::zero(), true),
+            ProviderKind::Microsoft => p(
+                Duration::hours(1),
+                Duration::days(90),
+                None,
+                true,
+                Duration::zero(),
+                true,
+            ),
             // 1 h access; refresh invalid after 6 months unused (7 days for apps in testing).
-            ProviderKind::Google => p(Duration::hours(1), Duration::days(183), None, false, Duration::zero(), true),
+            ProviderKind::Google => p(
+                Duration::hours(1),
+                Duration::days(183),
+                None,
+                false,
+                Duration::zero(),
+                true,
+            ),
             // 60 min access; refresh 60 days, single use.
-            ProviderKind::Box => p(Duration::minutes(60), Duration::days(60), None, true, Duration::zero(), true),
-            ProviderKind::Custom => p(Duration::zero(), Duration::zero(), None, true, Duration::zero(), false),
+            ProviderKind::Box => p(
+                Duration::minutes(60),
+                Duration::days(60),
+                None,
+                true,
+                Duration::zero(),
+                true,
+            ),
+            ProviderKind::Custom => p(
+                Duration::zero(),
+                Duration::zero(),
+                None,
+                true,
+                Duration::zero(),
+                false,
+            ),
         }
     }
 }
@@ -191,9 +245,21 @@ mod tests {
     fn other_profiles_carry_their_own_windows() {
         let days = |k: ProviderKind| k.profile().refresh_token_idle_lifetime.num_days();
         assert_eq!(days(ProviderKind::Quickbooks), 100);
-        assert_eq!(ProviderKind::Quickbooks.profile().refresh_token_max_lifetime.map(|d| d.num_days()), Some(1825));
+        assert_eq!(
+            ProviderKind::Quickbooks
+                .profile()
+                .refresh_token_max_lifetime
+                .map(|d| d.num_days()),
+            Some(1825)
+        );
         assert_eq!(days(ProviderKind::Sage), 31);
-        assert_eq!(ProviderKind::Sage.profile().access_token_lifetime.num_minutes(), 5);
+        assert_eq!(
+            ProviderKind::Sage
+                .profile()
+                .access_token_lifetime
+                .num_minutes(),
+            5
+        );
         assert_eq!(days(ProviderKind::Microsoft), 90);
         assert_eq!(days(ProviderKind::Google), 183);
         assert!(!ProviderKind::Google.profile().rotates_refresh_token);
@@ -207,21 +273,60 @@ mod tests {
     fn token_endpoint_errors_of_real_providers_are_classified_by_the_oauth_error_field() {
         let c = |status, body: &str| classify_refresh_error(status, body.as_bytes());
         // Xero: no error_description.
-        assert_eq!(c(400, r#"{"error":"invalid_grant"}"#), RefreshError::InvalidGrant);
-        assert_eq!(c(400, r#"{"error":"invalid_client"}"#), RefreshError::InvalidClient);
-        assert_eq!(c(400, r#"{"error":"unsupported_grant_type"}"#), RefreshError::UnsupportedGrantType);
-        assert_eq!(c(400, r#"{"error":"unauthorized_client"}"#), RefreshError::UnauthorizedClient);
+        assert_eq!(
+            c(400, r#"{"error":"invalid_grant"}"#),
+            RefreshError::InvalidGrant
+        );
+        assert_eq!(
+            c(400, r#"{"error":"invalid_client"}"#),
+            RefreshError::InvalidClient
+        );
+        assert_eq!(
+            c(400, r#"{"error":"unsupported_grant_type"}"#),
+            RefreshError::UnsupportedGrantType
+        );
+        assert_eq!(
+            c(400, r#"{"error":"unauthorized_client"}"#),
+            RefreshError::UnauthorizedClient
+        );
         // Google.
-        assert_eq!(c(400, r#"{"error": "invalid_grant", "error_description": "Token has been expired or revoked."}"#), RefreshError::InvalidGrant);
+        assert_eq!(
+            c(
+                400,
+                r#"{"error": "invalid_grant", "error_description": "Token has been expired or revoked."}"#
+            ),
+            RefreshError::InvalidGrant
+        );
         // Microsoft Entra ID, inactivity expiry (AADSTS700082).
-        assert_eq!(c(400, r#"{"error":"invalid_grant","error_description":"AADSTS700082: The refresh token has expired due to inactivity.","error_codes":[700082]}"#), RefreshError::InvalidGrant);
+        assert_eq!(
+            c(
+                400,
+                r#"{"error":"invalid_grant","error_description":"AADSTS700082: The refresh token has expired due to inactivity.","error_codes":[700082]}"#
+            ),
+            RefreshError::InvalidGrant
+        );
         // QuickBooks (Intuit) sends invalid_grant with 400; some providers with 401 or 403.
-        assert_eq!(c(401, r#"{"error":"invalid_grant"}"#), RefreshError::InvalidGrant);
-        assert_eq!(c(403, r#"{"error":"invalid_grant"}"#), RefreshError::InvalidGrant);
+        assert_eq!(
+            c(401, r#"{"error":"invalid_grant"}"#),
+            RefreshError::InvalidGrant
+        );
+        assert_eq!(
+            c(403, r#"{"error":"invalid_grant"}"#),
+            RefreshError::InvalidGrant
+        );
         // Form-encoded answers, outages, and bodies that are not OAuth errors.
-        assert_eq!(c(400, "error=invalid_grant&error_description=expired"), RefreshError::InvalidGrant);
-        assert_eq!(c(503, "<html>Service Unavailable</html>"), RefreshError::ServerError);
-        assert_eq!(c(503, r#"{"error":"temporarily_unavailable"}"#), RefreshError::ServerError);
+        assert_eq!(
+            c(400, "error=invalid_grant&error_description=expired"),
+            RefreshError::InvalidGrant
+        );
+        assert_eq!(
+            c(503, "<html>Service Unavailable</html>"),
+            RefreshError::ServerError
+        );
+        assert_eq!(
+            c(503, r#"{"error":"temporarily_unavailable"}"#),
+            RefreshError::ServerError
+        );
         assert_eq!(c(400, r#"{"error":"invalid_scope"}"#), RefreshError::Other);
         assert_eq!(c(401, "Unauthorized"), RefreshError::Other);
     }

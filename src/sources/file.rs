@@ -14,7 +14,13 @@ use std::time::{Duration, SystemTime};
 const SETTLE: Duration = Duration::from_millis(500);
 
 /// Keys that mark an object as one token set (layout `auto`).
-const TOKEN_SET_KEYS: &[&str] = &["access_token", "refresh_token", "expires_at", "expires_in", "token_type"];
+const TOKEN_SET_KEYS: &[&str] = &[
+    "access_token",
+    "refresh_token",
+    "expires_at",
+    "expires_in",
+    "token_type",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stamp {
@@ -41,13 +47,19 @@ async fn stamp(path: &Path) -> Result<Stamp, CollectError> {
 
 /// Parse without echoing any of the content (it holds tokens): only the position.
 fn parse(path: &Path, bytes: &[u8]) -> Result<serde_json::Value, CollectError> {
-    let yaml = matches!(path.extension().and_then(|e| e.to_str()), Some("yml" | "yaml"));
+    let yaml = matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yml" | "yaml")
+    );
     if yaml {
         let text = std::str::from_utf8(bytes)
             .map_err(|_| CollectError::Document(format!("{} is not UTF-8", path.display())))?;
         let options = serde_saphyr::options! { strict_booleans: true };
         serde_saphyr::from_str_with_options::<serde_json::Value>(text, options).map_err(|e| {
-            let at = e.location().map(|l| format!(" at line {}, column {}", l.line(), l.column())).unwrap_or_default();
+            let at = e
+                .location()
+                .map(|l| format!(" at line {}, column {}", l.line(), l.column()))
+                .unwrap_or_default();
             CollectError::Document(format!("{} is not valid YAML{at}", path.display()))
         })
     } else {
@@ -83,9 +95,9 @@ impl FileSource {
             }
         }
         let read = || async {
-            tokio::fs::read(&self.path)
-                .await
-                .map_err(|e| CollectError::Connect(format!("cannot read {}: {e}", self.path.display())))
+            tokio::fs::read(&self.path).await.map_err(|e| {
+                CollectError::Connect(format!("cannot read {}: {e}", self.path.display()))
+            })
         };
         let bytes = read().await?;
         let fresh = before
@@ -125,7 +137,11 @@ impl FileSource {
             (FileLayout::Auto, serde_json::Value::Object(m)) => {
                 let single = TOKEN_SET_KEYS.iter().any(|k| m.contains_key(*k))
                     || m.contains_key(&mapping.connection.column);
-                if single { FileLayout::Single } else { FileLayout::Map }
+                if single {
+                    FileLayout::Single
+                } else {
+                    FileLayout::Map
+                }
             }
             (l, _) => l,
         };

@@ -21,18 +21,26 @@ pub struct HttpSource {
 impl HttpSource {
     pub fn new(cfg: &SourceConfig) -> Result<Self, CollectError> {
         super::install_tls_provider();
-        let Store::Http { url, items_path, bearer_token, headers, ca_file } = &cfg.store else {
+        let Store::Http {
+            url,
+            items_path,
+            bearer_token,
+            headers,
+            ca_file,
+        } = &cfg.store
+        else {
             unreachable!("an http source has http options");
         };
         let mut builder = reqwest::Client::builder()
             .timeout(cfg.timeout)
             .user_agent(concat!("oauth-token-exporter/", env!("CARGO_PKG_VERSION")));
         if let Some(ca) = ca_file {
-            let pem = std::fs::read(ca)
-                .map_err(|e| CollectError::Connect(format!("cannot read ca_file {}: {e}", ca.display())))?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|_| CollectError::Connect(format!("ca_file {} is not a PEM bundle", ca.display())))?
-            {
+            let pem = std::fs::read(ca).map_err(|e| {
+                CollectError::Connect(format!("cannot read ca_file {}: {e}", ca.display()))
+            })?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|_| {
+                CollectError::Connect(format!("ca_file {} is not a PEM bundle", ca.display()))
+            })? {
                 builder = builder.add_root_certificate(cert);
             }
         }
@@ -66,20 +74,32 @@ impl HttpSource {
         })?;
         let status = resp.status();
         if !status.is_success() {
-            return Err(CollectError::Query(format!("the endpoint answered HTTP {status}")));
+            return Err(CollectError::Query(format!(
+                "the endpoint answered HTTP {status}"
+            )));
         }
         if resp.content_length().is_some_and(|l| l as usize > MAX_BODY) {
-            return Err(CollectError::Document(format!("the answer is larger than {} MiB", MAX_BODY >> 20)));
+            return Err(CollectError::Document(format!(
+                "the answer is larger than {} MiB",
+                MAX_BODY >> 20
+            )));
         }
         let body = resp
             .bytes()
             .await
             .map_err(|e| CollectError::Connect(e.without_url().to_string()))?;
         if body.len() > MAX_BODY {
-            return Err(CollectError::Document(format!("the answer is larger than {} MiB", MAX_BODY >> 20)));
+            return Err(CollectError::Document(format!(
+                "the answer is larger than {} MiB",
+                MAX_BODY >> 20
+            )));
         }
         let doc: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
-            CollectError::Document(format!("the answer is not valid JSON at line {}, column {}", e.line(), e.column()))
+            CollectError::Document(format!(
+                "the answer is not valid JSON at line {}, column {}",
+                e.line(),
+                e.column()
+            ))
         })?;
         let mut items = &doc;
         for key in &self.items_path {

@@ -492,14 +492,44 @@ mod tests {
     #[test]
     fn quickbooks_hard_maximum_caps_expiry_five_years_after_authorisation() {
         let text = "sources:\n  - name: t\n    kind: sqlite\n    dsn: x.db\n    provider: quickbooks\n    query: SELECT 1\n    fields: {connection: id, last_refresh: lr, authorized_at: auth}\n";
-        let cfg = config::parse(text, "t.yml", &|_| None).unwrap().sources.remove(0);
+        let cfg = config::parse(text, "t.yml", &|_| None)
+            .unwrap()
+            .sources
+            .remove(0);
         let r = resolve(&cfg.mapping, &cols(&["id", "lr", "auth"])).unwrap();
-        let row = |auth: &str| vec![Cell::Text("a".into()), Cell::Text("2026-05-01T00:00:00Z".into()), Cell::Text(auth.into())];
+        let row = |auth: &str| {
+            vec![
+                Cell::Text("a".into()),
+                Cell::Text("2026-05-01T00:00:00Z".into()),
+                Cell::Text(auth.into()),
+            ]
+        };
         // Authorised 5 years minus 30 days ago: the hard maximum comes before the 100-day window.
-        let c = map_row(&r, &cfg.mapping, &row("2021-06-02T00:00:00Z"), &cfg.provider, now()).unwrap();
-        assert_eq!(c.refresh_expiry, Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap());
-        let c = map_row(&r, &cfg.mapping, &row("2025-01-01T00:00:00Z"), &cfg.provider, now()).unwrap();
-        assert_eq!(c.refresh_expiry, Utc.with_ymd_and_hms(2026, 8, 9, 0, 0, 0).unwrap(), "100 days after the last refresh");
+        let c = map_row(
+            &r,
+            &cfg.mapping,
+            &row("2021-06-02T00:00:00Z"),
+            &cfg.provider,
+            now(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.refresh_expiry,
+            Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap()
+        );
+        let c = map_row(
+            &r,
+            &cfg.mapping,
+            &row("2025-01-01T00:00:00Z"),
+            &cfg.provider,
+            now(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.refresh_expiry,
+            Utc.with_ymd_and_hms(2026, 8, 9, 0, 0, 0).unwrap(),
+            "100 days after the last refresh"
+        );
     }
 
     #[test]

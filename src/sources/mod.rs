@@ -192,7 +192,8 @@ pub struct DocumentRows {
 impl DocumentRows {
     pub fn new(mapping: &Mapping) -> Self {
         let columns = mapping::columns(mapping);
-        let resolved = mapping::resolve(mapping, &columns).expect("the columns come from the mapping");
+        let resolved =
+            mapping::resolve(mapping, &columns).expect("the columns come from the mapping");
         DocumentRows {
             columns,
             out: Fetched {
@@ -320,7 +321,7 @@ pub enum Backend {
     Sqlite(sqlx::SqlitePool, String),
     Postgres(sqlx::PgPool, String),
     Mysql(sqlx::MySqlPool, String),
-    Redis(redis::RedisSource),
+    Redis(Box<redis::RedisSource>),
     File(file::FileSource),
     Http(http::HttpSource),
 }
@@ -334,7 +335,7 @@ impl Backend {
             StoreKind::Sqlite => Backend::Sqlite(sqlite::connect(cfg)?, query),
             StoreKind::Postgres => Backend::Postgres(postgres::connect(cfg)?, query),
             StoreKind::Mysql => Backend::Mysql(mysql::connect(cfg)?, query),
-            StoreKind::Redis => Backend::Redis(redis::RedisSource::connect(cfg)?),
+            StoreKind::Redis => Backend::Redis(Box::new(redis::RedisSource::connect(cfg)?)),
             StoreKind::File => Backend::File(file::FileSource::new(cfg)?),
             StoreKind::Http => Backend::Http(http::HttpSource::new(cfg)?),
         })
@@ -489,22 +490,21 @@ impl Poller {
     /// One poll. Returns whether it succeeded.
     pub async fn poll_once(&mut self) -> bool {
         let started = Instant::now();
-        let result = match tokio::time::timeout(
-            self.cfg.timeout,
-            self.backend.fetch(&self.cfg.mapping),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => Err(CollectError::Timeout(self.cfg.timeout)),
-        };
+        let result =
+            match tokio::time::timeout(self.cfg.timeout, self.backend.fetch(&self.cfg.mapping))
+                .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(CollectError::Timeout(self.cfg.timeout)),
+            };
         let labels = SourceLabels {
             source: self.cfg.name.clone(),
         };
         let result = match result {
             Ok(fetched) => {
                 if fetched.limit_hit {
-                    self.live.source_error(&self.cfg.name, SourceErrorReason::KeyLimit);
+                    self.live
+                        .source_error(&self.cfg.name, SourceErrorReason::KeyLimit);
                     tracing::warn!(source = %self.cfg.name, reason = SourceErrorReason::KeyLimit.as_str(), "The source reached its per-poll key limit (max_keys); connections beyond it are not exported.");
                 }
                 let now = self.clock.now();

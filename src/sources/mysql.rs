@@ -11,8 +11,9 @@ use sqlx::Executor;
 use std::str::FromStr;
 
 pub fn connect(cfg: &SourceConfig) -> Result<MySqlPool, CollectError> {
-    let opts = MySqlConnectOptions::from_str(cfg.dsn.as_ref().map(|d| d.expose()).unwrap_or_default())
-        .map_err(|_| CollectError::Connect("the MySQL DSN cannot be parsed".into()))?;
+    let opts =
+        MySqlConnectOptions::from_str(cfg.dsn.as_ref().map(|d| d.expose()).unwrap_or_default())
+            .map_err(|_| CollectError::Connect("the MySQL DSN cannot be parsed".into()))?;
     Ok(MySqlPoolOptions::new()
         .max_connections(1)
         .min_connections(0)

@@ -34,7 +34,12 @@ fn error(e: ::redis::RedisError) -> CollectError {
 impl RedisSource {
     pub fn connect(cfg: &SourceConfig) -> Result<Self, CollectError> {
         super::install_tls_provider();
-        let Store::Redis { key_pattern, value, max_keys } = &cfg.store else {
+        let Store::Redis {
+            key_pattern,
+            value,
+            max_keys,
+        } = &cfg.store
+        else {
             unreachable!("a redis source has redis options");
         };
         let url = cfg.dsn.as_ref().map(|d| d.expose()).unwrap_or_default();

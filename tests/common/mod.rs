@@ -31,10 +31,11 @@ fn ci() -> bool {
 /// Whether a server answers on host:port; when it does not, the test is skipped by name
 /// (or fails under `CI=true`).
 pub async fn server_or_skip(test: &str, what: &str, url: &str) -> bool {
-    let hostport = url
-        .split('@')
-        .next_back()
-        .unwrap_or(url)
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let hostport = rest
+        .rsplit('@')
+        .next()
+        .unwrap_or(rest)
         .split('/')
         .next()
         .unwrap_or("");
