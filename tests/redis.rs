@@ -162,7 +162,7 @@ async fn json_token_sets_in_redis_strings_use_the_key_as_connection() {
     assert_eq!(poll(&mut e).await, [true]);
     let text = scrape(&e);
     let key = format!("{p}:xero:tenant-a");
-    assert_eq!(connections(&text, "rj"), [key.clone()]);
+    assert_eq!(connections(&text, "rj"), std::slice::from_ref(&key));
     assert_eq!(
         value(
             &text,
