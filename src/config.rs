@@ -1530,35 +1530,74 @@ sources:
 
     #[test]
     fn options_of_other_store_kinds_and_missing_kind_options_are_reported() {
-        let p = problems(r#"
+        let p = problems(
+            r#"
 sources:
   - {name: a, kind: sqlite, dsn: x.db, preset: xero_tokens, key_pattern: "x:*", url: "http://h/"}
   - {name: b, kind: redis, dsn: "redis://h", query: SELECT 1}
   - {name: c, kind: file}
   - {name: d, kind: http, url: "ftp://h", headers: {Authorization: Bearer x}}
   - {name: e, kind: file, path: /x.json, dsn: secret}
-"#);
+"#,
+        );
         let joined = p.join("\n");
-        assert!(joined.contains("sources[0].key_pattern: only redis sources take `key_pattern`"), "{joined}");
-        assert!(joined.contains("sources[0].url: only http sources take `url`"), "{joined}");
-        assert!(joined.contains("sources[1].query: only SQL sources take `query`"), "{joined}");
-        assert!(joined.contains("sources[1].key_pattern: is required"), "{joined}");
+        assert!(
+            joined.contains("sources[0].key_pattern: only redis sources take `key_pattern`"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("sources[0].url: only http sources take `url`"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("sources[1].query: only SQL sources take `query`"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("sources[1].key_pattern: is required"),
+            "{joined}"
+        );
         assert!(joined.contains("sources[2].path: is required"), "{joined}");
-        assert!(joined.contains("sources[3].url: is required: an http:// or https:// URL"), "{joined}");
-        assert!(joined.contains("sources[3].headers.Authorization: put credentials in `bearer_token_env`"), "{joined}");
-        assert!(joined.contains("sources[4]: this kind of source takes no `dsn`"), "{joined}");
+        assert!(
+            joined.contains("sources[3].url: is required: an http:// or https:// URL"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains(
+                "sources[3].headers.Authorization: put credentials in `bearer_token_env`"
+            ),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("sources[4]: this kind of source takes no `dsn`"),
+            "{joined}"
+        );
     }
 
     #[test]
     fn custom_provider_needs_both_lifetimes_and_may_be_named() {
         let p = problems("sources: [{name: a, kind: file, path: /t.json, provider: custom}, {name: b, kind: file, path: /t.json, provider: xero, provider_name: x}]");
         let joined = p.join("\n");
-        assert!(joined.contains("sources[0].access_token_lifetime: is required with `provider: custom`"), "{joined}");
-        assert!(joined.contains("sources[0].refresh_token_lifetime: is required with `provider: custom`"), "{joined}");
-        assert!(joined.contains("sources[1].provider_name: only a `custom` provider takes a name"), "{joined}");
+        assert!(
+            joined
+                .contains("sources[0].access_token_lifetime: is required with `provider: custom`"),
+            "{joined}"
+        );
+        assert!(
+            joined
+                .contains("sources[0].refresh_token_lifetime: is required with `provider: custom`"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("sources[1].provider_name: only a `custom` provider takes a name"),
+            "{joined}"
+        );
         let c = ok("sources: [{name: a, kind: file, path: /t.json, provider: custom, provider_name: salesforce, access_token_lifetime: 2h, refresh_token_lifetime: 90d}]");
         assert_eq!(c.sources[0].provider.name(), "salesforce");
-        assert_eq!(c.sources[0].provider.refresh_token_idle_lifetime.num_days(), 90);
+        assert_eq!(
+            c.sources[0].provider.refresh_token_idle_lifetime.num_days(),
+            90
+        );
     }
 
     #[test]

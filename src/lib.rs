@@ -14,6 +14,7 @@
 //! - [`clock`]: injected time.
 //! - [`secret`]: a string type that never prints.
 //! - [`demo`]: a live SQLite fleet for `oauth-token-exporter demo`.
+//! - [`sim`]: the simulated Xero (identity server and API) for the demo, tests and benchmarks.
 
 pub mod clock;
 pub mod config;
@@ -23,6 +24,7 @@ pub mod metrics;
 pub mod provider;
 pub mod secret;
 pub mod server;
+pub mod sim;
 pub mod sources;
 pub mod state;
 pub mod timestamp;

@@ -1,0 +1,10 @@
+//! Simulations used by the demo, the tests and the benchmarks. Nothing here ever calls the real
+//! Xero.
+//!
+//! - [`xero`]: Xero's identity server (`/connect/token`, `/connect/revocation`) and API
+//!   (`/connections`, an accounting endpoint) with rotation, the grace period, the 60-day
+//!   inactivity expiry, Xero's real error bodies, rate limits, and the operator actions that
+//!   break connections (password change, user removed, app disconnected, client secret
+//!   rotated, a platform incident).
+
+pub mod xero;
