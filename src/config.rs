@@ -28,6 +28,8 @@ pub mod defaults {
     pub const DETECT_WINDOW: Duration = Duration::from_secs(15 * 60);
     /// Most keys a Redis source reads per poll.
     pub const MAX_KEYS: usize = 100_000;
+    pub const INGEST_MAX_BODY: usize = 1024 * 1024;
+    pub const INGEST_MAX_EVENTS: usize = 10_000;
 }
 
 /// A validated configuration.
@@ -37,6 +39,23 @@ pub struct Config {
     pub file: String,
     pub detect: Detect,
     pub sources: Vec<SourceConfig>,
+    /// The ingest API (`POST /api/v1/events`), when configured.
+    pub ingest: Option<Ingest>,
+}
+
+/// Settings of the ingest API.
+#[derive(Debug, Clone)]
+pub struct Ingest {
+    /// The `source` label of ingested events.
+    pub source: String,
+    /// Provider of events that name none.
+    pub provider: ProviderKind,
+    /// Bearer token the host app must send.
+    pub token: Secret,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// Most events in one batch.
+    pub max_events: usize,
 }
 
 /// Settings of the failure detectors.
@@ -494,7 +513,24 @@ struct RawSource {
     max_connections: Option<usize>,
 }
 
-const TOP_LEVEL_KEYS: &[&str] = &["global", "detect", "sources"];
+const TOP_LEVEL_KEYS: &[&str] = &["global", "detect", "ingest", "sources"];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIngest {
+    /// The `source` label of ingested events (default `ingest`).
+    source: Option<String>,
+    /// Provider of events that name none (default `xero`).
+    provider: Option<ProviderKind>,
+    /// Environment variable holding the bearer token.
+    token_env: Option<String>,
+    /// File holding the bearer token.
+    token_file: Option<PathBuf>,
+    /// Largest request body (default 1 MiB).
+    max_body_bytes: Option<usize>,
+    /// Most events per batch (default 10000).
+    max_events: Option<usize>,
+}
 const RESERVED_LABELS: &[&str] = &[
     "provider",
     "source",
@@ -595,7 +631,12 @@ pub fn parse(
             .filter_map(|(i, v)| problems.decode(&format!("sources[{i}]"), v).map(|s| (i, s)))
             .collect(),
         Some(serde_json::Value::Null) | None => {
-            problems.add("sources", "at least one source is required");
+            if !top.contains_key("ingest") {
+                problems.add(
+                    "sources",
+                    "at least one source (or the `ingest` API) is required",
+                );
+            }
             Vec::new()
         }
         Some(_) => {
@@ -617,6 +658,38 @@ pub fn parse(
     if cap == 0 {
         problems.add("global.max_connections_per_source", "must be at least 1");
     }
+    let ingest = match top.remove("ingest") {
+        Some(v) => problems.decode::<RawIngest>("ingest", v).and_then(|raw| {
+            let token = secret_from(
+                "ingest",
+                "token",
+                None,
+                raw.token_env.as_deref(),
+                raw.token_file.as_deref(),
+                true,
+                env,
+                &mut problems,
+            )?;
+            let source = raw.source.unwrap_or_else(|| "ingest".into());
+            if !valid_name(&source) {
+                problems.add("ingest.source", "use 1-64 letters, digits, `_`, `-` or `.`");
+            }
+            if token.expose().len() < 16 {
+                problems.add(
+                    "ingest.token_env",
+                    "the ingest token must be at least 16 characters",
+                );
+            }
+            Some(Ingest {
+                source,
+                provider: raw.provider.unwrap_or(ProviderKind::Xero),
+                token,
+                max_body_bytes: raw.max_body_bytes.unwrap_or(defaults::INGEST_MAX_BODY),
+                max_events: raw.max_events.unwrap_or(defaults::INGEST_MAX_EVENTS),
+            })
+        }),
+        None => None,
+    };
     let detect = Detect {
         window: detect.window.map_or(defaults::DETECT_WINDOW, |d| d.0),
     };
@@ -641,6 +714,7 @@ pub fn parse(
             file: file.to_string(),
             detect,
             sources,
+            ingest,
         })
     } else {
         Err(ConfigError::Invalid {

@@ -10,6 +10,7 @@
 //! - [`state`]: per-source snapshots and their aggregates.
 //! - [`metrics`]: the metric catalogue: names, HELP, labels, closed reason enums.
 //! - [`exposition`]: `/metrics` bodies: the state part deflated once per poll, live part per scrape.
+//! - [`events`]: event inlets (ingest API) and the classification of what they carry.
 //! - [`server`]: HTTP endpoints.
 //! - [`clock`]: injected time.
 //! - [`secret`]: a string type that never prints.
@@ -19,6 +20,7 @@
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod events;
 pub mod exposition;
 pub mod metrics;
 pub mod provider;
@@ -54,6 +56,7 @@ impl Default for ServerOptions {
 
 /// The exporter, wired: source handles, their pollers and the exposition.
 pub struct Exporter {
+    pub ingest: Option<config::Ingest>,
     pub sources: Vec<Arc<SourceHandle>>,
     pub exposition: Arc<Exposition>,
     pub pollers: Vec<Poller>,
@@ -70,6 +73,9 @@ impl Exporter {
             .map(|s| Arc::new(SourceHandle::new(s)))
             .collect();
         let exposition = Arc::new(Exposition::new(sources.clone(), generation.clone()));
+        if let Some(i) = &config.ingest {
+            exposition.live.events.init(i.provider.as_str(), &i.source);
+        }
         let pollers = config
             .sources
             .iter()
@@ -87,6 +93,7 @@ impl Exporter {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Exporter {
+            ingest: config.ingest.clone(),
             sources,
             exposition,
             pollers,
@@ -96,14 +103,21 @@ impl Exporter {
 
     /// The HTTP router over this exporter.
     pub fn router(&self, opts: &ServerOptions) -> axum::Router {
-        server::router(
+        let router = server::router(
             server::AppState {
                 exposition: self.exposition.clone(),
                 sources: self.sources.clone(),
                 clock: self.clock.clone(),
             },
             &opts.telemetry_path,
-        )
+        );
+        match &self.ingest {
+            Some(cfg) => router.merge(events::ingest::router(
+                cfg.clone(),
+                self.exposition.live.clone(),
+            )),
+            None => router,
+        }
     }
 
     /// Poll every source and serve until `shutdown` is cancelled.

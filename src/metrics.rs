@@ -201,6 +201,32 @@ pub mod names {
         "oauth_exporter_rows_rejected",
         "Rows the source returned that could not be exported, by reason",
     );
+    pub const REFRESHES: (&str, &str) = ("oauth_token_refreshes", "Refresh attempts seen");
+    pub const REFRESH_FAILURES: (&str, &str) = (
+        "oauth_token_refresh_failures",
+        "Failed refreshes, by the OAuth error of the token endpoint",
+    );
+    pub const API_REQUESTS: (&str, &str) = ("oauth_api_requests", "API calls seen");
+    pub const API_UNAUTHORIZED: (&str, &str) = (
+        "oauth_api_unauthorized",
+        "API calls answered 401, by Xero's reason",
+    );
+    pub const API_FORBIDDEN: (&str, &str) = (
+        "oauth_api_forbidden",
+        "API calls answered 403 (wrong or disconnected tenant)",
+    );
+    pub const API_RATE_LIMITED: (&str, &str) = (
+        "oauth_api_rate_limited",
+        "API calls answered 429, by the limit hit",
+    );
+    pub const REGRESSIONS: (&str, &str) = (
+        "oauth_refresh_token_regressions",
+        "Stored refresh token reverted to an earlier value",
+    );
+    pub const RACES: (&str, &str) = (
+        "oauth_token_refresh_races",
+        "Two refreshes of one connection inside the grace period",
+    );
     pub const BUILD_INFO: (&str, &str) = (
         "oauth_exporter_build_info",
         "Build information of the exporter; value 1",
@@ -233,6 +259,147 @@ pub struct BuildLabels {
 
 type FloatGauge = Gauge<f64, AtomicU64>;
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub provider: &'static str,
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventErrorLabels {
+    pub provider: &'static str,
+    pub source: String,
+    pub error: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventReasonLabels {
+    pub provider: &'static str,
+    pub source: String,
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventProblemLabels {
+    pub provider: &'static str,
+    pub source: String,
+    pub problem: &'static str,
+}
+
+/// Event counters: refresh outcomes and API answers, classified before they are counted.
+#[derive(Debug, Default)]
+pub struct Events {
+    pub refreshes: Family<EventLabels, Counter>,
+    pub refresh_failures: Family<EventErrorLabels, Counter>,
+    pub api_requests: Family<EventLabels, Counter>,
+    pub unauthorized: Family<EventReasonLabels, Counter>,
+    pub forbidden: Family<EventLabels, Counter>,
+    pub rate_limited: Family<EventProblemLabels, Counter>,
+    pub regressions: Family<EventLabels, Counter>,
+    pub races: Family<EventLabels, Counter>,
+}
+
+impl Events {
+    /// Create every series of an event inlet at 0.
+    pub fn init(&self, provider: &'static str, source: &str) {
+        use crate::events::classify::{RateLimitProblem, UnauthorizedReason};
+        use crate::provider::RefreshError;
+        let l = EventLabels {
+            provider,
+            source: source.to_string(),
+        };
+        let _ = self.refreshes.get_or_create(&l);
+        let _ = self.api_requests.get_or_create(&l);
+        let _ = self.forbidden.get_or_create(&l);
+        let _ = self.regressions.get_or_create(&l);
+        let _ = self.races.get_or_create(&l);
+        for e in RefreshError::ALL {
+            let _ = self.refresh_failures.get_or_create(&EventErrorLabels {
+                provider,
+                source: source.to_string(),
+                error: e.as_str(),
+            });
+        }
+        for r in UnauthorizedReason::ALL {
+            let _ = self.unauthorized.get_or_create(&EventReasonLabels {
+                provider,
+                source: source.to_string(),
+                reason: r.as_str(),
+            });
+        }
+        for p in RateLimitProblem::ALL {
+            let _ = self.rate_limited.get_or_create(&EventProblemLabels {
+                provider,
+                source: source.to_string(),
+                problem: p.as_str(),
+            });
+        }
+    }
+
+    /// Count one refresh attempt and, when it failed, its error.
+    pub fn refresh(
+        &self,
+        provider: &'static str,
+        source: &str,
+        failure: Option<crate::provider::RefreshError>,
+    ) {
+        self.refreshes
+            .get_or_create(&EventLabels {
+                provider,
+                source: source.to_string(),
+            })
+            .inc();
+        if let Some(e) = failure {
+            self.refresh_failures
+                .get_or_create(&EventErrorLabels {
+                    provider,
+                    source: source.to_string(),
+                    error: e.as_str(),
+                })
+                .inc();
+        }
+    }
+
+    /// Count one API answer.
+    pub fn api(
+        &self,
+        provider: &'static str,
+        source: &str,
+        outcome: crate::events::classify::ApiOutcome,
+    ) {
+        use crate::events::classify::ApiOutcome;
+        let l = EventLabels {
+            provider,
+            source: source.to_string(),
+        };
+        self.api_requests.get_or_create(&l).inc();
+        match outcome {
+            ApiOutcome::Unauthorized(r) => {
+                self.unauthorized
+                    .get_or_create(&EventReasonLabels {
+                        provider,
+                        source: source.to_string(),
+                        reason: r.as_str(),
+                    })
+                    .inc();
+            }
+            ApiOutcome::Forbidden => {
+                self.forbidden.get_or_create(&l).inc();
+            }
+            ApiOutcome::RateLimited(p) => {
+                self.rate_limited
+                    .get_or_create(&EventProblemLabels {
+                        provider,
+                        source: source.to_string(),
+                        problem: p.as_str(),
+                    })
+                    .inc();
+            }
+            ApiOutcome::Ok | ApiOutcome::OtherStatus => {}
+        }
+    }
+}
+
 /// Self-health and counters, updated by the poll loops.
 #[derive(Debug, Default)]
 pub struct Live {
@@ -242,6 +409,7 @@ pub struct Live {
     pub errors: Family<SourceReasonLabels, Counter>,
     pub rejected: Family<SourceReasonLabels, Counter>,
     pub removed: Family<ProviderSourceLabels, Counter>,
+    pub events: Events,
 }
 
 impl Live {
@@ -465,6 +633,27 @@ pub fn live_registry(live: &Live, sources: &[Arc<SourceHandle>]) -> Registry {
     r.register(ERRORS.0, ERRORS.1, live.errors.clone());
     r.register(REJECTED.0, REJECTED.1, live.rejected.clone());
     r.register(REMOVED.0, REMOVED.1, live.removed.clone());
+    let e = &live.events;
+    r.register(REFRESHES.0, REFRESHES.1, e.refreshes.clone());
+    r.register(
+        REFRESH_FAILURES.0,
+        REFRESH_FAILURES.1,
+        e.refresh_failures.clone(),
+    );
+    r.register(API_REQUESTS.0, API_REQUESTS.1, e.api_requests.clone());
+    r.register(
+        API_UNAUTHORIZED.0,
+        API_UNAUTHORIZED.1,
+        e.unauthorized.clone(),
+    );
+    r.register(API_FORBIDDEN.0, API_FORBIDDEN.1, e.forbidden.clone());
+    r.register(
+        API_RATE_LIMITED.0,
+        API_RATE_LIMITED.1,
+        e.rate_limited.clone(),
+    );
+    r.register(REGRESSIONS.0, REGRESSIONS.1, e.regressions.clone());
+    r.register(RACES.0, RACES.1, e.races.clone());
     let build: Family<BuildLabels, Gauge> = Family::default();
     build
         .get_or_create(&BuildLabels {

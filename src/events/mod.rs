@@ -1,0 +1,8 @@
+//! Event inlets: refresh outcomes and API answers the host app meets, classified into the
+//! closed enums of the catalogue and counted.
+//!
+//! - [`classify`]: Xero's API answers (401 reasons, 403, 429 limits);
+//! - [`ingest`]: `POST /api/v1/events`, batched JSON events from the host app.
+
+pub mod classify;
+pub mod ingest;
