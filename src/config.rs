@@ -41,6 +41,19 @@ pub struct Config {
     pub sources: Vec<SourceConfig>,
     /// The ingest API (`POST /api/v1/events`), when configured.
     pub ingest: Option<Ingest>,
+    /// The Nango webhook inlet (`POST /webhooks/nango`), when configured.
+    pub nango_webhook: Option<NangoWebhook>,
+}
+
+/// Settings of the Nango webhook inlet.
+#[derive(Debug, Clone)]
+pub struct NangoWebhook {
+    /// The `source` label of its events.
+    pub source: String,
+    /// Provider of webhooks whose `provider` the exporter has no profile for.
+    pub provider: ProviderKind,
+    /// Nango's secret key: when set, `X-Nango-Hmac-Sha256` must match.
+    pub secret: Option<Secret>,
 }
 
 /// Settings of the ingest API.
@@ -513,7 +526,20 @@ struct RawSource {
     max_connections: Option<usize>,
 }
 
-const TOP_LEVEL_KEYS: &[&str] = &["global", "detect", "ingest", "sources"];
+const TOP_LEVEL_KEYS: &[&str] = &["global", "detect", "ingest", "nango_webhook", "sources"];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNangoWebhook {
+    /// The `source` label (default `nango`).
+    source: Option<String>,
+    /// Default provider (default `xero`).
+    provider: Option<ProviderKind>,
+    /// Environment variable holding Nango's secret key.
+    secret_env: Option<String>,
+    /// File holding Nango's secret key.
+    secret_file: Option<PathBuf>,
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -631,7 +657,7 @@ pub fn parse(
             .filter_map(|(i, v)| problems.decode(&format!("sources[{i}]"), v).map(|s| (i, s)))
             .collect(),
         Some(serde_json::Value::Null) | None => {
-            if !top.contains_key("ingest") {
+            if !top.contains_key("ingest") && !top.contains_key("nango_webhook") {
                 problems.add(
                     "sources",
                     "at least one source (or the `ingest` API) is required",
@@ -690,6 +716,33 @@ pub fn parse(
         }),
         None => None,
     };
+    let nango_webhook = match top.remove("nango_webhook") {
+        Some(v) => problems
+            .decode::<RawNangoWebhook>("nango_webhook", v)
+            .map(|raw| {
+                let wanted = raw.secret_env.is_some() || raw.secret_file.is_some();
+                let secret = if wanted {
+                    secret_from(
+                        "nango_webhook",
+                        "secret",
+                        None,
+                        raw.secret_env.as_deref(),
+                        raw.secret_file.as_deref(),
+                        true,
+                        env,
+                        &mut problems,
+                    )
+                } else {
+                    None
+                };
+                NangoWebhook {
+                    source: raw.source.unwrap_or_else(|| "nango".into()),
+                    provider: raw.provider.unwrap_or(ProviderKind::Xero),
+                    secret,
+                }
+            }),
+        None => None,
+    };
     let detect = Detect {
         window: detect.window.map_or(defaults::DETECT_WINDOW, |d| d.0),
     };
@@ -715,6 +768,7 @@ pub fn parse(
             detect,
             sources,
             ingest,
+            nango_webhook,
         })
     } else {
         Err(ConfigError::Invalid {

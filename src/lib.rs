@@ -10,7 +10,7 @@
 //! - [`state`]: per-source snapshots and their aggregates.
 //! - [`metrics`]: the metric catalogue: names, HELP, labels, closed reason enums.
 //! - [`exposition`]: `/metrics` bodies: the state part deflated once per poll, live part per scrape.
-//! - [`events`]: event inlets (ingest API) and the classification of what they carry.
+//! - [`events`]: event inlets (ingest API, Nango webhooks) and the classification of what they carry.
 //! - [`server`]: HTTP endpoints.
 //! - [`clock`]: injected time.
 //! - [`secret`]: a string type that never prints.
@@ -57,6 +57,7 @@ impl Default for ServerOptions {
 /// The exporter, wired: source handles, their pollers and the exposition.
 pub struct Exporter {
     pub ingest: Option<config::Ingest>,
+    pub nango_webhook: Option<config::NangoWebhook>,
     pub sources: Vec<Arc<SourceHandle>>,
     pub exposition: Arc<Exposition>,
     pub pollers: Vec<Poller>,
@@ -76,6 +77,9 @@ impl Exporter {
         if let Some(i) = &config.ingest {
             exposition.live.events.init(i.provider.as_str(), &i.source);
         }
+        if let Some(n) = &config.nango_webhook {
+            exposition.live.events.init(n.provider.as_str(), &n.source);
+        }
         let pollers = config
             .sources
             .iter()
@@ -94,6 +98,7 @@ impl Exporter {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Exporter {
             ingest: config.ingest.clone(),
+            nango_webhook: config.nango_webhook.clone(),
             sources,
             exposition,
             pollers,
@@ -111,11 +116,13 @@ impl Exporter {
             },
             &opts.telemetry_path,
         );
-        match &self.ingest {
-            Some(cfg) => router.merge(events::ingest::router(
-                cfg.clone(),
-                self.exposition.live.clone(),
-            )),
+        let live = self.exposition.live.clone();
+        let router = match &self.ingest {
+            Some(cfg) => router.merge(events::ingest::router(cfg.clone(), live.clone())),
+            None => router,
+        };
+        match &self.nango_webhook {
+            Some(cfg) => router.merge(events::nango::router(cfg.clone(), live)),
             None => router,
         }
     }

@@ -149,8 +149,10 @@ fn every_example_config_is_valid() {
             continue;
         }
         let text = std::fs::read_to_string(&path).unwrap();
-        oauth_token_exporter::config::parse(&text, &name, &|_| Some("postgres://u@h/d-long-enough".into()))
-            .unwrap_or_else(|e| panic!("{e}"));
+        oauth_token_exporter::config::parse(&text, &name, &|_| {
+            Some("postgres://u@h/d-long-enough".into())
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
         n += 1;
     }
     assert!(

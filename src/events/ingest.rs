@@ -248,15 +248,17 @@ async fn ingest(State(s): State<IngestState>, headers: HeaderMap, body: Bytes) -
     }
     let batch: Batch = match serde_json::from_slice(&body) {
         Ok(b) => b,
-        Err(e) => return json_error(
-            StatusCode::BAD_REQUEST,
-            &format!(
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                &format!(
                 "the body must be a JSON object with an `events` list (line {}, column {}: {:?})",
                 e.line(),
                 e.column(),
                 e.classify()
             ),
-        ),
+            )
+        }
     };
     if batch.events.len() > s.cfg.max_events {
         return json_error(

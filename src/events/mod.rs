@@ -2,7 +2,9 @@
 //! closed enums of the catalogue and counted.
 //!
 //! - [`classify`]: Xero's API answers (401 reasons, 403, 429 limits);
-//! - [`ingest`]: `POST /api/v1/events`, batched JSON events from the host app.
+//! - [`ingest`]: `POST /api/v1/events`, batched JSON events from the host app;
+//! - [`nango`]: `POST /webhooks/nango`, Nango's auth webhooks.
 
 pub mod classify;
 pub mod ingest;
+pub mod nango;
