@@ -43,6 +43,38 @@ pub struct Config {
     pub ingest: Option<Ingest>,
     /// The Nango webhook inlet (`POST /webhooks/nango`), when configured.
     pub nango_webhook: Option<NangoWebhook>,
+    /// Event tables tailed with a cursor.
+    pub event_tables: Vec<EventTable>,
+}
+
+/// Where a new event table starts the first time (no state file yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventStart {
+    /// Count only events written from now on.
+    #[default]
+    End,
+    /// Count every event already in the table.
+    Beginning,
+}
+
+/// An event table: rows the host app writes for each refresh and API call, tailed by an
+/// increasing id kept in a state file.
+#[derive(Debug, Clone)]
+pub struct EventTable {
+    /// The `source` label of its events (also its self-health series).
+    pub name: String,
+    /// Connection (a SQL source config: kind, DSN, timeout; its query is unused).
+    pub store: SourceConfig,
+    pub table: String,
+    /// Increasing integer column: the cursor.
+    pub id_column: String,
+    /// Event field (`type`, `connection`, ...) to column.
+    pub columns: Vec<(&'static str, String)>,
+    pub state_file: PathBuf,
+    pub start: EventStart,
+    /// Most rows read per query.
+    pub batch: usize,
 }
 
 /// Settings of the Nango webhook inlet.
@@ -526,7 +558,56 @@ struct RawSource {
     max_connections: Option<usize>,
 }
 
-const TOP_LEVEL_KEYS: &[&str] = &["global", "detect", "ingest", "nango_webhook", "sources"];
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "global",
+    "detect",
+    "ingest",
+    "nango_webhook",
+    "event_tables",
+    "sources",
+];
+
+/// Event fields an event table maps, with their default column names.
+pub const EVENT_FIELDS: [&str; 9] = [
+    "type",
+    "connection",
+    "tenant",
+    "time",
+    "outcome",
+    "error",
+    "status",
+    "detail",
+    "rate_limit_problem",
+];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEventTable {
+    /// The `source` label.
+    name: String,
+    /// `sqlite`, `postgres` or `mysql`.
+    kind: StoreKind,
+    dsn: Option<String>,
+    dsn_env: Option<String>,
+    dsn_file: Option<PathBuf>,
+    /// Default provider of its events.
+    provider: Option<ProviderKind>,
+    /// The table (or `schema.table`).
+    table: String,
+    /// Increasing integer id column (default `id`).
+    id_column: Option<String>,
+    /// Event field to column, for columns not named like the fields.
+    #[serde(default)]
+    columns: BTreeMap<String, String>,
+    /// Where the cursor is kept between restarts.
+    state_file: PathBuf,
+    /// `end` (default) or `beginning`, for the first start.
+    start: Option<EventStart>,
+    /// Rows per query (default 1000).
+    batch: Option<usize>,
+    interval: Option<HumanDuration>,
+    timeout: Option<HumanDuration>,
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -657,7 +738,10 @@ pub fn parse(
             .filter_map(|(i, v)| problems.decode(&format!("sources[{i}]"), v).map(|s| (i, s)))
             .collect(),
         Some(serde_json::Value::Null) | None => {
-            if !top.contains_key("ingest") && !top.contains_key("nango_webhook") {
+            if !["ingest", "nango_webhook", "event_tables"]
+                .iter()
+                .any(|k| top.contains_key(*k))
+            {
                 problems.add(
                     "sources",
                     "at least one source (or the `ingest` API) is required",
@@ -743,6 +827,25 @@ pub fn parse(
             }),
         None => None,
     };
+    let mut event_tables = Vec::new();
+    if let Some(v) = top.remove("event_tables") {
+        let items = match v {
+            serde_json::Value::Array(items) => items,
+            _ => {
+                problems.add("event_tables", "expected a list of event tables");
+                Vec::new()
+            }
+        };
+        for (i, item) in items.into_iter().enumerate() {
+            let at = format!("event_tables[{i}]");
+            let Some(raw) = problems.decode::<RawEventTable>(&at, item) else {
+                continue;
+            };
+            if let Some(t) = validate_event_table(&at, raw, interval, timeout, env, &mut problems) {
+                event_tables.push((at, t));
+            }
+        }
+    }
     let detect = Detect {
         window: detect.window.map_or(defaults::DETECT_WINDOW, |d| d.0),
     };
@@ -762,6 +865,21 @@ pub fn parse(
         }
     }
 
+    let event_tables: Vec<EventTable> = event_tables
+        .into_iter()
+        .map(|(at, t)| {
+            if !names.insert(t.name.clone()) {
+                problems.add(
+                    format!("{at}.name"),
+                    format!(
+                        "duplicate name {:?}; sources and event tables share names",
+                        t.name
+                    ),
+                );
+            }
+            t
+        })
+        .collect();
     if problems.list.is_empty() {
         Ok(Config {
             file: file.to_string(),
@@ -769,6 +887,7 @@ pub fn parse(
             sources,
             ingest,
             nango_webhook,
+            event_tables,
         })
     } else {
         Err(ConfigError::Invalid {
@@ -1077,6 +1196,160 @@ fn validate_source(
         timeout,
         backoff_max,
         max_connections,
+    })
+}
+
+fn validate_event_table(
+    at: &str,
+    raw: RawEventTable,
+    interval: Duration,
+    timeout: Duration,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Problems,
+) -> Option<EventTable> {
+    let before = problems.list.len();
+    if !raw.kind.is_sql() {
+        problems.add(
+            format!("{at}.kind"),
+            "event tables are read from sqlite, postgres or mysql",
+        );
+    }
+    if !valid_name(&raw.name) {
+        problems.add(
+            format!("{at}.name"),
+            "use 1-64 letters, digits, `_`, `-` or `.`",
+        );
+    }
+    let ident = |s: &str| {
+        s.split('.').count() <= 2
+            && s.split('.').all(|p| {
+                let mut c = p.chars();
+                matches!(c.next(), Some(ch) if ch.is_ascii_alphabetic() || ch == '_')
+                    && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+            })
+    };
+    if !ident(&raw.table) {
+        problems.add(
+            format!("{at}.table"),
+            format!("{:?} is not a valid table name", raw.table),
+        );
+    }
+    let id_column = raw.id_column.unwrap_or_else(|| "id".into());
+    if !ident(&id_column) || id_column.contains('.') {
+        problems.add(
+            format!("{at}.id_column"),
+            format!("{id_column:?} is not a valid column name"),
+        );
+    }
+    for (k, v) in &raw.columns {
+        if !EVENT_FIELDS.contains(&k.as_str()) {
+            problems.add(
+                format!("{at}.columns.{k}"),
+                format!(
+                    "unknown event field, expected one of {}",
+                    EVENT_FIELDS.join(", ")
+                ),
+            );
+        }
+        if !ident(v) || v.contains('.') {
+            problems.add(
+                format!("{at}.columns.{k}"),
+                format!("{v:?} is not a valid column name"),
+            );
+        }
+    }
+    // No `columns`: every field from the column of its name. With `columns`: the listed fields,
+    // plus `type` and `connection` (from columns of those names unless listed).
+    let columns: Vec<(&'static str, String)> = EVENT_FIELDS
+        .iter()
+        .filter(|f| {
+            raw.columns.is_empty()
+                || raw.columns.contains_key(**f)
+                || matches!(**f, "type" | "connection")
+        })
+        .map(|f| {
+            (
+                *f,
+                raw.columns
+                    .get(*f)
+                    .cloned()
+                    .unwrap_or_else(|| f.to_string()),
+            )
+        })
+        .collect();
+    let dsn = secret_from(
+        at,
+        "dsn",
+        raw.dsn.as_deref(),
+        raw.dsn_env.as_deref(),
+        raw.dsn_file.as_deref(),
+        true,
+        env,
+        problems,
+    );
+    let batch = raw.batch.unwrap_or(1000);
+    if batch == 0 {
+        problems.add(format!("{at}.batch"), "must be at least 1");
+    }
+    let interval = raw.interval.map_or(interval, |d| d.0);
+    let timeout = raw.timeout.map_or(timeout, |d| d.0);
+    if timeout > interval || timeout.is_zero() {
+        problems.add(
+            format!("{at}.timeout"),
+            "must be greater than 0 and at most the interval",
+        );
+    }
+    if problems.list.len() != before {
+        return None;
+    }
+    let provider = raw.provider.unwrap_or(ProviderKind::Xero).profile();
+    let store = SourceConfig {
+        name: raw.name.clone(),
+        kind: raw.kind,
+        dsn,
+        store: Store::Sql {
+            query: String::new(),
+        },
+        mapping: Mapping {
+            connection: FieldRef {
+                column: "ote_id".into(),
+                json_path: Vec::new(),
+            },
+            tenant: None,
+            last_refresh: LastRefresh::Infer(Inference::AccessExpires),
+            access_expires: None,
+            refresh_expires: None,
+            last_failure: None,
+            authorized_at: None,
+            status: None,
+            labels: columns
+                .iter()
+                .map(|(f, _)| {
+                    (
+                        f.to_string(),
+                        FieldRef {
+                            column: format!("ote_{f}"),
+                            json_path: Vec::new(),
+                        },
+                    )
+                })
+                .collect(),
+        },
+        provider,
+        interval,
+        timeout,
+        backoff_max: interval * defaults::BACKOFF_MAX_FACTOR,
+        max_connections: batch,
+    };
+    Some(EventTable {
+        name: raw.name,
+        store,
+        table: raw.table,
+        id_column,
+        columns,
+        state_file: raw.state_file,
+        start: raw.start.unwrap_or_default(),
+        batch,
     })
 }
 

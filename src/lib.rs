@@ -56,6 +56,8 @@ impl Default for ServerOptions {
 
 /// The exporter, wired: source handles, their pollers and the exposition.
 pub struct Exporter {
+    /// Event tables tailed with a cursor.
+    pub tables: Vec<events::table::TablePoller>,
     pub ingest: Option<config::Ingest>,
     pub nango_webhook: Option<config::NangoWebhook>,
     pub sources: Vec<Arc<SourceHandle>>,
@@ -96,7 +98,16 @@ impl Exporter {
                 .map_err(|e| (cfg.name.clone(), e))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let tables = config
+            .event_tables
+            .iter()
+            .map(|t| {
+                events::table::TablePoller::new(t.clone(), exposition.live.clone())
+                    .map_err(|e| (t.name.clone(), e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Exporter {
+            tables,
             ingest: config.ingest.clone(),
             nango_webhook: config.nango_webhook.clone(),
             sources,
@@ -138,6 +149,9 @@ impl Exporter {
         let mut tasks = Vec::new();
         for p in self.pollers {
             tasks.push(tokio::spawn(p.run(shutdown.clone())));
+        }
+        for t in self.tables {
+            tasks.push(tokio::spawn(t.run(shutdown.clone())));
         }
         let stop = shutdown.clone();
         let served = axum::serve(listener, router)

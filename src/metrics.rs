@@ -68,10 +68,12 @@ pub enum RejectReason {
     ImpossibleTimestamp,
     InvalidJson,
     WrongType,
+    /// An event-table row that is not a valid event.
+    InvalidEvent,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 7] = [
+    pub const ALL: [RejectReason; 8] = [
         RejectReason::MissingConnection,
         RejectReason::DuplicateConnection,
         RejectReason::NullTimestamp,
@@ -79,6 +81,7 @@ impl RejectReason {
         RejectReason::ImpossibleTimestamp,
         RejectReason::InvalidJson,
         RejectReason::WrongType,
+        RejectReason::InvalidEvent,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -90,6 +93,7 @@ impl RejectReason {
             RejectReason::ImpossibleTimestamp => "impossible_timestamp",
             RejectReason::InvalidJson => "invalid_json",
             RejectReason::WrongType => "wrong_type",
+            RejectReason::InvalidEvent => "invalid_event",
         }
     }
 }

@@ -123,7 +123,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-enum Counted {
+pub(crate) enum Counted {
     Refresh(&'static str, Option<RefreshError>),
     Api(&'static str, ApiOutcome),
 }
@@ -167,7 +167,7 @@ fn decode<T: for<'de> Deserialize<'de>>(v: serde_json::Value) -> Result<T, (Stri
 }
 
 /// Validate and classify one event; nothing is counted here.
-fn event(
+pub(crate) fn event(
     v: serde_json::Value,
     default_provider: ProviderKind,
 ) -> Result<Counted, (String, String)> {
@@ -224,6 +224,14 @@ fn event(
     }
 }
 
+/// Count a validated event.
+pub(crate) fn count(live: &Live, source: &str, c: Counted) {
+    match c {
+        Counted::Refresh(provider, failure) => live.events.refresh(provider, source, failure),
+        Counted::Api(provider, outcome) => live.events.api(provider, source, outcome),
+    }
+}
+
 async fn ingest(State(s): State<IngestState>, headers: HeaderMap, body: Bytes) -> Response {
     let token = headers
         .get(header::AUTHORIZATION)
@@ -276,12 +284,8 @@ async fn ingest(State(s): State<IngestState>, headers: HeaderMap, body: Bytes) -
     };
     for (index, v) in batch.events.into_iter().enumerate() {
         match event(v, s.cfg.provider) {
-            Ok(Counted::Refresh(provider, failure)) => {
-                s.live.events.refresh(provider, &s.cfg.source, failure);
-                answer.accepted += 1;
-            }
-            Ok(Counted::Api(provider, outcome)) => {
-                s.live.events.api(provider, &s.cfg.source, outcome);
+            Ok(c) => {
+                count(&s.live, &s.cfg.source, c);
                 answer.accepted += 1;
             }
             Err((field, error)) => answer.rejected.push(Rejected {

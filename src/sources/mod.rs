@@ -341,6 +341,20 @@ impl Backend {
         })
     }
 
+    /// Run `query` instead of the source's own (SQL stores only; event tables use it).
+    pub async fn fetch_query(
+        &self,
+        query: &str,
+        mapping: &Mapping,
+    ) -> Result<Fetched, CollectError> {
+        match self {
+            Backend::Sqlite(p, _) => sqlite::fetch(p, query, mapping).await,
+            Backend::Postgres(p, _) => postgres::fetch(p, query, mapping).await,
+            Backend::Mysql(p, _) => mysql::fetch(p, query, mapping).await,
+            _ => Err(CollectError::Query("only SQL stores run queries".into())),
+        }
+    }
+
     /// Read every connection once, without writing anything.
     pub async fn fetch(&self, mapping: &Mapping) -> Result<Fetched, CollectError> {
         match self {
