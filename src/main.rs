@@ -149,16 +149,30 @@ async fn main() -> Result<()> {
         }
     };
     if cli.config_check {
-        println!(
-            "{}: OK, {} source(s): {}",
-            cfg.file,
+        let mut parts = vec![format!(
+            "{} source(s): {}",
             cfg.sources.len(),
             cfg.sources
                 .iter()
                 .map(|s| format!("{} ({})", s.name, s.kind.as_str()))
                 .collect::<Vec<_>>()
                 .join(", ")
-        );
+        )];
+        if !cfg.event_tables.is_empty() {
+            let names: Vec<&str> = cfg.event_tables.iter().map(|t| t.name.as_str()).collect();
+            parts.push(format!(
+                "{} event table(s): {}",
+                names.len(),
+                names.join(", ")
+            ));
+        }
+        if let Some(i) = &cfg.ingest {
+            parts.push(format!("ingest API (source {})", i.source));
+        }
+        if let Some(n) = &cfg.nango_webhook {
+            parts.push(format!("Nango webhook (source {})", n.source));
+        }
+        println!("{}: OK, {}", cfg.file, parts.join("; "));
         return Ok(());
     }
     let listener = tokio::net::TcpListener::bind(listen_address(&cli.listen_address))
