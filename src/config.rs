@@ -108,6 +108,8 @@ pub struct Ingest {
 pub struct Detect {
     /// A connection whose last failure is younger than this counts in `oauth_connections_failing`.
     pub window: Duration,
+    /// `invalid_grant` failures of one connection within the window that make a retry loop.
+    pub retry_loop_failures: usize,
 }
 
 /// The kinds of store a source can read.
@@ -486,8 +488,11 @@ struct RawGlobal {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawDetect {
-    /// Window for `oauth_connections_failing`.
+    /// Window for `oauth_connections_failing` and retry loops.
     window: Option<HumanDuration>,
+    /// `invalid_grant` failures of one connection within the window that make a retry loop
+    /// (default 5).
+    retry_loop_failures: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -846,8 +851,12 @@ pub fn parse(
             }
         }
     }
+    if detect.retry_loop_failures.is_some_and(|n| n < 2) {
+        problems.add("detect.retry_loop_failures", "must be at least 2");
+    }
     let detect = Detect {
         window: detect.window.map_or(defaults::DETECT_WINDOW, |d| d.0),
+        retry_loop_failures: detect.retry_loop_failures.unwrap_or(5),
     };
 
     let mut names = HashSet::new();

@@ -113,8 +113,12 @@ pub struct Exposition {
 }
 
 impl Exposition {
-    pub fn new(sources: Vec<Arc<SourceHandle>>, generation: Generation) -> Self {
-        let live = Arc::new(Live::default());
+    pub fn new(
+        sources: Vec<Arc<SourceHandle>>,
+        generation: Generation,
+        detector: crate::detect::Detector,
+    ) -> Self {
+        let live = Arc::new(Live::new(detector));
         let live_registry = metrics::live_registry(&live, &sources);
         Exposition {
             state: metrics::state_registry(sources),

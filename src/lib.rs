@@ -11,6 +11,7 @@
 //! - [`metrics`]: the metric catalogue: names, HELP, labels, closed reason enums.
 //! - [`exposition`]: `/metrics` bodies: the state part deflated once per poll, live part per scrape.
 //! - [`events`]: event inlets (ingest API, Nango webhooks) and the classification of what they carry.
+//! - [`detect`]: detectors over the event stream (failing connections, retry loops, races).
 //! - [`server`]: HTTP endpoints.
 //! - [`clock`]: injected time.
 //! - [`secret`]: a string type that never prints.
@@ -20,6 +21,7 @@
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod detect;
 pub mod events;
 pub mod exposition;
 pub mod metrics;
@@ -75,12 +77,35 @@ impl Exporter {
             .iter()
             .map(|s| Arc::new(SourceHandle::new(s)))
             .collect();
-        let exposition = Arc::new(Exposition::new(sources.clone(), generation.clone()));
+        let detector = detect::Detector::new(
+            config.detect.window,
+            config.detect.retry_loop_failures,
+            clock.clone(),
+        );
+        let exposition = Arc::new(Exposition::new(
+            sources.clone(),
+            generation.clone(),
+            detector,
+        ));
         if let Some(i) = &config.ingest {
             exposition.live.events.init(i.provider.as_str(), &i.source);
+            exposition
+                .live
+                .detector
+                .init(i.provider.as_str(), &i.source);
         }
         if let Some(n) = &config.nango_webhook {
             exposition.live.events.init(n.provider.as_str(), &n.source);
+            exposition
+                .live
+                .detector
+                .init(n.provider.as_str(), &n.source);
+        }
+        for t in &config.event_tables {
+            exposition
+                .live
+                .detector
+                .init(t.store.provider.name(), &t.name);
         }
         let pollers = config
             .sources

@@ -174,6 +174,7 @@ pub mod names {
         "oauth_connections_failing",
         "Distinct connections with a failure in the last detect window",
     );
+    pub const RETRYING: (&str, &str) = ("oauth_connections_retrying_invalid_grant", "Connections with at least detect.retry_loop_failures invalid_grant failures in the last detect window (retrying in a loop)");
     pub const REFRESH_WINDOW: (&str, &str) = ("oauth_provider_refresh_token_lifetime_seconds", "The provider's refresh-token inactivity window as configured for the source (Xero 60 days, QuickBooks 100 days, ...)");
     pub const ACCESS_LIFETIME: (&str, &str) = (
         "oauth_provider_access_token_lifetime_seconds",
@@ -404,8 +405,8 @@ impl Events {
     }
 }
 
-/// Self-health and counters, updated by the poll loops.
-#[derive(Debug, Default)]
+/// Self-health and counters, updated by the poll loops and inlets.
+#[derive(Debug)]
 pub struct Live {
     pub up: Family<SourceLabels, Gauge>,
     pub last_success: Family<SourceLabels, FloatGauge>,
@@ -414,9 +415,24 @@ pub struct Live {
     pub rejected: Family<SourceReasonLabels, Counter>,
     pub removed: Family<ProviderSourceLabels, Counter>,
     pub events: Events,
+    /// Per-connection detectors fed by the event inlets.
+    pub detector: crate::detect::Detector,
 }
 
 impl Live {
+    pub fn new(detector: crate::detect::Detector) -> Self {
+        Live {
+            up: Family::default(),
+            last_success: Family::default(),
+            duration: Family::default(),
+            errors: Family::default(),
+            rejected: Family::default(),
+            removed: Family::default(),
+            events: Events::default(),
+            detector,
+        }
+    }
+
     /// Create every series of a source at its start value, so rates work from the first scrape.
     pub fn init_source(&self, source: &str, provider: &'static str) {
         let s = SourceLabels {
@@ -588,7 +604,6 @@ impl Collector for StateCollector {
         self.per_source(&mut enc, EXPIRING, Some(("within", &windows)), |s, i| {
             s.aggregates.expiring[i]
         })?;
-        self.per_source(&mut enc, FAILING, None, |s, _| s.aggregates.failing)?;
         for (desc, value) in [
             (
                 REFRESH_WINDOW,
@@ -624,8 +639,41 @@ pub fn state_registry(sources: Vec<Arc<SourceHandle>>) -> Registry {
     state
 }
 
+/// Gauges computed at scrape time: failing connections (sources from their last poll, event
+/// inlets from the detector over the window as of now) and retry loops.
+#[derive(Debug)]
+pub struct DetectCollector {
+    sources: Vec<Arc<SourceHandle>>,
+    live: Arc<Live>,
+}
+
+impl Collector for DetectCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use names::*;
+        let inlets = self.live.detector.snapshot();
+        {
+            let mut f = family(&mut enc, FAILING, MetricType::Gauge)?;
+            for src in &self.sources {
+                let labels: [Lbl; 2] = [("provider", src.provider), ("source", &src.name)];
+                ConstGauge::new(src.snapshot().aggregates.failing as i64)
+                    .encode(f.encode_family(&labels)?)?;
+            }
+            for (provider, source, failing, _) in &inlets {
+                let labels: [Lbl; 2] = [("provider", provider), ("source", source)];
+                ConstGauge::new(*failing as i64).encode(f.encode_family(&labels)?)?;
+            }
+        }
+        let mut f = family(&mut enc, RETRYING, MetricType::Gauge)?;
+        for (provider, source, _, looping) in &inlets {
+            let labels: [Lbl; 2] = [("provider", provider), ("source", source)];
+            ConstGauge::new(*looping as i64).encode(f.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
 /// The live registry over `live`, with every source's series created at its start value.
-pub fn live_registry(live: &Live, sources: &[Arc<SourceHandle>]) -> Registry {
+pub fn live_registry(live: &Arc<Live>, sources: &[Arc<SourceHandle>]) -> Registry {
     for s in sources {
         live.init_source(&s.name, s.provider);
     }
@@ -667,6 +715,10 @@ pub fn live_registry(live: &Live, sources: &[Arc<SourceHandle>]) -> Registry {
         })
         .set(1);
     r.register(BUILD_INFO.0, BUILD_INFO.1, build);
+    r.register_collector(Box::new(DetectCollector {
+        sources: sources.to_vec(),
+        live: live.clone(),
+    }));
     r
 }
 

@@ -317,3 +317,70 @@ async fn malformed_oversized_and_wrongly_typed_bodies_are_refused_with_a_clear_e
         0.0
     );
 }
+
+#[tokio::test]
+async fn detectors_see_a_mass_failure_a_retry_loop_and_a_refresh_race() {
+    let d = tempfile::tempdir().unwrap();
+    let token = d.path().join("t");
+    std::fs::write(&token, TOKEN).unwrap();
+    let yaml = format!("detect:\n  window: 15m\n  retry_loop_failures: 5\ningest:\n  source: app\n  token_file: {}\n", token.display());
+    let (e, clock) = exporter(&yaml, fixed_now());
+    let r = e.router(&ServerOptions::default());
+    let send = |events: Vec<serde_json::Value>| {
+        let r = r.clone();
+        async move {
+            let (status, answer, _) = post(
+                &r,
+                Some(TOKEN),
+                "application/json",
+                serde_json::json!({ "events": events }).to_string(),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK, "{answer}");
+            assert_eq!(answer["rejected"], serde_json::json!([]), "{answer}");
+        }
+    };
+    // A password change: eight connections of one user fail at once; one API 401 elsewhere.
+    let mut events: Vec<serde_json::Value> = (0..8)
+        .map(|i| serde_json::json!({"type": "refresh", "connection": format!("u1-c{i}"), "outcome": "failure", "error": "invalid_grant"}))
+        .collect();
+    events.push(serde_json::json!({"type": "api", "connection": "other", "status": 401, "detail": "AuthorizationUnsuccessful"}));
+    // An expired access token is not a failing connection.
+    events.push(serde_json::json!({"type": "api", "connection": "fine", "status": 401, "detail": "TokenExpired: token expired at 06/01/2026 11:59:00"}));
+    send(events).await;
+    let l = [("provider", "xero"), ("source", "app")];
+    assert_eq!(counter(&e, "oauth_connections_failing", &l), 9.0);
+    assert_eq!(
+        counter(&e, "oauth_connections_retrying_invalid_grant", &l),
+        0.0
+    );
+    // A worker retrying invalid_grant on one connection.
+    send((0..5).map(|_| serde_json::json!({"type": "refresh", "connection": "stuck", "outcome": "failure", "error": "invalid_grant"})).collect()).await;
+    assert_eq!(
+        counter(&e, "oauth_connections_retrying_invalid_grant", &l),
+        1.0
+    );
+    assert_eq!(counter(&e, "oauth_connections_failing", &l), 10.0);
+    // Two workers refresh one connection: a success, then the stale token gets invalid_grant.
+    send(vec![
+        serde_json::json!({"type": "refresh", "connection": "raced", "outcome": "success", "time": "2026-06-01T11:58:00Z"}),
+        serde_json::json!({"type": "refresh", "connection": "raced", "outcome": "failure", "error": "invalid_grant", "time": "2026-06-01T11:58:02Z"}),
+    ])
+    .await;
+    assert_eq!(counter(&e, "oauth_token_refresh_races_total", &l), 1.0);
+    // The window passes: nothing is failing any more; counters keep their totals.
+    clock.advance(chrono::Duration::minutes(20));
+    assert_eq!(counter(&e, "oauth_connections_failing", &l), 0.0);
+    assert_eq!(
+        counter(&e, "oauth_connections_retrying_invalid_grant", &l),
+        0.0
+    );
+    assert_eq!(
+        counter(
+            &e,
+            "oauth_token_refresh_failures_total",
+            &[("source", "app"), ("error", "invalid_grant")]
+        ),
+        14.0
+    );
+}

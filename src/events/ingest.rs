@@ -123,9 +123,36 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-pub(crate) enum Counted {
-    Refresh(&'static str, Option<RefreshError>),
-    Api(&'static str, ApiOutcome),
+pub(crate) struct Counted {
+    provider: &'static str,
+    connection: String,
+    time: Option<chrono::DateTime<chrono::Utc>>,
+    kind: CountedKind,
+}
+
+enum CountedKind {
+    Refresh(Option<RefreshError>),
+    Api(ApiOutcome),
+}
+
+impl Counted {
+    pub(crate) fn refresh(
+        provider: &'static str,
+        connection: &str,
+        failure: Option<RefreshError>,
+    ) -> Self {
+        Counted {
+            provider,
+            connection: connection.to_string(),
+            time: None,
+            kind: CountedKind::Refresh(failure),
+        }
+    }
+}
+
+fn parse_time(t: Option<&str>) -> Option<chrono::DateTime<chrono::Utc>> {
+    t.and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&chrono::Utc))
 }
 
 fn check_common(
@@ -193,7 +220,12 @@ pub(crate) fn event(
                 (Outcome::Failure, None, Some(status)) => Some(classify_refresh_error(status, b"")),
                 (Outcome::Failure, None, None) => Some(RefreshError::Network),
             };
-            Ok(Counted::Refresh(provider, failure))
+            Ok(Counted {
+                provider,
+                connection: e.connection,
+                time: parse_time(e.time.as_deref()),
+                kind: CountedKind::Refresh(failure),
+            })
         }
         Some("api") => {
             let e: ApiEvent = decode(v)?;
@@ -214,7 +246,12 @@ pub(crate) fn event(
                 )),
                 s => classify_api(s, b"", None),
             };
-            Ok(Counted::Api(provider, outcome))
+            Ok(Counted {
+                provider,
+                connection: e.connection,
+                time: parse_time(e.time.as_deref()),
+                kind: CountedKind::Api(outcome),
+            })
         }
         Some(other) => Err((
             "type".into(),
@@ -224,11 +261,32 @@ pub(crate) fn event(
     }
 }
 
-/// Count a validated event.
+/// Count a validated event and feed the detectors.
 pub(crate) fn count(live: &Live, source: &str, c: Counted) {
-    match c {
-        Counted::Refresh(provider, failure) => live.events.refresh(provider, source, failure),
-        Counted::Api(provider, outcome) => live.events.api(provider, source, outcome),
+    match c.kind {
+        CountedKind::Refresh(failure) => {
+            live.events.refresh(c.provider, source, failure);
+            if live
+                .detector
+                .refresh(c.provider, source, &c.connection, c.time, failure)
+            {
+                live.events
+                    .races
+                    .get_or_create(&crate::metrics::EventLabels {
+                        provider: c.provider,
+                        source: source.to_string(),
+                    })
+                    .inc();
+            }
+        }
+        CountedKind::Api(outcome) => {
+            live.events.api(c.provider, source, outcome);
+            if matches!(outcome, ApiOutcome::Unauthorized(r) if r != UnauthorizedReason::TokenExpired)
+            {
+                live.detector
+                    .api_failure(c.provider, source, &c.connection, c.time);
+            }
+        }
     }
 }
 

@@ -46,6 +46,8 @@ struct AuthWebhook {
     operation: Option<String>,
     success: Option<bool>,
     provider: Option<String>,
+    connection_id: Option<String>,
+    provider_config_key: Option<String>,
     error: Option<NangoError>,
 }
 
@@ -143,7 +145,17 @@ async fn webhook(State(s): State<NangoState>, headers: HeaderMap, body: Bytes) -
         Some(true) => None,
         _ => Some(classify(hook.error.as_ref())),
     };
-    s.live.events.refresh(provider, &s.cfg.source, failure);
+    // The same connection id as the `nango` preset: providerConfigKey/connectionId.
+    let connection = format!(
+        "{}/{}",
+        hook.provider_config_key.as_deref().unwrap_or(""),
+        hook.connection_id.as_deref().unwrap_or("")
+    );
+    super::ingest::count(
+        &s.live,
+        &s.cfg.source,
+        super::ingest::Counted::refresh(provider, &connection, failure),
+    );
     (StatusCode::OK, "counted\n").into_response()
 }
 

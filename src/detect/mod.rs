@@ -1,0 +1,246 @@
+//! Detectors: what no single event shows, derived from the stream of events per connection.
+//!
+//! - distinct connections failing within `detect.window` (a password change, a removed user, a
+//!   rotated secret or a Xero incident fails many at once) — `oauth_connections_failing`;
+//! - connections retrying `invalid_grant` in a loop (at least `detect.retry_loop_failures`
+//!   within the window) — `oauth_connections_retrying_invalid_grant`;
+//! - refresh races: two successful refreshes of one connection inside the provider's grace
+//!   period, or an `invalid_grant` right after a success — `oauth_token_refresh_races_total`.
+//!
+//! State is per connection, in memory, bounded by the window (older entries are dropped).
+
+use crate::clock::SharedClock;
+use crate::provider::{ProviderKind, RefreshError};
+use chrono::{DateTime, Duration, Utc};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+/// Most connections tracked per inlet (beyond it, the oldest entries are dropped).
+const MAX_TRACKED: usize = 1_000_000;
+
+#[derive(Debug, Default)]
+struct Conn {
+    last_success: Option<DateTime<Utc>>,
+    failures: VecDeque<DateTime<Utc>>,
+    invalid_grants: VecDeque<DateTime<Utc>>,
+}
+
+#[derive(Debug, Default)]
+struct Inlet {
+    conns: HashMap<String, Conn>,
+}
+
+/// Shared detector state for every event inlet.
+#[derive(Debug)]
+pub struct Detector {
+    clock: SharedClock,
+    window: Duration,
+    retry_loop: usize,
+    inlets: Mutex<HashMap<(&'static str, String), Inlet>>,
+}
+
+/// Window in which a second success or an `invalid_grant` after a success means a race.
+fn race_window(provider: &str) -> Duration {
+    let grace = ProviderKind::ALL
+        .into_iter()
+        .find(|k| k.as_str() == provider)
+        .map(|k| k.profile().rotation_grace_period)
+        .unwrap_or_else(Duration::zero);
+    grace.max(Duration::seconds(60))
+}
+
+fn prune(q: &mut VecDeque<DateTime<Utc>>, since: DateTime<Utc>) {
+    while q.front().is_some_and(|t| *t < since) {
+        q.pop_front();
+    }
+}
+
+impl Detector {
+    pub fn new(window: std::time::Duration, retry_loop: usize, clock: SharedClock) -> Self {
+        Detector {
+            clock,
+            window: Duration::from_std(window).unwrap_or(Duration::minutes(15)),
+            retry_loop: retry_loop.max(2),
+            inlets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Observe a refresh; returns whether it reveals a race.
+    pub fn refresh(
+        &self,
+        provider: &'static str,
+        source: &str,
+        connection: &str,
+        at: Option<DateTime<Utc>>,
+        failure: Option<RefreshError>,
+    ) -> bool {
+        let at = at.unwrap_or_else(|| self.clock.now());
+        let mut inlets = self.inlets.lock().unwrap_or_else(|e| e.into_inner());
+        let inlet = inlets.entry((provider, source.to_string())).or_default();
+        if inlet.conns.len() >= MAX_TRACKED && !inlet.conns.contains_key(connection) {
+            let since = at - self.window;
+            inlet.conns.retain(|_, c| {
+                c.last_success.is_some_and(|t| t >= since)
+                    || c.failures.back().is_some_and(|t| *t >= since)
+            });
+        }
+        let c = inlet.conns.entry(connection.to_string()).or_default();
+        let recent_success = c
+            .last_success
+            .is_some_and(|t| at >= t && at - t <= race_window(provider));
+        match failure {
+            None => {
+                c.last_success = Some(at);
+                recent_success
+            }
+            Some(err) => {
+                c.failures.push_back(at);
+                let invalid_grant = err == RefreshError::InvalidGrant;
+                if invalid_grant {
+                    c.invalid_grants.push_back(at);
+                }
+                invalid_grant && recent_success
+            }
+        }
+    }
+
+    /// Observe an API answer that means the token set is dead (401 not `TokenExpired`).
+    pub fn api_failure(
+        &self,
+        provider: &'static str,
+        source: &str,
+        connection: &str,
+        at: Option<DateTime<Utc>>,
+    ) {
+        let at = at.unwrap_or_else(|| self.clock.now());
+        let mut inlets = self.inlets.lock().unwrap_or_else(|e| e.into_inner());
+        let inlet = inlets.entry((provider, source.to_string())).or_default();
+        inlet
+            .conns
+            .entry(connection.to_string())
+            .or_default()
+            .failures
+            .push_back(at);
+    }
+
+    /// Make sure an inlet is reported (at 0) before any event.
+    pub fn init(&self, provider: &'static str, source: &str) {
+        self.inlets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((provider, source.to_string()))
+            .or_default();
+    }
+
+    /// Per inlet: (provider, source, connections failing in the window, connections in a retry
+    /// loop). Drops what has left the window.
+    pub fn snapshot(&self) -> Vec<(&'static str, String, u64, u64)> {
+        let now = self.clock.now();
+        let since = now - self.window;
+        let mut inlets = self.inlets.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        for ((provider, source), inlet) in inlets.iter_mut() {
+            let (mut failing, mut looping) = (0, 0);
+            inlet.conns.retain(|_, c| {
+                prune(&mut c.failures, since);
+                prune(&mut c.invalid_grants, since);
+                if !c.failures.is_empty() {
+                    failing += 1;
+                }
+                if c.invalid_grants.len() >= self.retry_loop {
+                    looping += 1;
+                }
+                !c.failures.is_empty()
+                    || c.last_success
+                        .is_some_and(|t| now - t <= race_window(provider).max(self.window))
+            });
+            out.push((*provider, source.clone(), failing, looping));
+        }
+        out.sort();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn t0() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 6, 1, 12, 0, 0).unwrap()
+    }
+
+    fn detector() -> (Detector, std::sync::Arc<crate::clock::ManualClock>) {
+        let clock = crate::clock::ManualClock::new(t0());
+        (
+            Detector::new(std::time::Duration::from_secs(900), 5, clock.clone()),
+            clock,
+        )
+    }
+
+    #[test]
+    fn many_connections_failing_at_once_are_counted_within_the_window_only() {
+        let (d, clock) = detector();
+        for i in 0..12 {
+            d.refresh(
+                "xero",
+                "app",
+                &format!("c{i}"),
+                None,
+                Some(RefreshError::InvalidGrant),
+            );
+        }
+        d.api_failure("xero", "app", "c99", Some(t0()));
+        clock.advance(Duration::minutes(1));
+        assert_eq!(d.snapshot(), [("xero", "app".to_string(), 13, 0)]);
+        clock.advance(Duration::minutes(15));
+        assert_eq!(d.snapshot(), [("xero", "app".to_string(), 0, 0)]);
+    }
+
+    #[test]
+    fn a_connection_retrying_invalid_grant_is_a_loop_from_the_fifth_failure() {
+        let (d, clock) = detector();
+        for i in 0..4 {
+            d.refresh(
+                "xero",
+                "app",
+                "stuck",
+                Some(t0() + Duration::seconds(i * 30)),
+                Some(RefreshError::InvalidGrant),
+            );
+        }
+        clock.advance(Duration::minutes(2));
+        assert_eq!(d.snapshot()[0].3, 0);
+        d.refresh(
+            "xero",
+            "app",
+            "stuck",
+            None,
+            Some(RefreshError::InvalidGrant),
+        );
+        assert_eq!(d.snapshot()[0].3, 1);
+    }
+
+    #[test]
+    fn races_are_two_successes_inside_the_grace_or_invalid_grant_right_after_a_success() {
+        let (d, _) = detector();
+        let at = |m: i64| Some(t0() + Duration::minutes(m));
+        assert!(!d.refresh("xero", "app", "a", at(0), None));
+        assert!(
+            d.refresh("xero", "app", "a", at(10), None),
+            "second success inside 30 min"
+        );
+        assert!(
+            !d.refresh("xero", "app", "a", at(50), None),
+            "40 min later is a normal refresh"
+        );
+        assert!(
+            d.refresh("xero", "app", "a", at(51), Some(RefreshError::InvalidGrant)),
+            "stale token right after"
+        );
+        assert!(
+            !d.refresh("xero", "app", "b", at(0), Some(RefreshError::InvalidGrant)),
+            "no success before: not a race"
+        );
+    }
+}
