@@ -45,6 +45,38 @@ pub struct Config {
     pub nango_webhook: Option<NangoWebhook>,
     /// Event tables tailed with a cursor.
     pub event_tables: Vec<EventTable>,
+    /// The reverse proxy in front of Xero, when configured.
+    pub proxy: Option<Proxy>,
+}
+
+/// Settings of the reverse proxy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Proxy {
+    /// Where the host app sends its Xero calls (`--proxy.listen-address` overrides).
+    pub listen_address: Option<String>,
+    /// The `source` label of its events.
+    pub source: String,
+    pub provider: ProviderKind,
+    /// Base URL for `/connect/...` (token, revocation).
+    pub identity_url: String,
+    /// Base URL for everything else (API, `/connections`).
+    pub api_url: String,
+    /// Deadline for one upstream call.
+    pub timeout: Duration,
+}
+
+impl Default for Proxy {
+    /// In front of the real Xero.
+    fn default() -> Self {
+        Proxy {
+            listen_address: None,
+            source: "proxy".into(),
+            provider: ProviderKind::Xero,
+            identity_url: "https://identity.xero.com".into(),
+            api_url: "https://api.xero.com".into(),
+            timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 /// Where a new event table starts the first time (no state file yet).
@@ -569,8 +601,26 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "ingest",
     "nango_webhook",
     "event_tables",
+    "proxy",
     "sources",
 ];
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    /// Listen address of the proxy.
+    listen_address: Option<String>,
+    /// The `source` label (default `proxy`).
+    source: Option<String>,
+    /// Provider (default `xero`).
+    provider: Option<ProviderKind>,
+    /// Default `https://identity.xero.com`.
+    identity_url: Option<String>,
+    /// Default `https://api.xero.com`.
+    api_url: Option<String>,
+    /// Default 60s.
+    timeout: Option<HumanDuration>,
+}
 
 /// Event fields an event table maps, with their default column names.
 pub const EVENT_FIELDS: [&str; 9] = [
@@ -743,13 +793,13 @@ pub fn parse(
             .filter_map(|(i, v)| problems.decode(&format!("sources[{i}]"), v).map(|s| (i, s)))
             .collect(),
         Some(serde_json::Value::Null) | None => {
-            if !["ingest", "nango_webhook", "event_tables"]
+            if !["ingest", "nango_webhook", "event_tables", "proxy"]
                 .iter()
                 .any(|k| top.contains_key(*k))
             {
                 problems.add(
                     "sources",
-                    "at least one source (or the `ingest` API) is required",
+                    "at least one source, event table or inlet (`ingest`, `nango_webhook`, `proxy`) is required",
                 );
             }
             Vec::new()
@@ -832,6 +882,43 @@ pub fn parse(
             }),
         None => None,
     };
+    let proxy = match top.remove("proxy") {
+        Some(v) => problems.decode::<RawProxy>("proxy", v).map(|raw| {
+            for (key, url) in [
+                ("identity_url", &raw.identity_url),
+                ("api_url", &raw.api_url),
+            ] {
+                if url
+                    .as_ref()
+                    .is_some_and(|u| !(u.starts_with("http://") || u.starts_with("https://")))
+                {
+                    problems.add(
+                        format!("proxy.{key}"),
+                        "must be an http:// or https:// base URL",
+                    );
+                }
+            }
+            Proxy {
+                listen_address: raw.listen_address,
+                source: raw.source.unwrap_or_else(|| "proxy".into()),
+                provider: raw.provider.unwrap_or(ProviderKind::Xero),
+                identity_url: raw
+                    .identity_url
+                    .unwrap_or_else(|| "https://identity.xero.com".into())
+                    .trim_end_matches('/')
+                    .to_string(),
+                api_url: raw
+                    .api_url
+                    .unwrap_or_else(|| "https://api.xero.com".into())
+                    .trim_end_matches('/')
+                    .to_string(),
+                timeout: raw
+                    .timeout
+                    .map_or(std::time::Duration::from_secs(60), |d| d.0),
+            }
+        }),
+        None => None,
+    };
     let mut event_tables = Vec::new();
     if let Some(v) = top.remove("event_tables") {
         let items = match v {
@@ -897,6 +984,7 @@ pub fn parse(
             ingest,
             nango_webhook,
             event_tables,
+            proxy,
         })
     } else {
         Err(ConfigError::Invalid {

@@ -58,6 +58,8 @@ impl Default for ServerOptions {
 
 /// The exporter, wired: source handles, their pollers and the exposition.
 pub struct Exporter {
+    /// The reverse proxy, when configured.
+    pub proxy: Option<config::Proxy>,
     /// Event tables tailed with a cursor.
     pub tables: Vec<events::table::TablePoller>,
     pub ingest: Option<config::Ingest>,
@@ -132,6 +134,7 @@ impl Exporter {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Exporter {
+            proxy: config.proxy.clone(),
             tables,
             ingest: config.ingest.clone(),
             nango_webhook: config.nango_webhook.clone(),
@@ -163,6 +166,13 @@ impl Exporter {
         }
     }
 
+    /// The reverse proxy's router, when configured (served on its own listener).
+    pub fn proxy_router(&self) -> Option<axum::Router> {
+        self.proxy
+            .as_ref()
+            .map(|p| events::proxy::router(p.clone(), self.exposition.live.clone()))
+    }
+
     /// Poll every source and serve until `shutdown` is cancelled.
     pub async fn run(
         self,
@@ -172,6 +182,27 @@ impl Exporter {
     ) -> std::io::Result<()> {
         let router = self.router(&opts);
         let mut tasks = Vec::new();
+        if let (Some(proxy), Some(addr)) = (
+            self.proxy_router(),
+            self.proxy.as_ref().and_then(|p| p.listen_address.clone()),
+        ) {
+            let addr = if addr.starts_with(':') {
+                format!("0.0.0.0{addr}")
+            } else {
+                addr
+            };
+            let listener = TcpListener::bind(&addr).await?;
+            tracing::info!(address = %listener.local_addr()?, "Reverse proxy listening.");
+            let stop = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, proxy)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+                {
+                    tracing::error!(error = %e, "The reverse proxy stopped.");
+                }
+            }));
+        }
         for p in self.pollers {
             tasks.push(tokio::spawn(p.run(shutdown.clone())));
         }

@@ -26,6 +26,10 @@ struct Cli {
     /// Address to listen on for the web interface and telemetry.
     #[arg(long = "web.listen-address", default_value = ":9877", global = true)]
     listen_address: String,
+    /// Address of the reverse proxy in front of Xero (enables it with the defaults when the
+    /// config has no `proxy` section).
+    #[arg(long = "proxy.listen-address")]
+    proxy_listen_address: Option<String>,
     /// Path under which to expose metrics.
     #[arg(long = "web.telemetry-path", default_value = "/metrics")]
     telemetry_path: String,
@@ -141,13 +145,18 @@ async fn main() -> Result<()> {
             .await
             .map_err(anyhow::Error::msg);
     }
-    let cfg = match config::load(&cli.config_file) {
+    let mut cfg = match config::load(&cli.config_file) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
             std::process::exit(1);
         }
     };
+    if let Some(addr) = cli.proxy_listen_address {
+        cfg.proxy
+            .get_or_insert_with(Default::default)
+            .listen_address = Some(addr);
+    }
     if cli.config_check {
         let mut parts = vec![format!(
             "{} source(s): {}",

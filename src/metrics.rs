@@ -232,6 +232,7 @@ pub mod names {
         "oauth_token_refresh_races",
         "Two refreshes of one connection inside the grace period",
     );
+    pub const RATE_LIMIT_REMAINING: (&str, &str) = ("oauth_api_rate_limit_remaining", "Last X-DayLimit-Remaining (window day), X-MinLimit-Remaining (minute) or X-AppMinLimit-Remaining (app_minute) seen per tenant, through the proxy");
     pub const BUILD_INFO: (&str, &str) = (
         "oauth_exporter_build_info",
         "Build information of the exporter; value 1",
@@ -291,6 +292,14 @@ pub struct EventProblemLabels {
     pub problem: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RateLimitLabels {
+    pub provider: &'static str,
+    pub source: String,
+    pub tenant: String,
+    pub window: &'static str,
+}
+
 /// Event counters: refresh outcomes and API answers, classified before they are counted.
 #[derive(Debug, Default)]
 pub struct Events {
@@ -302,6 +311,8 @@ pub struct Events {
     pub rate_limited: Family<EventProblemLabels, Counter>,
     pub regressions: Family<EventLabels, Counter>,
     pub races: Family<EventLabels, Counter>,
+    /// Last `X-*-Remaining` seen per tenant (proxy only).
+    pub rate_limit_remaining: Family<RateLimitLabels, Gauge>,
 }
 
 impl Events {
@@ -706,6 +717,11 @@ pub fn live_registry(live: &Arc<Live>, sources: &[Arc<SourceHandle>]) -> Registr
     );
     r.register(REGRESSIONS.0, REGRESSIONS.1, e.regressions.clone());
     r.register(RACES.0, RACES.1, e.races.clone());
+    r.register(
+        RATE_LIMIT_REMAINING.0,
+        RATE_LIMIT_REMAINING.1,
+        e.rate_limit_remaining.clone(),
+    );
     let build: Family<BuildLabels, Gauge> = Family::default();
     build
         .get_or_create(&BuildLabels {
