@@ -83,7 +83,12 @@ impl Cell {
                 None => return Ok(Cell::Null),
             }
         }
-        Ok(match v {
+        Ok(Cell::from_json(v))
+    }
+
+    /// A JSON value as a cell: scalars become scalars, objects and arrays stay JSON.
+    pub fn from_json(v: &serde_json::Value) -> Cell {
+        match v {
             serde_json::Value::Null => Cell::Null,
             serde_json::Value::Bool(b) => Cell::Bool(*b),
             serde_json::Value::Number(n) => match n.as_i64() {
@@ -92,7 +97,7 @@ impl Cell {
             },
             serde_json::Value::String(s) => Cell::Text(s.clone()),
             other => Cell::Json(other.clone()),
-        })
+        }
     }
 }
 

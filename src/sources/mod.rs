@@ -164,20 +164,6 @@ pub struct Fetched {
     pub limit_hit: bool,
 }
 
-/// A JSON value as a cell.
-pub fn json_cell(v: &serde_json::Value) -> Cell {
-    match v {
-        serde_json::Value::Null => Cell::Null,
-        serde_json::Value::Bool(b) => Cell::Bool(*b),
-        serde_json::Value::Number(n) => match n.as_i64() {
-            Some(i) => Cell::Int(i),
-            None => Cell::Float(n.as_f64().unwrap_or(f64::NAN)),
-        },
-        serde_json::Value::String(s) => Cell::Text(s.clone()),
-        other => Cell::Json(other.clone()),
-    }
-}
-
 /// The key column of document sources: the Redis key, the map key, the list position, or the
 /// file name.
 pub const KEY_COLUMN: &str = "_key";
@@ -224,7 +210,7 @@ impl DocumentRows {
     /// Add a JSON document: an object's keys are its columns; anything else is rejected.
     pub fn push_json(&mut self, key: &str, doc: &serde_json::Value) {
         match doc {
-            serde_json::Value::Object(m) => self.push(key, |c| m.get(c).map(json_cell)),
+            serde_json::Value::Object(m) => self.push(key, |c| m.get(c).map(Cell::from_json)),
             _ => self.reject(key, RejectReason::InvalidJson),
         }
     }
