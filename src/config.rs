@@ -317,6 +317,9 @@ pub struct Mapping {
     pub status: Option<StatusField>,
     /// Extra labels of `oauth_connection_info`, by label name.
     pub labels: Vec<(String, FieldRef)>,
+    /// The stored refresh token, read only to keep a keyed hash of it in memory (regression
+    /// detection); never stored, logged or exported.
+    pub refresh_token: Option<FieldRef>,
 }
 
 /// One problem in a config file.
@@ -461,6 +464,7 @@ pub struct RawFields {
     last_failure: Option<RawField>,
     authorized_at: Option<RawField>,
     status: Option<RawField>,
+    refresh_token: Option<RawField>,
 }
 
 impl RawFields {
@@ -477,7 +481,8 @@ impl RawFields {
             refresh_expires,
             last_failure,
             authorized_at,
-            status
+            status,
+            refresh_token
         );
         self
     }
@@ -498,6 +503,7 @@ impl RawFields {
                 "refresh_expires" => f.refresh_expires = field,
                 "last_failure" => f.last_failure = field,
                 "authorized_at" => f.authorized_at = field,
+                "refresh_token" => f.refresh_token = field,
                 "status" => f.status = field,
                 other => unreachable!("preset names unknown field {other}"),
             }
@@ -1126,6 +1132,14 @@ fn validate_source(
     let refresh_expires = time("refresh_expires", &fields.refresh_expires, problems);
     let last_failure = time("last_failure", &fields.last_failure, problems);
     let authorized_at = time("authorized_at", &fields.authorized_at, problems);
+    let refresh_token = fields.refresh_token.as_ref().and_then(|f| {
+        field_ref(
+            &format!("{fat}.refresh_token"),
+            f,
+            FieldKind::Plain,
+            problems,
+        )
+    });
     let last_refresh = match (&fields.last_refresh, infer) {
         (Some(_), _) => {
             time("last_refresh", &fields.last_refresh, problems).map(LastRefresh::Field)
@@ -1287,6 +1301,7 @@ fn validate_source(
             authorized_at,
             status,
             labels,
+            refresh_token,
         },
         provider,
         interval,
@@ -1419,6 +1434,7 @@ fn validate_event_table(
             last_failure: None,
             authorized_at: None,
             status: None,
+            refresh_token: None,
             labels: columns
                 .iter()
                 .map(|(f, _)| {

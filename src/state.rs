@@ -57,6 +57,8 @@ pub struct MappedConnection {
     pub last_failure: Option<DateTime<Utc>>,
     /// Status from the store, when a status field is mapped.
     pub stored_status: Option<Status>,
+    /// Keyed hash of the stored refresh token, when the field is mapped (never the token).
+    pub token_hash: Option<u64>,
 }
 
 /// One exported connection, values as of the poll.
@@ -183,6 +185,7 @@ mod tests {
             access_expiry: Some(last + Duration::minutes(30)),
             last_failure: None,
             stored_status: None,
+            token_hash: None,
         }
     }
 

@@ -466,3 +466,48 @@ async fn a_missing_column_fails_the_poll_with_the_mapping_reason() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn a_stored_refresh_token_reverting_to_an_earlier_value_counts_as_a_regression() {
+    let (_d, path, pool) = sqlite_db(&[
+        "CREATE TABLE t (id TEXT, lr INTEGER, refresh_token TEXT)",
+        "INSERT INTO t VALUES ('a', 1777629600, 'Canary-RT-one'), ('b', 1777629600, 'Canary-RT-b')",
+    ])
+    .await;
+    let yaml = source("reg", &path, "    query: SELECT id, lr, refresh_token FROM t\n    fields: {connection: id, last_refresh: lr, refresh_token: refresh_token}\n");
+    let (mut e, _) = exporter(&yaml, fixed_now());
+    poll(&mut e).await;
+    let regressions = |e: &oauth_token_exporter::Exporter| {
+        value(
+            &scrape(e),
+            "oauth_refresh_token_regressions_total",
+            &[("provider", "xero"), ("source", "reg")],
+        )
+    };
+    assert_eq!(regressions(&e), 0.0, "exists at 0 from the first scrape");
+    // A normal rotation.
+    sqlx::query("UPDATE t SET refresh_token = 'Canary-RT-two' WHERE id = 'a'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    poll(&mut e).await;
+    assert_eq!(regressions(&e), 0.0);
+    // A worker writes the old token back over the new one.
+    sqlx::query("UPDATE t SET refresh_token = 'Canary-RT-one' WHERE id = 'a'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    poll(&mut e).await;
+    assert_eq!(regressions(&e), 1.0);
+    poll(&mut e).await;
+    assert_eq!(
+        regressions(&e),
+        1.0,
+        "an unchanged value is not a new regression"
+    );
+    let text = scrape(&e);
+    assert!(
+        !text.contains("Canary-RT"),
+        "no token value in the exposition"
+    );
+}

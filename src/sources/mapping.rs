@@ -30,6 +30,7 @@ pub struct Resolved {
     authorized_at: Option<(Slot, Option<Slot>)>,
     status: Option<Slot>,
     labels: Vec<Slot>,
+    refresh_token: Option<Slot>,
 }
 
 /// A configured column that the query result does not have.
@@ -117,6 +118,11 @@ pub fn resolve(mapping: &Mapping, columns: &[String]) -> Result<Resolved, Missin
         .iter()
         .map(|(_, f)| r.slot(f))
         .collect::<Result<Vec<_>, _>>()?;
+    let refresh_token = mapping
+        .refresh_token
+        .as_ref()
+        .map(|f| r.slot(f))
+        .transpose()?;
     Ok(Resolved {
         needed: r.needed,
         connection,
@@ -128,7 +134,26 @@ pub fn resolve(mapping: &Mapping, columns: &[String]) -> Result<Resolved, Missin
         authorized_at,
         status,
         labels,
+        refresh_token,
     })
+}
+
+/// A keyed hash of a stored refresh token: HMAC-SHA256 under a key made at random for this
+/// process and never written anywhere, truncated to 64 bits. Equal tokens give equal values
+/// within this process; the value says nothing about the token.
+pub fn token_hash(token: &str) -> u64 {
+    use hmac::{Hmac, Mac};
+    use rand::RngCore;
+    static KEY: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        let mut k = [0u8; 32];
+        rand::rng().fill_bytes(&mut k);
+        k
+    });
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).expect("any key length");
+    mac.update(token.as_bytes());
+    let out = mac.finalize().into_bytes();
+    u64::from_le_bytes(out[..8].try_into().expect("32-byte digest"))
 }
 
 /// Every column the mapping reads, once each, in mapping order (document sources use these as
@@ -164,6 +189,9 @@ pub fn columns(m: &Mapping) -> Vec<String> {
         add(&s.at);
     }
     for (_, f) in &m.labels {
+        add(f);
+    }
+    if let Some(f) = &m.refresh_token {
         add(f);
     }
     out
@@ -317,7 +345,16 @@ pub fn map_row(
                 .unwrap_or_default()
         })
         .collect();
+    let token_hash = r
+        .refresh_token
+        .as_ref()
+        .and_then(|s| cell(cells, s).ok())
+        .and_then(|c| match c.as_ref() {
+            Cell::Text(t) if !t.is_empty() => Some(token_hash(t)),
+            _ => None,
+        });
     Ok(MappedConnection {
+        token_hash,
         id: id_value,
         tenant,
         labels,

@@ -436,7 +436,12 @@ pub struct Poller {
     known_ids: Option<HashSet<u64>>,
     logged_rejections: HashSet<(String, RejectReason)>,
     failures: u32,
+    /// Keyed hashes of each connection's recent stored refresh tokens (oldest first).
+    token_history: std::collections::HashMap<u64, std::collections::VecDeque<u64>>,
 }
+
+/// Stored refresh-token values remembered per connection.
+const TOKEN_HISTORY: usize = 8;
 
 impl Poller {
     pub fn new(
@@ -448,6 +453,17 @@ impl Poller {
         failing_window: Duration,
     ) -> Result<Poller, CollectError> {
         let backend = Backend::connect(&cfg)?;
+        if cfg.mapping.refresh_token.is_some() {
+            let _ =
+                exposition
+                    .live
+                    .events
+                    .regressions
+                    .get_or_create(&crate::metrics::EventLabels {
+                        provider: handle.provider,
+                        source: cfg.name.clone(),
+                    });
+        }
         Ok(Poller {
             cfg,
             backend,
@@ -461,6 +477,7 @@ impl Poller {
             known_ids: None,
             logged_rejections: HashSet::new(),
             failures: 0,
+            token_history: std::collections::HashMap::new(),
         })
     }
 
@@ -514,9 +531,14 @@ impl Poller {
                     let mapped = map_rows(&fetched, &cfg, now);
                     let rejections = mapped.rejections;
                     let ids = mapped.ids;
+                    let hashes: Vec<(u64, u64, String)> = mapped
+                        .connections
+                        .iter()
+                        .filter_map(|c| c.token_hash.map(|h| (id_hash(&c.id), h, c.id.clone())))
+                        .collect();
                     let snap =
                         SourceSnapshot::build(mapped.connections, now, cfg.max_connections, window);
-                    (snap, rejections, ids)
+                    (snap, rejections, ids, hashes)
                 })
                 .await;
                 match built {
@@ -531,8 +553,9 @@ impl Poller {
             .get_or_create(&labels)
             .set(started.elapsed().as_secs_f64());
         match result {
-            Ok((now, (snap, rejections, ids))) => {
+            Ok((now, (snap, rejections, ids, hashes))) => {
                 self.record_rejections(&rejections);
+                self.record_token_hashes(hashes, &ids);
                 if let Some(prev) = &self.known_ids {
                     let removed = prev.difference(&ids).count() as u64;
                     if removed > 0 {
@@ -590,6 +613,36 @@ impl Poller {
             error = %e,
             "Polling the source failed; the last good values stay exported."
         );
+    }
+
+    /// Regression detection: a stored refresh token that goes back to a value seen before (a
+    /// worker wrote a stale token over the new one). Only keyed hashes are kept.
+    fn record_token_hashes(&mut self, hashes: Vec<(u64, u64, String)>, present: &HashSet<u64>) {
+        if hashes.is_empty() {
+            return;
+        }
+        for (id, h, connection) in hashes {
+            let history = self.token_history.entry(id).or_default();
+            if history.back() == Some(&h) {
+                continue;
+            }
+            if history.contains(&h) {
+                self.live
+                    .events
+                    .regressions
+                    .get_or_create(&crate::metrics::EventLabels {
+                        provider: self.handle.provider,
+                        source: self.cfg.name.clone(),
+                    })
+                    .inc();
+                tracing::warn!(source = %self.cfg.name, connection = %connection, "The stored refresh token went back to an earlier value: a stale token was written over a newer one.");
+            }
+            history.push_back(h);
+            if history.len() > TOKEN_HISTORY {
+                history.pop_front();
+            }
+        }
+        self.token_history.retain(|id, _| present.contains(id));
     }
 
     /// The one place rejected rows are counted and logged; each (connection, reason) is
