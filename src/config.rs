@@ -1332,14 +1332,7 @@ fn validate_event_table(
             "use 1-64 letters, digits, `_`, `-` or `.`",
         );
     }
-    let ident = |s: &str| {
-        s.split('.').count() <= 2
-            && s.split('.').all(|p| {
-                let mut c = p.chars();
-                matches!(c.next(), Some(ch) if ch.is_ascii_alphabetic() || ch == '_')
-                    && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
-            })
-    };
+    let ident = presets::valid_table;
     if !ident(&raw.table) {
         problems.add(
             format!("{at}.table"),

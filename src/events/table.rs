@@ -248,14 +248,7 @@ impl TablePoller {
     pub async fn run(mut self, shutdown: CancellationToken) {
         loop {
             let ok = self.poll_once().await;
-            let interval = self.cfg.store.interval;
-            let delay = if ok {
-                interval
-            } else {
-                interval
-                    .saturating_mul(2u32.saturating_pow(self.failures.saturating_sub(1).min(16)))
-                    .min(self.cfg.store.backoff_max)
-            };
+            let delay = crate::sources::next_delay(&self.cfg.store, ok, self.failures);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(delay) => {}

@@ -423,6 +423,16 @@ pub fn map_rows(
     out
 }
 
+/// Wait before the next poll: the interval after a success; after consecutive failures the
+/// interval doubled per failure, up to `backoff_max`.
+pub(crate) fn next_delay(cfg: &SourceConfig, ok: bool, failures: u32) -> Duration {
+    if ok {
+        return cfg.interval;
+    }
+    let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(16));
+    cfg.interval.saturating_mul(factor).min(cfg.backoff_max)
+}
+
 /// Runs one source.
 pub struct Poller {
     pub cfg: SourceConfig,
@@ -490,12 +500,8 @@ impl Poller {
     /// failure, up to `backoff_max`.
     pub async fn run(mut self, shutdown: CancellationToken) {
         loop {
-            let delay = if self.poll_once().await {
-                self.cfg.interval
-            } else {
-                let factor = 2u32.saturating_pow(self.failures.saturating_sub(1).min(16));
-                (self.cfg.interval.saturating_mul(factor)).min(self.cfg.backoff_max)
-            };
+            let ok = self.poll_once().await;
+            let delay = next_delay(&self.cfg, ok, self.failures);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(delay) => {}

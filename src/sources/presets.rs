@@ -45,7 +45,8 @@ pub struct Built {
     pub infer_last_refresh: Option<Inference>,
 }
 
-fn valid_table(t: &str) -> bool {
+/// `table` or `schema.table`, each part an SQL identifier (no quoting, no injection).
+pub(crate) fn valid_table(t: &str) -> bool {
     let part = |p: &str| {
         let mut c = p.chars();
         matches!(c.next(), Some(ch) if ch.is_ascii_alphabetic() || ch == '_')
