@@ -99,8 +99,12 @@ pub struct EventTable {
     /// Connection (a SQL source config: kind, DSN, timeout; its query is unused).
     pub store: SourceConfig,
     pub table: String,
-    /// Increasing integer column: the cursor.
+    /// Increasing integer column: the cursor (with `time_column`: the tie-break among rows of
+    /// one timestamp, any comparable type).
     pub id_column: String,
+    /// A timestamp column that orders the rows, for tables without an increasing id: the
+    /// cursor is then (time, id).
+    pub time_column: Option<String>,
     /// Event field (`type`, `connection`, ...) to column.
     pub columns: Vec<(&'static str, String)>,
     pub state_file: PathBuf,
@@ -655,8 +659,10 @@ struct RawEventTable {
     provider: Option<ProviderKind>,
     /// The table (or `schema.table`).
     table: String,
-    /// Increasing integer id column (default `id`).
+    /// Increasing integer id column (default `id`); with `time_column`, the tie-break.
     id_column: Option<String>,
+    /// A timestamp column ordering the rows (cursor: time, then id).
+    time_column: Option<String>,
     /// Event field to column, for columns not named like the fields.
     #[serde(default)]
     columns: BTreeMap<String, String>,
@@ -1346,6 +1352,20 @@ fn validate_event_table(
             format!("{id_column:?} is not a valid column name"),
         );
     }
+    if let Some(t) = &raw.time_column {
+        if !ident(t) || t.contains('.') {
+            problems.add(
+                format!("{at}.time_column"),
+                format!("{t:?} is not a valid column name"),
+            );
+        }
+        if *t == id_column {
+            problems.add(
+                format!("{at}.time_column"),
+                "must differ from id_column (the id breaks ties among rows of one timestamp)",
+            );
+        }
+    }
     for (k, v) in &raw.columns {
         if !EVENT_FIELDS.contains(&k.as_str()) {
             problems.add(
@@ -1439,6 +1459,16 @@ fn validate_event_table(
                         },
                     )
                 })
+                // The cursor's time, read last.
+                .chain(raw.time_column.iter().map(|_| {
+                    (
+                        "cursor_time".to_string(),
+                        FieldRef {
+                            column: "ote_cursor_time".into(),
+                            json_path: Vec::new(),
+                        },
+                    )
+                }))
                 .collect(),
         },
         provider,
@@ -1452,6 +1482,7 @@ fn validate_event_table(
         store,
         table: raw.table,
         id_column,
+        time_column: raw.time_column,
         columns,
         state_file: raw.state_file,
         start: raw.start.unwrap_or_default(),
@@ -1887,6 +1918,30 @@ extra: 1
             "{joined}"
         );
         assert!(p.len() >= 6, "{joined}");
+    }
+
+    #[test]
+    fn an_event_table_time_column_must_be_a_column_other_than_the_id() {
+        let p = problems(
+            r#"
+event_tables:
+  - {name: a, kind: sqlite, dsn: x.db, table: ev, state_file: a.cursor, time_column: id}
+  - {name: b, kind: sqlite, dsn: x.db, table: ev, state_file: b.cursor, time_column: "t; DROP"}
+"#,
+        );
+        let joined = p.join("\n");
+        assert!(
+            joined.contains("event_tables[0].time_column: must differ from id_column"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("event_tables[1].time_column: \"t; DROP\" is not a valid column name"),
+            "{joined}"
+        );
+        let c = ok(
+            "event_tables:\n  - {name: a, kind: sqlite, dsn: x.db, table: ev, state_file: a.cursor, time_column: created_at, id_column: uid}\n",
+        );
+        assert_eq!(c.event_tables[0].time_column.as_deref(), Some("created_at"));
     }
 
     #[test]

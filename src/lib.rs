@@ -16,7 +16,8 @@
 //! - [`clock`]: injected time.
 //! - [`secret`]: a string type that never prints.
 //! - [`demo`]: a live SQLite fleet for `oauth-token-exporter demo`.
-//! - [`sim`]: the simulated Xero (identity server and API) for the demo, tests and benchmarks.
+//! - [`sim`]: the simulated Xero (identity server and API) and the simulated host app (workers,
+//!   faults, its writable store) for the demo, tests and benchmarks.
 
 pub mod clock;
 pub mod config;

@@ -55,6 +55,10 @@ enum Command {
         /// Connections in the simulated fleet.
         #[arg(long, default_value_t = 40)]
         connections: usize,
+        /// How much faster than real time the simulated world runs (86400: a day per second,
+        /// so idle tenants cross 45, 55 and 60 days within a minute).
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
     },
 }
 
@@ -132,13 +136,17 @@ fn shutdown_on_signal() -> CancellationToken {
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_level, cli.log_format);
-    if let Some(Command::Demo { connections }) = cli.command {
+    if let Some(Command::Demo { connections, speed }) = cli.command {
+        if !(speed.is_finite() && speed > 0.0) {
+            anyhow::bail!("--speed must be a positive number, got {speed}");
+        }
         let listener = tokio::net::TcpListener::bind(listen_address(&cli.listen_address))
             .await
             .with_context(|| format!("cannot listen on {}", cli.listen_address))?;
         tracing::info!(address = %listener.local_addr()?, "Demo listening; open it in a browser.");
         let opts = demo::DemoOptions {
             connections,
+            speed,
             ..Default::default()
         };
         return demo::run(listener, opts, shutdown_on_signal())

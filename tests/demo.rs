@@ -32,6 +32,7 @@ async fn the_demo_serves_a_live_fleet_whose_gauges_and_counters_move() {
         connections: 40,
         tick: Duration::from_millis(10),
         poll_interval: Duration::from_secs(1),
+        speed: 1.0,
     };
     let demo = tokio::spawn(demo::run(listener, opts, shutdown.clone()));
     let mut text = String::new();
@@ -43,6 +44,10 @@ async fn the_demo_serves_a_live_fleet_whose_gauges_and_counters_move() {
         if sum(&text, "oauth_token_refresh_failures_total{provider=\"xero\",source=\"demo_proxy\",error=\"invalid_grant\"") > 0.0
             && sum(&text, "oauth_api_requests_total{") > 0.0
             && sum(&text, "oauth_refresh_token_age_seconds{") > 0.0
+            && sum(
+                &text,
+                "oauth_token_refreshes_total{provider=\"xero\",source=\"demo_events\"",
+            ) > 0.0
         {
             break;
         }
@@ -63,6 +68,13 @@ async fn the_demo_serves_a_live_fleet_whose_gauges_and_counters_move() {
     );
     assert!(sum(&text, "oauth_token_refresh_failures_total{provider=\"xero\",source=\"demo_proxy\",error=\"invalid_grant\"") > 0.0, "the changed password shows");
     assert!(sum(&text, "oauth_api_requests_total{") > 0.0);
+    assert!(
+        sum(
+            &text,
+            "oauth_token_refreshes_total{provider=\"xero\",source=\"demo_events\""
+        ) > 0.0,
+        "the app's event table is tailed"
+    );
     assert!(sum(&text, "oauth_api_rate_limit_remaining{") > 0.0);
     let landing = tokio::task::spawn_blocking(move || get(addr, "/"))
         .await

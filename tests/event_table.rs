@@ -2,6 +2,7 @@
 
 mod common;
 use common::*;
+use oauth_token_exporter::config::StoreKind;
 use oauth_token_exporter::Exporter;
 
 const EVENTS: &str = "CREATE TABLE oauth_events (id INTEGER PRIMARY KEY, type TEXT, connection TEXT, tenant TEXT, time TEXT, outcome TEXT, error TEXT, status INTEGER, detail TEXT, rate_limit_problem TEXT)";
@@ -377,4 +378,156 @@ async fn a_mariadb_event_table_is_tailed() {
         .execute(&pool)
         .await
         .unwrap();
+}
+
+/// A table without an increasing id, tailed by (time, id): ties on one timestamp split across
+/// batches, rows written while the exporter is down, and a restart.
+async fn tail_by_time_and_id(kind: StoreKind, dsn: &str, table: &str) {
+    use oauth_token_exporter::sim::store::SimStore;
+    let kind_name = match kind {
+        StoreKind::Sqlite => "sqlite",
+        StoreKind::Postgres => "postgres",
+        _ => "mysql",
+    };
+    let ts_type = match kind {
+        StoreKind::Sqlite => "TEXT",
+        StoreKind::Postgres => "TIMESTAMPTZ",
+        _ => "DATETIME(6)",
+    };
+    // A timestamp literal each store reads as UTC.
+    let ts = |s: &str| match kind {
+        StoreKind::Sqlite => format!("'2026-06-01T{s}Z'"),
+        StoreKind::Postgres => format!("'2026-06-01 {s}+00'"),
+        _ => format!("'2026-06-01 {s}'"),
+    };
+    let db = SimStore::connect(kind, dsn).await.unwrap();
+    db.execute(&format!("DROP TABLE IF EXISTS {table}"), &[])
+        .await
+        .unwrap();
+    db.execute(&format!("CREATE TABLE {table} (uid VARCHAR(40) PRIMARY KEY, type VARCHAR(10), connection VARCHAR(64), outcome VARCHAR(10), error VARCHAR(40), created_at {ts_type})"), &[]).await.unwrap();
+    let insert = |rows: Vec<(&str, String, &str)>| {
+        let values: Vec<String> = rows
+            .iter()
+            .map(|(uid, at, error)| {
+                format!("('{uid}', 'refresh', 'c-{uid}', 'failure', '{error}', {at})")
+            })
+            .collect();
+        format!(
+            "INSERT INTO {table} (uid, type, connection, outcome, error, created_at) VALUES {}",
+            values.join(", ")
+        )
+    };
+    db.execute(
+        &insert(vec![("old", ts("11:00:00.000000"), "invalid_grant")]),
+        &[],
+    )
+    .await
+    .unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let state = d.path().join("events.cursor");
+    let cfg = yaml(
+        "by_time",
+        kind_name,
+        dsn,
+        table,
+        &state,
+        "    id_column: uid\n    time_column: created_at\n    batch: 2\n    columns: {outcome: outcome, error: error}\n",
+    );
+    let failures = |e: &Exporter, error: &str| {
+        value(
+            &scrape(e),
+            "oauth_token_refresh_failures_total",
+            &[("source", "by_time"), ("error", error)],
+        )
+    };
+    let (mut e, _) = exporter(&cfg, fixed_now());
+    assert_eq!(poll_tables(&mut e).await, [true], "{}", scrape(&e));
+    assert_eq!(
+        failures(&e, "invalid_grant"),
+        0.0,
+        "the first start begins at the end"
+    );
+    // Five rows on one timestamp (ids out of insertion order), one just before, one without time.
+    let same = ts("12:00:01.250000");
+    db.execute(
+        &insert(vec![
+            ("e", same.clone(), "invalid_client"),
+            ("b", same.clone(), "invalid_client"),
+            ("d", same.clone(), "invalid_client"),
+            ("a", same.clone(), "invalid_client"),
+            ("c", same.clone(), "invalid_client"),
+            ("z", ts("12:00:00.000000"), "invalid_grant"),
+            ("untimed", "NULL".into(), "invalid_grant"),
+        ]),
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(poll_tables(&mut e).await, [true], "{}", scrape(&e));
+    assert_eq!(
+        failures(&e, "invalid_client"),
+        5.0,
+        "ties split across batches of 2"
+    );
+    assert_eq!(
+        failures(&e, "invalid_grant"),
+        1.0,
+        "rows without a time are not read"
+    );
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    assert_eq!(saved["id"], serde_json::json!({"text": "e"}), "{saved}");
+    // Restart (as after kill -9): what was written while down counts once, nothing twice.
+    drop(e);
+    db.execute(
+        &insert(vec![
+            ("f", same.clone(), "invalid_client"),
+            ("a2", ts("12:00:02.000000"), "invalid_client"),
+        ]),
+        &[],
+    )
+    .await
+    .unwrap();
+    let (mut e, _) = exporter(&cfg, fixed_now());
+    assert_eq!(poll_tables(&mut e).await, [true], "{}", scrape(&e));
+    assert_eq!(failures(&e, "invalid_client"), 2.0);
+    assert_eq!(poll_tables(&mut e).await, [true]);
+    assert_eq!(
+        failures(&e, "invalid_client"),
+        2.0,
+        "polling again counts nothing"
+    );
+    db.execute(&format!("DROP TABLE {table}"), &[])
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_sqlite_table_without_an_increasing_id_is_tailed_by_time_and_id() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("app.db");
+    tail_by_time_and_id(
+        StoreKind::Sqlite,
+        &path.display().to_string(),
+        "events_by_time",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_postgres_table_without_an_increasing_id_is_tailed_by_time_and_id() {
+    let test = "a_postgres_table_without_an_increasing_id_is_tailed_by_time_and_id";
+    if !server_or_skip(test, "PostgreSQL", &pg_url()).await {
+        return;
+    }
+    tail_by_time_and_id(StoreKind::Postgres, &pg_url(), &unique("pg_by_time")).await;
+}
+
+#[tokio::test]
+async fn a_mariadb_table_without_an_increasing_id_is_tailed_by_time_and_id() {
+    let test = "a_mariadb_table_without_an_increasing_id_is_tailed_by_time_and_id";
+    if !server_or_skip(test, "MySQL/MariaDB", &mysql_url()).await {
+        return;
+    }
+    tail_by_time_and_id(StoreKind::Mysql, &mysql_url(), &unique("my_by_time")).await;
 }

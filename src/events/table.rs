@@ -5,7 +5,7 @@
 //! read-only connections as the sources.
 
 use super::ingest::{count, event};
-use crate::config::EventTable;
+use crate::config::{EventTable, StoreKind};
 use crate::metrics::{Live, RejectReason, SourceLabels};
 use crate::sources::{Backend, CollectError};
 use crate::timestamp::Cell;
@@ -21,13 +21,60 @@ pub struct TablePoller {
     pub cfg: EventTable,
     backend: Backend,
     live: Arc<Live>,
-    cursor: Option<i64>,
+    cursor: Option<Cursor>,
     failures: u32,
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
-struct State {
-    cursor: i64,
+/// A value of the cursor, as the store gave it, so it is compared in the store's own terms.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CursorValue {
+    Int(i64),
+    Float(f64),
+    Text(String),
+    Time(chrono::DateTime<chrono::Utc>),
+}
+
+impl CursorValue {
+    fn from_cell(c: &Cell) -> Option<CursorValue> {
+        Some(match c {
+            Cell::Int(i) => CursorValue::Int(*i),
+            Cell::Float(f) if f.is_finite() => CursorValue::Float(*f),
+            Cell::Text(s) => CursorValue::Text(s.clone()),
+            Cell::Time(t) => CursorValue::Time(*t),
+            _ => return None,
+        })
+    }
+
+    /// The value as an SQL literal of the store's dialect. Text is quoted with doubled quotes;
+    /// a backslash (which MySQL would read as an escape) is refused rather than guessed at.
+    fn literal(&self, kind: StoreKind) -> Result<String, String> {
+        Ok(match self {
+            CursorValue::Int(i) => i.to_string(),
+            CursorValue::Float(f) => format!("{f:?}"),
+            CursorValue::Text(s) if s.contains('\\') || s.contains('\0') => {
+                return Err("holds a backslash or NUL, which cannot be compared portably".into())
+            }
+            CursorValue::Text(s) => format!("'{}'", s.replace('\'', "''")),
+            CursorValue::Time(t) => match kind {
+                StoreKind::Postgres => format!("'{}'", t.format("%Y-%m-%d %H:%M:%S%.6f+00")),
+                _ => format!("'{}'", t.format("%Y-%m-%d %H:%M:%S%.6f")),
+            },
+        })
+    }
+}
+
+/// Where the next read starts: after an increasing integer id, or after a (time, id) pair.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Cursor {
+    Id {
+        cursor: i64,
+    },
+    TimeId {
+        time: Option<CursorValue>,
+        id: Option<CursorValue>,
+    },
 }
 
 fn cell_json(c: &Cell) -> Option<serde_json::Value> {
@@ -57,38 +104,92 @@ impl TablePoller {
         })
     }
 
-    /// The cursor as last persisted (for tests and the landing page).
+    /// The id cursor as last persisted (for tests).
     pub fn cursor(&self) -> Option<i64> {
-        self.cursor
+        match self.cursor {
+            Some(Cursor::Id { cursor }) => Some(cursor),
+            _ => None,
+        }
     }
 
-    fn select(&self, what_id: &str, tail: &str) -> String {
-        let cols: Vec<String> = self
+    /// The cursor as last persisted, whichever its kind.
+    pub fn position(&self) -> Option<&Cursor> {
+        self.cursor.as_ref()
+    }
+
+    /// `SELECT <id> AS ote_id, <fields>, [<time> AS ote_cursor_time] FROM <table><tail>`; with
+    /// `blank`, the fields are NULL (queries that only want the cursor).
+    fn select(&self, id: &str, blank: bool, tail: &str) -> String {
+        let mut cols: Vec<String> = self
             .cfg
             .columns
             .iter()
             .map(|(f, c)| {
-                if what_id.starts_with("COALESCE") {
+                if blank {
                     format!("NULL AS ote_{f}")
                 } else {
                     format!("{c} AS ote_{f}")
                 }
             })
             .collect();
+        if let Some(t) = &self.cfg.time_column {
+            cols.push(format!("{t} AS ote_cursor_time"));
+        }
         format!(
-            "SELECT {what_id} AS ote_id, {} FROM {}{tail}",
+            "SELECT {id} AS ote_id, {} FROM {}{tail}",
             cols.join(", "),
             self.cfg.table
         )
     }
 
-    fn persist(&self, cursor: i64) -> Result<(), CollectError> {
+    /// The query for the next batch after `cursor`.
+    fn next_batch(&self, cursor: &Cursor) -> Result<String, CollectError> {
+        let id = &self.cfg.id_column;
+        let limit = self.cfg.batch;
+        let kind = self.cfg.store.kind;
+        let lit = |v: &CursorValue, what: &str| {
+            v.literal(kind).map_err(|e| {
+                CollectError::Document(format!(
+                    "the cursor's {what} ({}) {e}",
+                    match what {
+                        "time" => self.cfg.time_column.as_deref().unwrap_or(""),
+                        _ => id,
+                    }
+                ))
+            })
+        };
+        let tail = match (cursor, &self.cfg.time_column) {
+            (Cursor::Id { cursor }, _) => {
+                format!(" WHERE {id} > {cursor} ORDER BY {id} LIMIT {limit}")
+            }
+            (Cursor::TimeId { time, id: last }, Some(t)) => {
+                let after = match (time, last) {
+                    (Some(tv), Some(iv)) => {
+                        let (tl, il) = (lit(tv, "time")?, lit(iv, "id")?);
+                        format!(" WHERE ({t} > {tl} OR ({t} = {tl} AND {id} > {il}))")
+                    }
+                    (Some(tv), None) => format!(" WHERE {t} > {}", lit(tv, "time")?),
+                    _ => format!(" WHERE {t} IS NOT NULL"),
+                };
+                format!("{after} AND {t} IS NOT NULL ORDER BY {t}, {id} LIMIT {limit}")
+            }
+            (Cursor::TimeId { .. }, None) => {
+                return Err(CollectError::Document(format!(
+                    "the state file {} holds a time cursor but time_column is not set; remove it to start again",
+                    self.cfg.state_file.display()
+                )))
+            }
+        };
+        Ok(self.select(id, false, &tail))
+    }
+
+    fn persist(&self, cursor: &Cursor) -> Result<(), CollectError> {
         let path = &self.cfg.state_file;
         let tmp = path.with_extension("tmp");
         let write = || -> std::io::Result<()> {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(
-                serde_json::to_string(&State { cursor })
+                serde_json::to_string(cursor)
                     .expect("serialisable")
                     .as_bytes(),
             )?;
@@ -103,17 +204,22 @@ impl TablePoller {
         })
     }
 
-    async fn initial_cursor(&mut self) -> Result<i64, CollectError> {
+    async fn initial_cursor(&mut self) -> Result<Cursor, CollectError> {
         match std::fs::read_to_string(&self.cfg.state_file) {
             Ok(text) => {
-                return serde_json::from_str::<State>(&text)
-                    .map(|s| s.cursor)
-                    .map_err(|_| {
-                        CollectError::Document(format!(
-                            "the state file {} is not a cursor; remove it to start again",
-                            self.cfg.state_file.display()
-                        ))
-                    })
+                let c = serde_json::from_str::<Cursor>(&text).map_err(|_| {
+                    CollectError::Document(format!(
+                        "the state file {} is not a cursor; remove it to start again",
+                        self.cfg.state_file.display()
+                    ))
+                })?;
+                if matches!(c, Cursor::Id { .. }) && self.cfg.time_column.is_some() {
+                    return Err(CollectError::Document(format!(
+                        "the state file {} holds an id cursor but time_column is set; remove it to start again",
+                        self.cfg.state_file.display()
+                    )));
+                }
+                return Ok(c);
             }
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(CollectError::Document(format!(
@@ -123,56 +229,99 @@ impl TablePoller {
             }
             Err(_) => {}
         }
-        let cursor = match self.cfg.start {
-            crate::config::EventStart::Beginning => 0,
-            crate::config::EventStart::End => {
-                let q = self.select(&format!("COALESCE(MAX({}), 0)", self.cfg.id_column), "");
+        let id = &self.cfg.id_column;
+        let cursor = match (self.cfg.start, &self.cfg.time_column) {
+            (crate::config::EventStart::Beginning, None) => Cursor::Id { cursor: 0 },
+            (crate::config::EventStart::Beginning, Some(_)) => Cursor::TimeId {
+                time: None,
+                id: None,
+            },
+            (crate::config::EventStart::End, None) => {
+                let q = self.select(&format!("COALESCE(MAX({id}), 0)"), true, "");
                 let f = self
                     .backend
                     .fetch_query(&q, &self.cfg.store.mapping)
                     .await?;
-                f.rows.first().and_then(|r| id_of(&r[0])).unwrap_or(0)
+                Cursor::Id {
+                    cursor: f.rows.first().and_then(|r| id_of(&r[0])).unwrap_or(0),
+                }
+            }
+            (crate::config::EventStart::End, Some(t)) => {
+                let q = self.select(
+                    id,
+                    true,
+                    &format!(" WHERE {t} IS NOT NULL ORDER BY {t} DESC, {id} DESC LIMIT 1"),
+                );
+                let f = self
+                    .backend
+                    .fetch_query(&q, &self.cfg.store.mapping)
+                    .await?;
+                let last = f.rows.first();
+                Cursor::TimeId {
+                    time: last.and_then(|r| r.last()).and_then(CursorValue::from_cell),
+                    id: last.and_then(|r| CursorValue::from_cell(&r[0])),
+                }
             }
         };
-        self.persist(cursor)?;
+        self.persist(&cursor)?;
         Ok(cursor)
     }
 
     /// Read and count every new event (up to the per-poll limit).
     async fn drain(&mut self) -> Result<usize, CollectError> {
-        let mut cursor = match self.cursor {
+        let mut cursor = match self.cursor.clone() {
             Some(c) => c,
             None => {
                 let c = self.initial_cursor().await?;
-                self.cursor = Some(c);
+                self.cursor = Some(c.clone());
                 c
             }
         };
         let provider = self.cfg.store.provider.kind;
+        let fields = self.cfg.columns.len();
         let mut counted = 0;
         for _ in 0..MAX_BATCHES_PER_POLL {
-            let q = self.select(
-                &self.cfg.id_column,
-                &format!(
-                    " WHERE {id} > {cursor} ORDER BY {id} LIMIT {}",
-                    self.cfg.batch,
-                    id = self.cfg.id_column
-                ),
-            );
+            let q = self.next_batch(&cursor)?;
             let fetched = self
                 .backend
                 .fetch_query(&q, &self.cfg.store.mapping)
                 .await?;
             let n = fetched.rows.len();
             for row in &fetched.rows {
-                let Some(id) = id_of(&row[0]) else {
-                    return Err(CollectError::Document(format!(
-                        "{} is not an integer id column",
-                        self.cfg.id_column
-                    )));
+                let row_id = row[0].as_label().unwrap_or_default();
+                let next = match &cursor {
+                    Cursor::Id { cursor } => match id_of(&row[0]) {
+                        Some(id) => Cursor::Id {
+                            cursor: (*cursor).max(id),
+                        },
+                        None => {
+                            return Err(CollectError::Document(format!(
+                                "{} is not an integer id column (add time_column to order by a timestamp)",
+                                self.cfg.id_column
+                            )))
+                        }
+                    },
+                    Cursor::TimeId { .. } => {
+                        match (
+                            CursorValue::from_cell(&row[fields + 1]),
+                            CursorValue::from_cell(&row[0]),
+                        ) {
+                            (Some(t), Some(i)) => Cursor::TimeId {
+                                time: Some(t),
+                                id: Some(i),
+                            },
+                            _ => {
+                                return Err(CollectError::Document(format!(
+                                    "row {row_id:?}: {} and {} must be a timestamp, number or string",
+                                    self.cfg.time_column.as_deref().unwrap_or(""),
+                                    self.cfg.id_column
+                                )))
+                            }
+                        }
+                    }
                 };
                 let mut obj = serde_json::Map::new();
-                for ((field, _), cell) in self.cfg.columns.iter().zip(&row[1..]) {
+                for ((field, _), cell) in self.cfg.columns.iter().zip(&row[1..=fields]) {
                     if let Some(mut v) = cell_json(cell) {
                         if *field == "status" {
                             if let Some(n) = v.as_str().and_then(|s| s.trim().parse::<u16>().ok()) {
@@ -190,16 +339,16 @@ impl TablePoller {
                     Err((field, error)) => {
                         self.live
                             .row_rejected(&self.cfg.name, RejectReason::InvalidEvent, 1);
-                        tracing::warn!(source = %self.cfg.name, row_id = id, field = %field, error = %error, "Event row rejected; the other rows are counted.");
+                        tracing::warn!(source = %self.cfg.name, row_id = %row_id, field = %field, error = %error, "Event row rejected; the other rows are counted.");
                     }
                 }
-                cursor = cursor.max(id);
+                cursor = next;
             }
             // Advance in memory first: a state file that cannot be written must not make the
             // same rows count twice in this process.
-            self.cursor = Some(cursor);
+            self.cursor = Some(cursor.clone());
             if n > 0 {
-                self.persist(cursor)?;
+                self.persist(&cursor)?;
             }
             if n < self.cfg.batch {
                 break;

@@ -7,4 +7,11 @@
 //!   break connections (password change, user removed, app disconnected, client secret
 //!   rotated, a platform incident).
 
+//! - [`store`]: the host app's writable connection to SQLite, PostgreSQL or MySQL.
+//! - [`host_app`]: a simulated host app whose workers sync tenants through the simulated Xero
+//!   and store their tokens, with faults on demand (racing workers, a stale write-back, a retry
+//!   loop, an idle tenant).
+
+pub mod host_app;
+pub mod store;
 pub mod xero;

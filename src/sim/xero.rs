@@ -150,7 +150,18 @@ impl SimXero {
 
     /// A user consents: a new token set for `client_id` covering `tenants`.
     pub fn authorize(&self, client_id: &str, user_id: &str, tenants: &[String]) -> TokenResponse {
-        let now = self.clock.now();
+        self.authorize_at(client_id, user_id, tenants, self.clock.now())
+    }
+
+    /// Like [`SimXero::authorize`], as if the consent (or the last refresh) happened at `now`:
+    /// seeds a fleet whose refresh tokens are already days old.
+    pub fn authorize_at(
+        &self,
+        client_id: &str,
+        user_id: &str,
+        tenants: &[String],
+        now: DateTime<Utc>,
+    ) -> TokenResponse {
         let mut w = self.world();
         let resp = TokenResponse {
             id_token: random_token("idt_"),
