@@ -5,7 +5,9 @@
 //!   templated description, a runbook in alerts/runbooks/, and promtool cases that fire and that
 //!   do not fire yet; the list of names is alerts/ALERTS.txt (a ratchet);
 //! - alerts/kubernetes/prometheusrule.yaml is generated from the rules file
-//!   (`UPDATE_GENERATED=1 cargo test --test alerts` rewrites it);
+//!   (`UPDATE_GENERATED=1 cargo test --test shipped` rewrites it);
+//! - every dashboard: importable JSON with a stable uid, a datasource variable, no hard-coded
+//!   instance;
 //! - every `oauth_*` metric a rule or dashboard uses is one the exporter exports;
 //! - `amtool check-config` and `amtool config routes test` on examples/alertmanager.yml;
 //! - `promtool check config` on examples/prometheus.yml.
@@ -210,7 +212,7 @@ fn prometheus_rule() -> String {
     let body: Vec<&str> = src.lines().skip_while(|l| l.starts_with('#')).collect();
     let mut out = String::from(
         "# Generated from alerts/oauth-token-exporter.rules.yml; do not edit.\n\
-         # Regenerate: UPDATE_GENERATED=1 cargo test --test alerts\n\
+         # Regenerate: UPDATE_GENERATED=1 cargo test --test shipped\n\
          apiVersion: monitoring.coreos.com/v1\n\
          kind: PrometheusRule\n\
          metadata:\n\
@@ -242,7 +244,7 @@ fn the_kubernetes_prometheus_rule_is_generated_from_the_rules_file() {
     let got = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         got == want,
-        "{} is out of date: run UPDATE_GENERATED=1 cargo test --test alerts",
+        "{} is out of date: run UPDATE_GENERATED=1 cargo test --test shipped",
         path.display()
     );
     // And they mean the same rules.
@@ -487,5 +489,66 @@ fn promtool_accepts_the_prometheus_example_with_the_rules_installed_beside_it() 
     assert!(
         out.contains("SUCCESS: 23 rules found") || out.contains("SUCCESS"),
         "{out}"
+    );
+}
+
+#[test]
+fn every_dashboard_is_importable_with_a_stable_uid_and_a_datasource_variable() {
+    let mut uids = BTreeSet::new();
+    for entry in std::fs::read_dir(root().join("dashboards")).unwrap() {
+        let path = entry.unwrap().path();
+        let d: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let file = path.file_stem().unwrap().to_string_lossy().to_string();
+        let uid = d["uid"].as_str().unwrap_or("");
+        assert_eq!(uid, file, "{}: the uid is the file name", path.display());
+        assert!(uids.insert(uid.to_string()), "duplicate uid {uid}");
+        assert!(d["title"].as_str().is_some_and(|t| !t.is_empty()));
+        assert!(
+            d.get("id").is_none_or(Value::is_null),
+            "{uid}: no instance-specific id"
+        );
+        let vars = d["templating"]["list"].as_array().unwrap();
+        assert!(
+            vars.iter()
+                .any(|v| v["type"] == "datasource" && v["query"] == "prometheus"),
+            "{uid}: a Prometheus datasource variable"
+        );
+        let mut ids = BTreeSet::new();
+        for p in panels(&d) {
+            let title = p["title"].as_str().unwrap_or("");
+            assert!(
+                ids.insert(p["id"].as_i64().unwrap()),
+                "{uid}: panel ids are unique"
+            );
+            assert!(
+                p["gridPos"]["w"].as_i64().is_some(),
+                "{uid}/{title}: gridPos"
+            );
+            if p["type"] == "row" {
+                continue;
+            }
+            assert_eq!(
+                p["datasource"]["uid"], "${datasource}",
+                "{uid}/{title}: the panel uses the datasource variable"
+            );
+            let targets = p["targets"].as_array().unwrap();
+            assert!(!targets.is_empty(), "{uid}/{title}: no query");
+            for t in targets {
+                let e = t["expr"].as_str().unwrap();
+                assert!(
+                    !e.contains("instance=\""),
+                    "{uid}/{title}: hard-coded instance in {e}"
+                );
+                assert_eq!(t["datasource"]["uid"], "${datasource}", "{uid}/{title}");
+            }
+        }
+    }
+    assert_eq!(
+        uids.into_iter().collect::<Vec<_>>(),
+        [
+            "oauth-connection",
+            "oauth-exporter-health",
+            "oauth-fleet-overview"
+        ]
     );
 }
