@@ -18,13 +18,6 @@ use std::sync::Arc;
 
 const INGEST_TOKEN: &str = "ingest-token-0123456789";
 
-async fn serve(router: axum::Router) -> String {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", l.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(l, router).await.unwrap() });
-    url
-}
-
 /// How the app reports its events in a scenario (the proxy sees its calls in every one).
 #[derive(Clone, Copy, PartialEq)]
 enum Report {

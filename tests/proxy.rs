@@ -16,13 +16,6 @@ struct Setup {
     tenant: String,
 }
 
-async fn serve(router: axum::Router) -> String {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", l.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(l, router).await.unwrap() });
-    url
-}
-
 async fn setup(upstream: Option<String>) -> Setup {
     oauth_token_exporter::sources::install_tls_provider();
     let clock = ManualClock::new(fixed_now());

@@ -13,14 +13,11 @@
 //! - `promtool check config` on examples/prometheus.yml.
 
 mod common;
+use common::{root, scrape, serve, tool};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn yaml(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -28,22 +25,6 @@ fn yaml(path: &Path) -> Value {
 }
 
 const RULES: &str = "alerts/oauth-token-exporter.rules.yml";
-
-/// The tool, or `None` (the test is skipped by name; mandatory under `CI=true`).
-fn tool(test: &str, name: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join(name))
-            .find(|f| f.is_file())
-    });
-    if found.is_none() {
-        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-            panic!("{test}: {name} is not installed and CI=true makes it mandatory");
-        }
-        eprintln!("SKIPPED {test}: {name} is not installed (Debian packages prometheus, prometheus-alertmanager)");
-    }
-    found
-}
 
 /// Run a tool; its standard output (the test fails with both outputs if it fails).
 fn run(cmd: &mut Command) -> String {
@@ -77,7 +58,7 @@ fn alerts() -> Vec<Value> {
 #[test]
 fn promtool_accepts_the_rules_and_every_unit_test_passes() {
     let test = "promtool_accepts_the_rules_and_every_unit_test_passes";
-    let Some(promtool) = tool(test, "promtool") else {
+    let Some(promtool) = tool(test, &["promtool"]) else {
         return;
     };
     run(Command::new(&promtool)
@@ -387,18 +368,11 @@ async fn exported_names() -> BTreeSet<String> {
         .await
         .unwrap();
     assert_eq!(answer.status(), 200);
-    common::scrape(&e)
+    scrape(&e)
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .map(|l| l.split(' ').next().unwrap().to_string())
         .collect()
-}
-
-async fn serve(router: axum::Router) -> String {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", l.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(l, router).await.unwrap() });
-    url
 }
 
 #[tokio::test]
@@ -435,7 +409,7 @@ fn the_metric_name_scanner_skips_recording_rules() {
 #[test]
 fn amtool_accepts_the_alertmanager_example_and_routes_by_severity() {
     let test = "amtool_accepts_the_alertmanager_example_and_routes_by_severity";
-    let Some(amtool) = tool(test, "amtool") else {
+    let Some(amtool) = tool(test, &["amtool"]) else {
         return;
     };
     let config = root().join("examples/alertmanager.yml");
@@ -469,7 +443,7 @@ fn amtool_accepts_the_alertmanager_example_and_routes_by_severity() {
 #[test]
 fn promtool_accepts_the_prometheus_example_with_the_rules_installed_beside_it() {
     let test = "promtool_accepts_the_prometheus_example_with_the_rules_installed_beside_it";
-    let Some(promtool) = tool(test, "promtool") else {
+    let Some(promtool) = tool(test, &["promtool"]) else {
         return;
     };
     let d = tempfile::tempdir().unwrap();

@@ -188,6 +188,20 @@ impl SimXero {
         resp
     }
 
+    /// Time passes for the token sets covering `tenant_id` (and nobody refreshes them): their
+    /// last refresh moves `by` into the past, so a test can age one grant past 60 days.
+    pub fn age_grants(&self, tenant_id: &str, by: Duration) {
+        for g in self
+            .world()
+            .grants
+            .iter_mut()
+            .filter(|g| g.tenants.iter().any(|t| t == tenant_id))
+        {
+            g.refreshed_at -= by;
+            g.access_expires -= by;
+        }
+    }
+
     /// The user changes their password: every token set they authorised is revoked.
     pub fn change_password(&self, user_id: &str) {
         for g in self

@@ -24,7 +24,7 @@ pub fn mysql_url() -> String {
     std::env::var("OTE_TEST_MYSQL_URL").unwrap_or_else(|_| MYSQL_URL_DEFAULT.into())
 }
 
-fn ci() -> bool {
+pub fn ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
@@ -214,4 +214,37 @@ pub async fn sqlite_db(
             .unwrap_or_else(|e| panic!("{s}: {e}"));
     }
     (dir, path, pool)
+}
+
+/// Serve `router` on a fresh local port; its base URL.
+pub async fn serve(router: axum::Router) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, router).await.unwrap() });
+    url
+}
+
+/// The repository's root.
+pub fn root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The first of `names` on the PATH, or `None`: the test is skipped by name (mandatory under
+/// `CI=true`).
+pub fn tool(test: &str, names: &[&str]) -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .flat_map(|d| names.iter().map(move |n| d.join(n)))
+            .find(|f| f.is_file())
+    });
+    if found.is_none() {
+        if ci() {
+            panic!("{test}: {names:?} is not installed and CI=true makes it mandatory");
+        }
+        eprintln!(
+            "SKIPPED {test}: {} is not installed (Debian packages prometheus, prometheus-alertmanager)",
+            names[0]
+        );
+    }
+    found
 }

@@ -1,0 +1,881 @@
+//! End to end: the real binary, fed by the simulated Xero and the simulated host app, scraped
+//! by a real Prometheus (Debian package `prometheus`) that evaluates the shipped rules and
+//! sends to a real Alertmanager (`prometheus-alertmanager`) running the shipped routing and
+//! inhibition (examples/alertmanager.yml), which posts to a webhook receiver in this test. For
+//! each failure scenario of XERO.md, the expected alerts arrive at the expected receivers, and
+//! no others.
+//!
+//! Time: Prometheus and the exporter run on real time. The shipped rules are used as they are,
+//! except that every `for:` is divided by [`FOR_SCALE`] (promtool's unit tests check the real
+//! durations). "Ten days pass" for an idle tenant is its stored last refresh moving ten days
+//! back, which is all the exporter can see of time passing.
+
+mod common;
+use axum::extract::{Path, State};
+use axum::routing::post;
+use common::*;
+use oauth_token_exporter::clock::{SharedClock, SystemClock};
+use oauth_token_exporter::config::StoreKind;
+use oauth_token_exporter::secret::Secret;
+use oauth_token_exporter::sim::host_app::{EventSink, HostApp, HostAppOptions, Synced};
+use oauth_token_exporter::sim::store::SimStore;
+use oauth_token_exporter::sim::xero::SimXero;
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Every `for:` of the shipped rules is divided by this (5m becomes 10s).
+const FOR_SCALE: u64 = 30;
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn yaml_file(path: &std::path::Path) -> Value {
+    serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn seconds(d: &str) -> u64 {
+    let (n, unit) = d.split_at(d.len() - 1);
+    let n: u64 = n.parse().unwrap_or_else(|_| panic!("duration {d}"));
+    n * match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => panic!("duration {d}"),
+    }
+}
+
+/// The shipped rules with every `for:` divided by [`FOR_SCALE`] (JSON is YAML to Prometheus).
+fn scaled_rules() -> String {
+    let mut rules = yaml_file(&root().join("alerts/oauth-token-exporter.rules.yml"));
+    for g in rules["groups"].as_array_mut().unwrap() {
+        for r in g["rules"].as_array_mut().unwrap() {
+            if let Some(f) = r.get("for").and_then(Value::as_str) {
+                r["for"] = format!("{}s", (seconds(f) / FOR_SCALE).max(1)).into();
+            }
+        }
+    }
+    rules.to_string()
+}
+
+/// The shipped Alertmanager config with every receiver posting to `hook/<receiver>` and the
+/// waits shortened; routes and inhibition rules as shipped.
+fn alertmanager_config(hook: &str) -> String {
+    let mut am = yaml_file(&root().join("examples/alertmanager.yml"));
+    for r in am["receivers"].as_array_mut().unwrap() {
+        let name = r["name"].as_str().unwrap().to_string();
+        *r = json!({"name": name, "webhook_configs": [{"url": format!("{hook}/{name}"), "send_resolved": true}]});
+    }
+    am["route"]["group_wait"] = "1s".into();
+    am["route"]["group_interval"] = "1s".into();
+    am["route"]["repeat_interval"] = "1h".into();
+    for r in am["route"]["routes"].as_array_mut().unwrap() {
+        if let Some(o) = r.as_object_mut() {
+            o.remove("repeat_interval");
+        }
+    }
+    am.to_string()
+}
+
+/// One notification as the webhook received it.
+#[derive(Debug, Clone)]
+struct Notification {
+    receiver: String,
+    status: String,
+    alertname: String,
+    labels: Value,
+}
+
+type Hook = Arc<Mutex<Vec<Notification>>>;
+
+async fn receive(State(hook): State<Hook>, Path(receiver): Path<String>, body: String) {
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let mut got = hook.lock().unwrap();
+    for a in v["alerts"].as_array().unwrap() {
+        got.push(Notification {
+            receiver: receiver.clone(),
+            status: a["status"].as_str().unwrap().to_string(),
+            alertname: a["labels"]["alertname"].as_str().unwrap().to_string(),
+            labels: a["labels"].clone(),
+        });
+    }
+}
+
+/// A child process killed when dropped; its output goes to a file kept for failures.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn start(cmd: &mut Command, log: PathBuf) -> Proc {
+        let out = std::fs::File::create(&log).unwrap();
+        let child = cmd
+            .stdout(Stdio::from(out.try_clone().unwrap()))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+        Proc { child, log }
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn wait_ready(http: &reqwest::Client, url: &str, what: &Proc) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = http.get(url).send().await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{url} never became ready:\n{}",
+            what.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The store the scenario's host app keeps its tokens in.
+enum Store {
+    Sqlite,
+    /// PostgreSQL; the exporter reads it through a fault proxy that can cut it.
+    Postgres {
+        schema: String,
+        proxy: FaultProxy,
+    },
+}
+
+struct Stack {
+    app: HostApp,
+    sim: SimXero,
+    clock: SharedClock,
+    http: reqwest::Client,
+    exporter_url: String,
+    prom_url: String,
+    hook: Hook,
+    store: Store,
+    procs: Vec<Proc>,
+    _dir: tempfile::TempDir,
+}
+
+impl Stack {
+    async fn start(test: &str, store: Store) -> Option<Stack> {
+        let prometheus = tool(test, &["prometheus"])?;
+        let alertmanager = tool(test, &["prometheus-alertmanager", "alertmanager"])?;
+        oauth_token_exporter::sources::install_tls_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let http = reqwest::Client::new();
+        let clock: SharedClock = Arc::new(SystemClock);
+        let sim = SimXero::new(clock.clone());
+        sim.add_client("app", "s3cret-client");
+        let sim_url = serve(sim.router()).await;
+        let (web, proxy_port) = (free_port(), free_port());
+        let (kind, app_dsn, exporter_dsn, prefix) = match &store {
+            Store::Sqlite => {
+                let db = dir.path().join("host.db").display().to_string();
+                ("sqlite", db.clone(), db, String::new())
+            }
+            Store::Postgres { schema, proxy } => {
+                let url = pg_url();
+                let via_proxy = url.replace("127.0.0.1:5432", &proxy.addr.to_string());
+                ("postgres", url, via_proxy, format!("{schema}."))
+            }
+        };
+        let sim_store = SimStore::connect(
+            if kind == "sqlite" {
+                StoreKind::Sqlite
+            } else {
+                StoreKind::Postgres
+            },
+            &app_dsn,
+        )
+        .await
+        .unwrap();
+        if let Store::Postgres { schema, .. } = &store {
+            sim_store
+                .execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"), &[])
+                .await
+                .unwrap();
+            sim_store
+                .execute(&format!("CREATE SCHEMA {schema}"), &[])
+                .await
+                .unwrap();
+        }
+        let app = HostApp::new(
+            sim_store,
+            HostAppOptions {
+                prefix: prefix.clone(),
+                xero_url: format!("http://127.0.0.1:{proxy_port}"),
+                client_id: "app".into(),
+                client_secret: Secret::new("s3cret-client"),
+                sink: EventSink::Table,
+            },
+            sim.clone(),
+            clock.clone(),
+        );
+        app.create_schema().await.unwrap();
+        // The exporter: the app's tokens, its event table and its Xero traffic.
+        let config = dir.path().join("exporter.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  poll_interval: 1s\n  poll_timeout: 1s\n\
+                 sources:\n  - name: app\n    kind: {kind}\n    dsn: {exporter_dsn}\n\
+                 \x20   query: SELECT id, tenant_id, tenant_name, refresh_token, expires_at, refreshed_at, status FROM {prefix}xero_tokens\n\
+                 \x20   fields: {{connection: id, tenant: tenant_id, last_refresh: refreshed_at, access_expires: expires_at, status: status, refresh_token: refresh_token}}\n\
+                 \x20   labels: {{tenant_name: tenant_name}}\n\
+                 event_tables:\n  - name: app_events\n    kind: {kind}\n    dsn: {exporter_dsn}\n    table: {prefix}oauth_events\n\
+                 \x20   state_file: {}\n    start: beginning\n    interval: 1s\n    timeout: 1s\n\
+                 proxy:\n  source: proxy\n  identity_url: {sim_url}\n  api_url: {sim_url}\n  timeout: 5s\n",
+                dir.path().join("events.cursor").display()
+            ),
+        )
+        .unwrap();
+        let exporter = Proc::start(
+            Command::new(env!("CARGO_BIN_EXE_oauth-token-exporter"))
+                .arg("--config.file")
+                .arg(&config)
+                .args([
+                    format!("--web.listen-address=127.0.0.1:{web}"),
+                    format!("--proxy.listen-address=127.0.0.1:{proxy_port}"),
+                ]),
+            dir.path().join("exporter.log"),
+        );
+        let exporter_url = format!("http://127.0.0.1:{web}");
+        // The webhook and Alertmanager.
+        let hook: Hook = Arc::default();
+        let hook_url = serve(
+            axum::Router::new()
+                .route("/{receiver}", post(receive))
+                .with_state(hook.clone()),
+        )
+        .await;
+        let am_port = free_port();
+        let am_config = dir.path().join("alertmanager.yml");
+        std::fs::write(&am_config, alertmanager_config(&hook_url)).unwrap();
+        let am = Proc::start(
+            Command::new(alertmanager)
+                .arg(format!("--config.file={}", am_config.display()))
+                .arg(format!(
+                    "--storage.path={}",
+                    dir.path().join("am").display()
+                ))
+                .arg(format!("--web.listen-address=127.0.0.1:{am_port}"))
+                .arg("--cluster.listen-address="),
+            dir.path().join("alertmanager.log"),
+        );
+        // Prometheus with the shipped rules.
+        let prom_port = free_port();
+        std::fs::write(dir.path().join("rules.yml"), scaled_rules()).unwrap();
+        let prom_config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &prom_config,
+            json!({
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "rule_files": [dir.path().join("rules.yml")],
+                "alerting": {"alertmanagers": [{"static_configs": [{"targets": [format!("127.0.0.1:{am_port}")]}]}]},
+                "scrape_configs": [{"job_name": "oauth-token-exporter", "static_configs": [{"targets": [format!("127.0.0.1:{web}")]}]}]
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let prom = Proc::start(
+            Command::new(prometheus)
+                .arg(format!("--config.file={}", prom_config.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.path().join("prom").display()
+                ))
+                .arg(format!("--web.listen-address=127.0.0.1:{prom_port}")),
+            dir.path().join("prometheus.log"),
+        );
+        let prom_url = format!("http://127.0.0.1:{prom_port}");
+        wait_ready(&http, &format!("{exporter_url}/-/healthy"), &exporter).await;
+        wait_ready(&http, &format!("http://127.0.0.1:{am_port}/-/ready"), &am).await;
+        wait_ready(&http, &format!("{prom_url}/-/ready"), &prom).await;
+        Some(Stack {
+            app,
+            sim,
+            clock,
+            http,
+            exporter_url,
+            prom_url,
+            hook,
+            store,
+            procs: vec![exporter, am, prom],
+            _dir: dir,
+        })
+    }
+
+    /// Connect tenants `(id, user)`, last refreshed `ago` (their access tokens are expired
+    /// when `ago` is over 30 minutes, so the next sync refreshes).
+    async fn fleet(&self, tenants: &[(&str, &str)], ago: chrono::Duration) {
+        for (id, user) in tenants {
+            self.app
+                .connect_tenant(id, &format!("Org {id}"), user, Some(self.clock.now() - ago))
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Wait until Prometheus has scraped every connection and the source is up.
+    async fn settled(&self, connections: usize) {
+        self.until("the first scrapes", Duration::from_secs(30), || async {
+            let v = self
+                .query("count(oauth_refresh_token_age_seconds) and on() oauth_exporter_source_up{source=\"app\"} == 1")
+                .await;
+            v.first()
+                .and_then(|s| s["value"][1].as_str()?.parse::<usize>().ok())
+                == Some(connections)
+        })
+        .await;
+    }
+
+    async fn query(&self, promql: &str) -> Vec<Value> {
+        let r: Value = self
+            .http
+            .get(format!(
+                "{}/api/v1/query?query={}",
+                self.prom_url,
+                percent_encode(promql)
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(r["status"], "success", "{promql}: {r}");
+        r["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Alerts firing in Prometheus (before Alertmanager's inhibition).
+    async fn prometheus_firing(&self) -> BTreeSet<String> {
+        let r: Value = self
+            .http
+            .get(format!("{}/api/v1/alerts", self.prom_url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        r["data"]["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["state"] == "firing")
+            .map(|a| a["labels"]["alertname"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    fn notifications(&self) -> Vec<Notification> {
+        self.hook.lock().unwrap().clone()
+    }
+
+    fn delivered(&self, status: &str) -> BTreeSet<String> {
+        self.notifications()
+            .iter()
+            .filter(|n| n.status == status)
+            .map(|n| n.alertname.clone())
+            .collect()
+    }
+
+    async fn until<F, Fut>(&self, what: &str, limit: Duration, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + limit;
+        while !check().await {
+            if Instant::now() > deadline {
+                let firing = self.prometheus_firing().await;
+                panic!(
+                    "{what}: not within {limit:?}\nnotifications: {:#?}\nfiring in Prometheus: {firing:?}\nexporter log:\n{}\nprometheus log:\n{}",
+                    self.notifications(),
+                    self.procs[0].log_tail(),
+                    self.procs[2].log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Wait for `expected` to be delivered firing, let a few more evaluations pass, and
+    /// check that nothing else was.
+    async fn expect_alerts(&self, expected: &[(&str, &str)]) {
+        let want: BTreeSet<String> = expected.iter().map(|(a, _)| a.to_string()).collect();
+        self.until(
+            &format!("alerts {want:?} delivered"),
+            Duration::from_secs(90),
+            || async { want.is_subset(&self.delivered("firing")) },
+        )
+        .await;
+        // Longer than every scaled `for` of an alert that could wrongly follow.
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        assert_eq!(
+            self.delivered("firing"),
+            want,
+            "the alerts delivered, and no others: {:#?}",
+            self.notifications()
+        );
+        for (alert, receiver) in expected {
+            assert!(
+                self.notifications()
+                    .iter()
+                    .filter(|n| n.alertname == *alert && n.status == "firing")
+                    .all(|n| n.receiver == *receiver),
+                "{alert} goes to {receiver}: {:#?}",
+                self.notifications()
+            );
+        }
+    }
+
+    /// Like [`Stack::expect_alerts`], and each of `inhibited` fired in Prometheus but was
+    /// silenced by the shipped inhibition rules.
+    async fn expect_inhibiting(&self, expected: &[(&str, &str)], inhibited: &[&str]) {
+        self.expect_alerts(expected).await;
+        let firing = self.prometheus_firing().await;
+        for a in inhibited {
+            assert!(
+                firing.contains(*a),
+                "{a} fired in Prometheus (and was inhibited): {firing:?}"
+            );
+        }
+    }
+
+    async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.exporter_url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if let Store::Postgres { schema, .. } = &self.store {
+            let url = pg_url();
+            let schema = schema.clone();
+            // A fresh runtime on its own thread: Drop may run inside the test's runtime.
+            std::thread::spawn(move || {
+                tokio::runtime::Runtime::new().unwrap().block_on(async {
+                    if let Ok(s) = SimStore::connect(StoreKind::Postgres, &url).await {
+                        let _ = s
+                            .execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"), &[])
+                            .await;
+                    }
+                })
+            })
+            .join()
+            .unwrap();
+        }
+    }
+}
+
+const HOUR: chrono::Duration = chrono::Duration::hours(1);
+
+/// A stack whose app has connections `c1..cN` authorised by `users` (one each), last refreshed
+/// an hour ago (so their next sync refreshes), once Prometheus has scraped them.
+async fn scenario(test: &str, store: Store, users: &[&str]) -> Option<Stack> {
+    let s = Stack::start(test, store).await?;
+    let ids: Vec<String> = (1..=users.len()).map(|i| format!("c{i}")).collect();
+    let tenants: Vec<(&str, &str)> = ids
+        .iter()
+        .map(String::as_str)
+        .zip(users.iter().copied())
+        .collect();
+    s.fleet(&tenants, HOUR).await;
+    s.settled(users.len()).await;
+    Some(s)
+}
+
+const FOUR_USERS: &[&str] = &["alice", "bob", "carol", "dave"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tenant_crossing_45_then_55_days_then_expiring_raises_a_ticket_a_page_and_a_ticket()
+{
+    let test =
+        "an_idle_tenant_crossing_45_then_55_days_then_expiring_raises_a_ticket_a_page_and_a_ticket";
+    let Some(s) = Stack::start(test, Store::Sqlite).await else {
+        return;
+    };
+    s.fleet(
+        &[("c1", "alice"), ("c2", "bob")],
+        chrono::Duration::minutes(5),
+    )
+    .await;
+    // c9 crosses 45 days idle five seconds from now.
+    s.fleet(
+        &[("c9", "carol")],
+        chrono::Duration::days(45) - chrono::Duration::seconds(5),
+    )
+    .await;
+    s.settled(3).await;
+    s.expect_alerts(&[("OAuthRefreshTokenIdle", "ticket")])
+        .await;
+    let idle = s
+        .notifications()
+        .into_iter()
+        .find(|n| n.alertname == "OAuthRefreshTokenIdle")
+        .unwrap();
+    assert_eq!(idle.labels["connection"], "c9");
+    // Ten more days pass for c9 (its last refresh recedes, in the store and at Xero): 55 days.
+    let tokens = s.app.tokens_table();
+    let tenant = s.app.read("c9").await.unwrap().unwrap().tenant_id;
+    let age_by = |days: i64| {
+        let app = &s.app;
+        let tokens = tokens.clone();
+        s.sim.age_grants(&tenant, chrono::Duration::days(days));
+        async move {
+            app.store
+                .execute(
+                    &format!("UPDATE {tokens} SET refreshed_at = refreshed_at - ? WHERE id = 'c9'"),
+                    &[(days * 86400).into()],
+                )
+                .await
+                .unwrap();
+        }
+    };
+    age_by(10).await;
+    s.expect_alerts(&[
+        ("OAuthRefreshTokenIdle", "ticket"),
+        ("OAuthRefreshTokenNearExpiry", "pager"),
+    ])
+    .await;
+    assert!(
+        s.delivered("resolved").contains("OAuthRefreshTokenIdle"),
+        "the 45-day ticket resolves once the page takes over"
+    );
+    // Six more days: the refresh token is past its 60 days.
+    age_by(6).await;
+    s.expect_alerts(&[
+        ("OAuthRefreshTokenIdle", "ticket"),
+        ("OAuthRefreshTokenNearExpiry", "pager"),
+        ("OAuthRefreshTokenExpired", "ticket"),
+    ])
+    .await;
+    assert!(s
+        .delivered("resolved")
+        .contains("OAuthRefreshTokenNearExpiry"));
+    // The next sync of c9 gets invalid_grant and marks it: the expired alert resolves.
+    assert_eq!(s.app.sync("c9").await.unwrap(), Synced::NeedsReauth);
+    s.until(
+        "the expired alert resolves",
+        Duration::from_secs(60),
+        || async { s.delivered("resolved").contains("OAuthRefreshTokenExpired") },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_change_failing_many_connections_pages_once_and_opens_a_reauth_ticket() {
+    let test = "a_password_change_failing_many_connections_pages_once_and_opens_a_reauth_ticket";
+    let users = [
+        "erin", "erin", "erin", "erin", "erin", "erin", "alice", "bob",
+    ];
+    let Some(s) = scenario(test, Store::Sqlite, &users).await else {
+        return;
+    };
+    s.sim.change_password("erin");
+    let synced = s.app.sync_all().await.unwrap();
+    assert_eq!(
+        synced
+            .iter()
+            .filter(|(_, r)| *r == Synced::NeedsReauth)
+            .count(),
+        6,
+        "{synced:?}"
+    );
+    s.expect_inhibiting(
+        &[
+            ("OAuthManyConnectionsFailing", "pager"),
+            ("OAuthConnectionsNeedingReauthGrowing", "ticket"),
+        ],
+        &["OAuthInvalidGrantSpike"],
+    )
+    .await;
+    // While this fleet has every kind of series: every dashboard query returns data, and every
+    // metric the rules and dashboards use is one the real binary exports.
+    dashboards_return_data(&s, "c7").await;
+    metric_names_are_exported(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_client_secret_pages_invalid_client_and_nothing_else() {
+    let test = "a_rotated_client_secret_pages_invalid_client_and_nothing_else";
+    let Some(s) = scenario(
+        test,
+        Store::Sqlite,
+        &["alice", "bob", "carol", "dave", "erin", "frank"],
+    )
+    .await
+    else {
+        return;
+    };
+    s.sim.rotate_client_secret("app");
+    let synced = s.app.sync_all().await.unwrap();
+    assert!(
+        synced.iter().all(|(_, r)| *r == Synced::Failed),
+        "{synced:?}"
+    );
+    s.expect_inhibiting(
+        &[("OAuthInvalidClient", "pager")],
+        &["OAuthManyConnectionsFailing"],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_workers_and_a_stale_write_back_open_tickets() {
+    let test = "racing_workers_and_a_stale_write_back_open_tickets";
+    let Some(s) = scenario(test, Store::Sqlite, FOUR_USERS).await else {
+        return;
+    };
+    // A worker holding c1's token from before two rotations: invalid_grant right after a success.
+    let out = s.app.race_with_stale_worker("c1").await.unwrap();
+    assert_eq!(
+        out,
+        oauth_token_exporter::sim::host_app::Refreshed::Failed("invalid_grant".into())
+    );
+    // c2: a slow worker writes its stale copy back after the exporter saw the new token.
+    let stale = s.app.stale_copy("c2").await.unwrap().unwrap();
+    s.app.refresh("c2").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    s.app.write_back("c2", &stale).await.unwrap();
+    s.expect_alerts(&[
+        ("OAuthRefreshRace", "ticket"),
+        ("OAuthRefreshTokenRegression", "ticket"),
+    ])
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_loop_on_one_connection_opens_a_ticket_not_a_page() {
+    let test = "a_retry_loop_on_one_connection_opens_a_ticket_not_a_page";
+    let Some(s) = scenario(test, Store::Sqlite, FOUR_USERS).await else {
+        return;
+    };
+    s.sim.change_password("dave");
+    let tries = s.app.retry_loop("c4", 8).await.unwrap();
+    assert_eq!(tries.len(), 8);
+    s.expect_inhibiting(
+        &[("OAuthInvalidGrantRetryLoop", "ticket")],
+        &["OAuthInvalidGrantSpike"],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_xero_incident_across_unrelated_tenants_pages_token_endpoint_errors() {
+    let test = "a_xero_incident_across_unrelated_tenants_pages_token_endpoint_errors";
+    let Some(s) = scenario(
+        test,
+        Store::Sqlite,
+        &["u1", "u2", "u3", "u4", "u5", "u6", "u7", "u8"],
+    )
+    .await
+    else {
+        return;
+    };
+    s.sim.set_incident(true);
+    let synced = s.app.sync_all().await.unwrap();
+    assert!(
+        synced.iter().all(|(_, r)| *r == Synced::Failed),
+        "{synced:?}"
+    );
+    s.expect_inhibiting(
+        &[("OAuthTokenEndpointErrors", "pager")],
+        &["OAuthManyConnectionsFailing"],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_opens_a_source_ticket_that_resolves_when_the_store_returns() {
+    let test = "a_store_outage_opens_a_source_ticket_that_resolves_when_the_store_returns";
+    if !server_or_skip(test, "PostgreSQL", &pg_url()).await {
+        return;
+    }
+    let proxy = FaultProxy::start("127.0.0.1:5432".into()).await;
+    let store = Store::Postgres {
+        schema: unique("e2e_outage"),
+        proxy,
+    };
+    let Some(s) = scenario(test, store, &["alice", "bob", "carol"]).await else {
+        return;
+    };
+    s.app.sync_all().await.unwrap();
+    let refreshes = |text: &str| {
+        value(
+            text,
+            "oauth_token_refreshes_total",
+            &[("source", "app_events")],
+        )
+    };
+    s.until(
+        "the refreshes are counted",
+        Duration::from_secs(20),
+        || async { refreshes(&s.metrics().await) == 3.0 },
+    )
+    .await;
+    let Store::Postgres { proxy, .. } = &s.store else {
+        unreachable!()
+    };
+    proxy.cut();
+    s.expect_alerts(&[("OAuthExporterSourceDown", "ticket")])
+        .await;
+    let down: BTreeSet<String> = s
+        .notifications()
+        .iter()
+        .map(|n| n.labels["source"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(
+        down,
+        BTreeSet::from(["app".to_string(), "app_events".to_string()])
+    );
+    let during = s.metrics().await;
+    assert_eq!(refreshes(&during), 3.0, "counters survive the outage");
+    assert!(
+        sample(
+            &during,
+            "oauth_refresh_token_age_seconds",
+            &[("connection", "c1")]
+        )
+        .is_some(),
+        "the last good values stay exported"
+    );
+    proxy.restore();
+    s.until(
+        "the source ticket resolves",
+        Duration::from_secs(60),
+        || async { s.delivered("resolved").contains("OAuthExporterSourceDown") },
+    )
+    .await;
+    assert_eq!(refreshes(&s.metrics().await), 3.0, "nothing counted twice");
+}
+
+/// Every dashboard panel query, with its variables set to match everything (and `$connection`
+/// to `connection`), returns data from the end-to-end Prometheus.
+async fn dashboards_return_data(s: &Stack, connection: &str) {
+    let mut empty = Vec::new();
+    let mut checked = 0;
+    for path in std::fs::read_dir(root().join("dashboards")).unwrap() {
+        let path = path.unwrap().path();
+        let d: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let mut panels = Vec::new();
+        for p in d["panels"].as_array().unwrap() {
+            panels.push(p.clone());
+            panels.extend(p["panels"].as_array().cloned().unwrap_or_default());
+        }
+        for p in panels {
+            for t in p["targets"].as_array().into_iter().flatten() {
+                let expr = t["expr"]
+                    .as_str()
+                    .unwrap()
+                    .replace("$connection", connection)
+                    .replace("$__rate_interval", "1m")
+                    .replace("$__range", "1h")
+                    .replace("$__interval", "15s")
+                    .replace("$job", ".*")
+                    .replace("$provider", ".*")
+                    .replace("$source", ".*");
+                assert!(!expr.contains('$'), "an unknown variable in {expr}");
+                checked += 1;
+                if s.query(&expr).await.is_empty() {
+                    empty.push(format!(
+                        "{} / {}: {expr}",
+                        d["title"].as_str().unwrap(),
+                        p["title"].as_str().unwrap()
+                    ));
+                }
+            }
+        }
+    }
+    assert!(checked > 30, "{checked}");
+    assert!(empty.is_empty(), "queries without data: {empty:#?}");
+}
+
+/// Every `oauth_*` metric used by the shipped rules and dashboards is in the real binary's
+/// `/metrics`.
+async fn metric_names_are_exported(s: &Stack) {
+    let text = s.metrics().await;
+    let exported: BTreeSet<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let mut sources =
+        vec![
+            std::fs::read_to_string(root().join("alerts/oauth-token-exporter.rules.yml")).unwrap(),
+        ];
+    for p in std::fs::read_dir(root().join("dashboards")).unwrap() {
+        sources.push(std::fs::read_to_string(p.unwrap().path()).unwrap());
+    }
+    let mut missing = BTreeSet::new();
+    for text in sources {
+        let b = text.as_bytes();
+        let mut i = 0;
+        while let Some(pos) = text[i..].find("oauth_") {
+            let start = i + pos;
+            let mut end = start;
+            while end < b.len() && (b[end].is_ascii_alphanumeric() || b[end] == b'_') {
+                end += 1;
+            }
+            let prev = if start == 0 { b' ' } else { b[start - 1] };
+            let is_metric = !(prev.is_ascii_alphanumeric()
+                || prev == b'_'
+                || prev == b':'
+                || prev == b'-'
+                || prev == b'/')
+                && b.get(end) != Some(&b':')
+                && !text[start..end].starts_with("oauth_token_exporter");
+            if is_metric && !exported.contains(&text[start..end]) {
+                missing.insert(text[start..end].to_string());
+            }
+            i = end;
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "used but not exported by the binary: {missing:?}"
+    );
+}
