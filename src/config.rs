@@ -63,6 +63,8 @@ pub struct Proxy {
     pub api_url: String,
     /// Deadline for one upstream call.
     pub timeout: Duration,
+    /// Web config of the proxy's own listener (`--proxy.web-config.file` overrides).
+    pub web_config_file: Option<PathBuf>,
 }
 
 impl Default for Proxy {
@@ -75,6 +77,7 @@ impl Default for Proxy {
             identity_url: "https://identity.xero.com".into(),
             api_url: "https://api.xero.com".into(),
             timeout: Duration::from_secs(60),
+            web_config_file: None,
         }
     }
 }
@@ -630,6 +633,9 @@ struct RawProxy {
     api_url: Option<String>,
     /// Default 60s.
     timeout: Option<HumanDuration>,
+    /// Web config (TLS, client certificates, basic auth by `Proxy-Authorization`) of the
+    /// proxy's listener.
+    web_config_file: Option<PathBuf>,
 }
 
 /// Event fields an event table maps, with their default column names.
@@ -927,6 +933,7 @@ pub fn parse(
                 timeout: raw
                     .timeout
                     .map_or(std::time::Duration::from_secs(60), |d| d.0),
+                web_config_file: raw.web_config_file,
             }
         }),
         None => None,

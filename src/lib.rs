@@ -13,6 +13,8 @@
 //! - [`events`]: event inlets (ingest API, Nango webhooks) and the classification of what they carry.
 //! - [`detect`]: detectors over the event stream (failing connections, retry loops, races).
 //! - [`server`]: HTTP endpoints.
+//! - [`serve`]: the hardened server loop (TLS, basic auth, headers, limits, graceful shutdown).
+//! - [`web_config`]: `--web.config.file`, the exporter-toolkit web config format.
 //! - [`clock`]: injected time.
 //! - [`secret`]: a string type that never prints.
 //! - [`demo`]: a live SQLite fleet for `oauth-token-exporter demo`.
@@ -28,11 +30,13 @@ pub mod exposition;
 pub mod metrics;
 pub mod provider;
 pub mod secret;
+pub mod serve;
 pub mod server;
 pub mod sim;
 pub mod sources;
 pub mod state;
 pub mod timestamp;
+pub mod web_config;
 
 use clock::SharedClock;
 use config::Config;
@@ -44,15 +48,25 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// Options of the HTTP server.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServerOptions {
     pub telemetry_path: String,
+    /// `--web.config.file`: TLS, client certificates, basic auth and headers of the web
+    /// listener (every endpoint, the ingest API and the webhook included).
+    pub web_config: Option<Arc<web_config::WebConfigHandle>>,
+    /// The same for the proxy's listener (basic auth by `Proxy-Authorization` there).
+    pub proxy_web_config: Option<Arc<web_config::WebConfigHandle>>,
+    /// Limits and deadlines of both listeners.
+    pub limits: serve::ServeOptions,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
             telemetry_path: "/metrics".into(),
+            web_config: None,
+            proxy_web_config: None,
+            limits: serve::ServeOptions::default(),
         }
     }
 }
@@ -195,11 +209,13 @@ impl Exporter {
             let listener = TcpListener::bind(&addr).await?;
             tracing::info!(address = %listener.local_addr()?, "Reverse proxy listening.");
             let stop = shutdown.clone();
+            let proxy_opts = serve::ServeOptions {
+                web: opts.proxy_web_config.clone(),
+                auth_header: serve::AuthHeader::ProxyAuthorization,
+                ..opts.limits.clone()
+            };
             tasks.push(tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, proxy)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await
-                {
+                if let Err(e) = serve::serve(listener, proxy, proxy_opts, stop).await {
                     tracing::error!(error = %e, "The reverse proxy stopped.");
                 }
             }));
@@ -210,10 +226,12 @@ impl Exporter {
         for t in self.tables {
             tasks.push(tokio::spawn(t.run(shutdown.clone())));
         }
-        let stop = shutdown.clone();
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
+        let web_opts = serve::ServeOptions {
+            web: opts.web_config.clone(),
+            auth_header: serve::AuthHeader::Authorization,
+            ..opts.limits.clone()
+        };
+        let served = serve::serve(listener, router, web_opts, shutdown.clone()).await;
         shutdown.cancel();
         for t in tasks {
             let _ = t.await;

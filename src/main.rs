@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use oauth_token_exporter::{clock::SystemClock, config, demo, ServerOptions};
+use oauth_token_exporter::{clock::SystemClock, config, demo, web_config, ServerOptions};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -30,6 +30,14 @@ struct Cli {
     /// config has no `proxy` section).
     #[arg(long = "proxy.listen-address")]
     proxy_listen_address: Option<String>,
+    /// Web config file (exporter-toolkit format): TLS, client certificates, bcrypt basic auth
+    /// and security headers for every endpoint of the web listener.
+    #[arg(long = "web.config.file")]
+    web_config_file: Option<std::path::PathBuf>,
+    /// Web config file of the reverse proxy's listener (basic auth there is by
+    /// Proxy-Authorization); overrides `proxy.web_config_file`.
+    #[arg(long = "proxy.web-config.file")]
+    proxy_web_config_file: Option<std::path::PathBuf>,
     /// Path under which to expose metrics.
     #[arg(long = "web.telemetry-path", default_value = "/metrics")]
     telemetry_path: String,
@@ -165,6 +173,24 @@ async fn main() -> Result<()> {
             .get_or_insert_with(Default::default)
             .listen_address = Some(addr);
     }
+    if let Some(f) = cli.proxy_web_config_file {
+        cfg.proxy
+            .get_or_insert_with(Default::default)
+            .web_config_file = Some(f);
+    }
+    // Web configs are checked before anything listens; every problem is printed.
+    let open = |f: &Option<std::path::PathBuf>| match f {
+        None => None,
+        Some(path) => match web_config::WebConfigHandle::open(path) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(1);
+            }
+        },
+    };
+    let web = open(&cli.web_config_file);
+    let proxy_web = open(&cfg.proxy.as_ref().and_then(|p| p.web_config_file.clone()));
     if cli.config_check {
         let mut parts = vec![format!(
             "{} source(s): {}",
@@ -189,6 +215,20 @@ async fn main() -> Result<()> {
         if let Some(n) = &cfg.nango_webhook {
             parts.push(format!("Nango webhook (source {})", n.source));
         }
+        for (what, w) in [("web config", &web), ("proxy web config", &proxy_web)] {
+            if let Some(w) = w {
+                let c = w.current();
+                parts.push(format!(
+                    "{what}: {}{}",
+                    if c.tls.is_some() { "TLS" } else { "plain HTTP" },
+                    if c.users.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", basic auth ({} users)", c.users.len())
+                    }
+                ));
+            }
+        }
         println!("{}: OK, {}", cfg.file, parts.join("; "));
         return Ok(());
     }
@@ -198,6 +238,9 @@ async fn main() -> Result<()> {
     tracing::info!(address = %listener.local_addr()?, config = %cfg.file, sources = cfg.sources.len(), version = env!("CARGO_PKG_VERSION"), "Starting oauth-token-exporter.");
     let opts = ServerOptions {
         telemetry_path: cli.telemetry_path,
+        web_config: web,
+        proxy_web_config: proxy_web,
+        ..Default::default()
     };
     oauth_token_exporter::run(
         cfg,

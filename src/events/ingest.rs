@@ -8,7 +8,9 @@
 //!    "detail": "TokenExpired: token expired at 06/01/2026 12:30:00"}
 //! ]}
 //! ```
-//! Bearer-token auth (constant-time comparison), a body size limit, a batch size limit. Each
+//! Bearer-token auth (constant-time comparison; the token comes as `Authorization: Bearer`, or
+//! as `X-Ingest-Token` when a web config's basic auth takes `Authorization`), a body size
+//! limit, a batch size limit. Each
 //! event is validated alone: an invalid one is listed in the answer with its index, field and
 //! what was expected, and every valid one in the same batch is counted.
 
@@ -290,11 +292,16 @@ pub(crate) fn count(live: &Live, source: &str, c: Counted) {
     }
 }
 
+/// Header carrying the ingest token when `Authorization` carries basic-auth credentials (a web
+/// config with `basic_auth_users`).
+pub const TOKEN_HEADER: &str = "x-ingest-token";
+
 async fn ingest(State(s): State<IngestState>, headers: HeaderMap, body: Bytes) -> Response {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| headers.get(TOKEN_HEADER).and_then(|v| v.to_str().ok()))
         .unwrap_or("");
     if !constant_time_eq(token.as_bytes(), s.cfg.token.expose().as_bytes()) {
         let mut r = json_error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");

@@ -1,0 +1,269 @@
+//! Serving a router on a listener, hardened: TLS and client certificates from the web config,
+//! HTTP/1.1 and HTTP/2, bcrypt basic auth (checked off the async threads, unknown users as slow
+//! as known ones) and security headers on every endpoint, a cap on open connections, deadlines
+//! on TLS handshakes and request headers (slow clients cannot hold the server), and a graceful
+//! shutdown.
+
+use crate::web_config::{WebConfig, WebConfigHandle};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// Which header carries basic-auth credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthHeader {
+    /// `Authorization` (the web listener).
+    Authorization,
+    /// `Proxy-Authorization` (the reverse proxy, whose `Authorization` belongs to Xero); it is
+    /// removed before the request is forwarded.
+    ProxyAuthorization,
+}
+
+/// Limits and the web config of one listener.
+#[derive(Clone)]
+pub struct ServeOptions {
+    pub web: Option<Arc<WebConfigHandle>>,
+    pub auth_header: AuthHeader,
+    /// Most connections open at once; further clients wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Deadline for a client to send a request's headers (and for an idle keep-alive
+    /// connection to start its next request).
+    pub header_read_timeout: Duration,
+    /// Deadline for a TLS handshake.
+    pub tls_handshake_timeout: Duration,
+    /// How long a graceful shutdown waits for requests in flight.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            web: None,
+            auth_header: AuthHeader::Authorization,
+            max_connections: 1024,
+            header_read_timeout: Duration::from_secs(10),
+            tls_handshake_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// bcrypt checks running at once (each takes tens of milliseconds of CPU); more wait.
+const BCRYPT_CONCURRENCY: usize = 4;
+
+#[derive(Clone)]
+struct Guard {
+    web: Arc<WebConfigHandle>,
+    header: AuthHeader,
+    bcrypt: Arc<Semaphore>,
+}
+
+/// Decode `Basic base64(user:password)`.
+fn basic_credentials(value: &HeaderValue) -> Option<(String, String)> {
+    use base64::Engine;
+    let v = value.to_str().ok()?;
+    let (scheme, rest) = v.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(rest.trim())
+        .ok()?;
+    let s = String::from_utf8(raw).ok()?;
+    let (u, p) = s.split_once(':')?;
+    Some((u.to_string(), p.to_string()))
+}
+
+/// Whether the credentials match; always runs one bcrypt check of the users' cost, so a wrong
+/// user, a wrong password and a right one take the same time.
+async fn check(cfg: &WebConfig, sem: &Semaphore, creds: Option<(String, String)>) -> bool {
+    let Ok(_permit) = sem.acquire().await else {
+        return false;
+    };
+    let (user, password) = creds.unwrap_or_default();
+    let known = cfg.users.get(&user).cloned();
+    let hash = match (&known, &cfg.dummy_hash) {
+        (Some(h), _) => h.clone(),
+        (None, Some(d)) => d.clone(),
+        (None, None) => return false,
+    };
+    let ok = tokio::task::spawn_blocking(move || {
+        bcrypt::verify(password.as_bytes(), hash.expose()).unwrap_or(false)
+    })
+    .await
+    .unwrap_or(false);
+    ok && known.is_some()
+}
+
+fn add_headers(cfg: &WebConfig, resp: &mut Response) {
+    for (k, v) in &cfg.headers {
+        resp.headers_mut().insert(k.clone(), v.clone());
+    }
+}
+
+async fn guard(State(g): State<Guard>, mut req: Request, next: Next) -> Response {
+    let cfg = g.web.current();
+    if !cfg.users.is_empty() {
+        let name: HeaderName = match g.header {
+            AuthHeader::Authorization => header::AUTHORIZATION,
+            AuthHeader::ProxyAuthorization => header::PROXY_AUTHORIZATION,
+        };
+        let creds = req.headers().get(&name).and_then(basic_credentials);
+        if g.header == AuthHeader::ProxyAuthorization {
+            req.headers_mut().remove(&name);
+        }
+        if !check(&cfg, &g.bcrypt, creds).await {
+            let (status, challenge) = match g.header {
+                AuthHeader::Authorization => (StatusCode::UNAUTHORIZED, header::WWW_AUTHENTICATE),
+                AuthHeader::ProxyAuthorization => (
+                    StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+                    header::PROXY_AUTHENTICATE,
+                ),
+            };
+            let mut resp = (
+                status,
+                [(challenge, "Basic realm=\"oauth-token-exporter\"")],
+                "Unauthorized\n",
+            )
+                .into_response();
+            add_headers(&cfg, &mut resp);
+            return resp;
+        }
+    }
+    let mut resp = next.run(req).await;
+    add_headers(&cfg, &mut resp);
+    resp
+}
+
+/// Serve `router` on `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    opts: ServeOptions,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let router = match &opts.web {
+        Some(web) => router.layer(axum::middleware::from_fn_with_state(
+            Guard {
+                web: web.clone(),
+                header: opts.auth_header,
+                bcrypt: Arc::new(Semaphore::new(BCRYPT_CONCURRENCY)),
+            },
+            guard,
+        )),
+        None => router,
+    };
+    let connections = Arc::new(Semaphore::new(opts.max_connections.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = connections.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a moment rather than spin.
+                    tracing::warn!(error = %e, "Accepting a connection failed.");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let web = opts.web.as_ref().map(|w| w.current());
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(opts.header_read_timeout)
+            .max_buf_size(64 * 1024);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(100);
+        let builder = if web.as_ref().is_some_and(|w| !w.http2) {
+            builder.http1_only()
+        } else {
+            builder
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let tls = web.as_ref().and_then(|w| w.tls.clone());
+        let handshake = opts.tls_handshake_timeout;
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match tls {
+                None => {
+                    let conn = builder.serve_connection(TokioIo::new(tcp), service);
+                    if let Err(e) = watcher.watch(conn.into_owned()).await {
+                        tracing::debug!(peer = %peer, error = %e, "Connection ended with an error.");
+                    }
+                }
+                Some(tls) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+                    let stream = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed.");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(peer = %peer, "TLS handshake timed out.");
+                            return;
+                        }
+                    };
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    if let Err(e) = watcher.watch(conn.into_owned()).await {
+                        tracing::debug!(peer = %peer, error = %e, "Connection ended with an error.");
+                    }
+                }
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(opts.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("Requests still in flight at shutdown were cut.");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials_are_decoded_case_insensitively() {
+        use base64::Engine;
+        let v = format!(
+            "basic {}",
+            base64::engine::general_purpose::STANDARD.encode("prom:pa:ss")
+        );
+        assert_eq!(
+            basic_credentials(&HeaderValue::from_str(&v).unwrap()),
+            Some(("prom".into(), "pa:ss".into()))
+        );
+        assert_eq!(
+            basic_credentials(&HeaderValue::from_static("Bearer abc")),
+            None
+        );
+    }
+}
