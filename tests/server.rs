@@ -97,6 +97,7 @@ async fn telemetry_path_is_configurable() {
     let (e, _) = exporter(&yaml, fixed_now());
     let r = e.router(&ServerOptions {
         telemetry_path: "/probe/metrics".into(),
+        ..Default::default()
     });
     assert_eq!(get(&r, "/probe/metrics", &[]).await.0, StatusCode::OK);
     assert_eq!(get(&r, "/metrics", &[]).await.0, StatusCode::NOT_FOUND);
