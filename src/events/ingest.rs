@@ -188,11 +188,63 @@ fn check_common(
 fn decode<T: for<'de> Deserialize<'de>>(v: serde_json::Value) -> Result<T, (String, String)> {
     serde_path_to_error::deserialize::<_, T>(v).map_err(|e| {
         let path = e.path().to_string();
-        (
-            if path == "." { String::new() } else { path },
-            e.into_inner().to_string(),
-        )
+        let message = e.into_inner().to_string();
+        // An unknown field's path is the sender's key: never echoed.
+        let field = if message.starts_with("unknown field") {
+            "<unknown field>".to_string()
+        } else if path == "." {
+            String::new()
+        } else {
+            path
+        };
+        (field, redact_values(&message))
     })
+}
+
+/// A decoder's message without the values it quotes (they may be tokens): what was expected
+/// stays, what was sent goes. "unknown variant `x`, expected `a` or `b`" becomes "unknown
+/// variant, expected `a` or `b`"; "invalid type: string \"x\", expected u16" becomes "invalid
+/// type: string, expected u16".
+pub(crate) fn redact_values(message: &str) -> String {
+    // A missing field's name is ours, not the sender's.
+    if message.starts_with("missing field") {
+        return message.to_string();
+    }
+    let (sent, expected) = match message.find(", expected") {
+        Some(i) => message.split_at(i),
+        None => (message, ""),
+    };
+    let mut out = String::with_capacity(sent.len());
+    let mut chars = sent.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '`' => {
+                for d in chars.by_ref() {
+                    if d == '`' {
+                        break;
+                    }
+                }
+            }
+            '"' => {
+                while let Some(d) = chars.next() {
+                    match d {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '"' => break,
+                        _ => {}
+                    }
+                }
+            }
+            _ => out.push(c),
+        }
+    }
+    // "invalid type: integer 5" and the like: drop a trailing literal after the kind.
+    let mut words: Vec<&str> = out.split_whitespace().collect();
+    if (out.starts_with("invalid type:") || out.starts_with("invalid value:")) && words.len() > 3 {
+        words.truncate(3);
+    }
+    format!("{}{expected}", words.join(" "))
 }
 
 /// Validate and classify one event; nothing is counted here.
@@ -255,9 +307,9 @@ pub(crate) fn event(
                 kind: CountedKind::Api(outcome),
             })
         }
-        Some(other) => Err((
+        Some(_) => Err((
             "type".into(),
-            format!("unknown event type {other:?}, expected `refresh` or `api`"),
+            "unknown event type, expected `refresh` or `api`".into(),
         )),
         None => Err(("type".into(), "is required: `refresh` or `api`".into())),
     }
@@ -374,6 +426,37 @@ async fn ingest(State(s): State<IngestState>, headers: HeaderMap, body: Bytes) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decoder_messages_keep_what_was_expected_and_drop_what_was_sent() {
+        for (m, want) in [
+            (
+                "unknown variant `S3CRET`, expected `success` or `failure`",
+                "unknown variant, expected `success` or `failure`",
+            ),
+            (
+                "invalid type: string \"S3C\\\"RET\", expected u16",
+                "invalid type: string, expected u16",
+            ),
+            (
+                "invalid type: integer `12345`, expected a string",
+                "invalid type: integer, expected a string",
+            ),
+            (
+                "invalid value: integer `70000`, expected u16",
+                "invalid value: integer, expected u16",
+            ),
+            (
+                "unknown field `S3CRET`, expected one of `type`, `connection`",
+                "unknown field, expected one of `type`, `connection`",
+            ),
+            ("missing field `connection`", "missing field `connection`"),
+        ] {
+            let got = redact_values(m);
+            assert_eq!(got, want);
+            assert!(!got.contains("S3C"), "{got}");
+        }
+    }
 
     #[test]
     fn constant_time_eq_compares_whole_values() {

@@ -68,6 +68,8 @@ struct World {
     limits: Limits,
     /// Token-endpoint calls seen, by outcome, for tests.
     refreshes: HashMap<&'static str, u64>,
+    /// Prefix of every token issued (canary tests mark tokens to find leaks).
+    marker: String,
 }
 
 /// The simulated Xero. Cheap to clone; every clone is the same world.
@@ -133,6 +135,11 @@ impl SimXero {
         self.world.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Start every token issued from now on with `marker` (canary tests search for it).
+    pub fn set_token_marker(&self, marker: &str) {
+        self.world().marker = marker.to_string();
+    }
+
     /// Register an app (client id and secret).
     pub fn add_client(&self, client_id: &str, secret: &str) {
         self.world().clients.insert(client_id.into(), secret.into());
@@ -164,11 +171,11 @@ impl SimXero {
     ) -> TokenResponse {
         let mut w = self.world();
         let resp = TokenResponse {
-            id_token: random_token("idt_"),
-            access_token: random_token("at_"),
+            id_token: random_token(&format!("{}idt_", w.marker)),
+            access_token: random_token(&format!("{}at_", w.marker)),
             expires_in: ACCESS_LIFETIME,
             token_type: "Bearer".into(),
-            refresh_token: random_token("rt_"),
+            refresh_token: random_token(&format!("{}rt_", w.marker)),
             scope: "openid profile email accounting.transactions offline_access".into(),
         };
         let idx = w.grants.len();
@@ -349,11 +356,11 @@ async fn token(State(x): State<SimXero>, headers: HeaderMap, body: String) -> Re
         return axum::Json(resp).into_response();
     }
     let resp = TokenResponse {
-        id_token: random_token("idt_"),
-        access_token: random_token("at_"),
+        id_token: random_token(&format!("{}idt_", w.marker)),
+        access_token: random_token(&format!("{}at_", w.marker)),
         expires_in: ACCESS_LIFETIME,
         token_type: "Bearer".into(),
-        refresh_token: random_token("rt_"),
+        refresh_token: random_token(&format!("{}rt_", w.marker)),
         scope: w.grants[idx].last.scope.clone(),
     };
     w.by_refresh.insert(resp.refresh_token.clone(), idx);
