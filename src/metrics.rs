@@ -24,6 +24,27 @@ pub const OPENMETRICS_CONTENT_TYPE: &str =
 /// and for `promtool check metrics`).
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// Longest label value exported from the store (connection and tenant ids, extra labels), in
+/// bytes.
+pub const MAX_LABEL_VALUE_BYTES: usize = 256;
+
+/// A label value taken from the store or a request, as exported. Quotes, backslashes and line
+/// feeds stay as they are (the encoder escapes them); a value longer than
+/// [`MAX_LABEL_VALUE_BYTES`] is cut at a character boundary and ends with `~` and 8 hex digits
+/// of the SHA-256 of the whole value, so two long ids stay two series.
+pub fn label_value(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.len() <= MAX_LABEL_VALUE_BYTES {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    use sha2::Digest;
+    let digest = hex::encode(&sha2::Sha256::digest(s.as_bytes())[..4]);
+    let mut end = MAX_LABEL_VALUE_BYTES - 1 - digest.len();
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}~{digest}", &s[..end]))
+}
+
 /// Turn the OpenMetrics text of this crate's encoder into the classic 0.0.4 text format: a
 /// counter's HELP and TYPE carry the `_total` name, and `# UNIT` and `# EOF` are dropped.
 /// Sample lines are the same in both formats for the metric types used here.
@@ -313,9 +334,32 @@ pub struct Events {
     pub races: Family<EventLabels, Counter>,
     /// Last `X-*-Remaining` seen per tenant (proxy only).
     pub rate_limit_remaining: Family<RateLimitLabels, Gauge>,
+    /// Tenants with a headroom series, bounded by [`MAX_RATE_LIMIT_TENANTS`].
+    rate_limit_tenants: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
+/// Most tenants with `oauth_api_rate_limit_remaining` series (the tenant comes from a request
+/// header: bounded so that no client can grow the exposition without end).
+pub const MAX_RATE_LIMIT_TENANTS: usize = 10_000;
+
 impl Events {
+    /// Set a tenant's headroom; a tenant beyond [`MAX_RATE_LIMIT_TENANTS`] is left out.
+    pub fn set_rate_limit_remaining(&self, labels: RateLimitLabels, value: i64) {
+        {
+            let mut tenants = self
+                .rate_limit_tenants
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if !tenants.contains(&labels.tenant) {
+                if tenants.len() >= MAX_RATE_LIMIT_TENANTS {
+                    return;
+                }
+                tenants.insert(labels.tenant.clone());
+            }
+        }
+        self.rate_limit_remaining.get_or_create(&labels).set(value);
+    }
+
     /// Create every series of an event inlet at 0.
     pub fn init(&self, provider: &'static str, source: &str) {
         use crate::events::classify::{RateLimitProblem, UnauthorizedReason};
@@ -740,3 +784,44 @@ pub fn live_registry(live: &Arc<Live>, sources: &[Arc<SourceHandle>]) -> Registr
 
 /// Shared counter of snapshot replacements; the exposition re-encodes when it moves.
 pub type Generation = Arc<AtomicU64>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_label_values_are_cut_with_a_digest_and_stay_distinct() {
+        assert_eq!(label_value("c1\"\n\\"), "c1\"\n\\");
+        let a = "é".repeat(200) + "a";
+        let b = "é".repeat(200) + "b";
+        let (ca, cb) = (label_value(&a), label_value(&b));
+        assert!(ca.len() <= MAX_LABEL_VALUE_BYTES && cb.len() <= MAX_LABEL_VALUE_BYTES);
+        assert_ne!(ca, cb);
+        assert!(ca.starts_with("éé") && ca.contains('~'));
+        assert_eq!(
+            label_value(&"x".repeat(MAX_LABEL_VALUE_BYTES)).len(),
+            MAX_LABEL_VALUE_BYTES
+        );
+    }
+
+    #[test]
+    fn rate_limit_series_are_bounded_by_tenant() {
+        let e = Events::default();
+        let l = |t: String| RateLimitLabels {
+            provider: "xero",
+            source: "proxy".into(),
+            tenant: t,
+            window: "day",
+        };
+        for i in 0..MAX_RATE_LIMIT_TENANTS + 50 {
+            e.set_rate_limit_remaining(l(format!("t{i}")), 1);
+        }
+        e.set_rate_limit_remaining(l("t0".into()), 7);
+        let tenants = e.rate_limit_tenants.lock().unwrap().len();
+        assert_eq!(tenants, MAX_RATE_LIMIT_TENANTS);
+        assert_eq!(
+            e.rate_limit_remaining.get_or_create(&l("t0".into())).get(),
+            7
+        );
+    }
+}

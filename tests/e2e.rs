@@ -879,3 +879,60 @@ async fn metric_names_are_exported(s: &Stack) {
         "used but not exported by the binary: {missing:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn label_values_with_quotes_backslashes_newlines_and_control_characters_reach_prometheus_intact(
+) {
+    let test = "label_values_with_quotes_backslashes_newlines_and_control_characters_reach_prometheus_intact";
+    let Some(s) = Stack::start(test, Store::Sqlite).await else {
+        return;
+    };
+    let long = "x".repeat(300) + "-tail";
+    let names = [
+        "quote\"d".to_string(),
+        "back\\slash".to_string(),
+        "new\nline".to_string(),
+        "tab\there".to_string(),
+        "carriage\rreturn".to_string(),
+        "bell\u{7}and\u{1}ctrl".to_string(),
+        "Ünïcødé ✓ 🦀".to_string(),
+        "{braces}=,\"quoted\" \\\"both\\\"".to_string(),
+        long.clone(),
+    ];
+    for (i, name) in names.iter().enumerate() {
+        let id = format!("{name}#{i}");
+        s.app
+            .connect_tenant(&id, name, "alice", None)
+            .await
+            .unwrap();
+    }
+    s.settled(names.len()).await;
+    let info = s.query("oauth_connection_info").await;
+    let got: BTreeSet<(String, String)> = info
+        .iter()
+        .map(|v| {
+            (
+                v["metric"]["connection"].as_str().unwrap().to_string(),
+                v["metric"]["tenant_name"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want: BTreeSet<(String, String)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            (
+                oauth_token_exporter::metrics::label_value(&format!("{n}#{i}")).into_owned(),
+                oauth_token_exporter::metrics::label_value(n).into_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
+    // The documented rule for long values: cut, with a digest that keeps them unique.
+    let cut = oauth_token_exporter::metrics::label_value(&long);
+    assert!(cut.len() <= oauth_token_exporter::metrics::MAX_LABEL_VALUE_BYTES);
+    assert!(
+        cut.starts_with("xxxxxxxx") && !cut.ends_with("-tail"),
+        "{cut}"
+    );
+}

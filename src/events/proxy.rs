@@ -123,8 +123,8 @@ async fn forward(State(s): State<ProxyState>, req: Request) -> Response {
         .headers
         .get("xero-tenant-id")
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+        .map(|t| crate::metrics::label_value(t).into_owned())
+        .unwrap_or_default();
     let sent = s
         .client
         .request(parts.method.clone(), format!("{base}{path_q}"))
@@ -168,16 +168,15 @@ async fn forward(State(s): State<ProxyState>, req: Request) -> Response {
                 } else {
                     tenant.clone()
                 };
-                s.live
-                    .events
-                    .rate_limit_remaining
-                    .get_or_create(&RateLimitLabels {
+                s.live.events.set_rate_limit_remaining(
+                    RateLimitLabels {
                         provider,
                         source: source.to_string(),
                         tenant: t,
                         window,
-                    })
-                    .set(v);
+                    },
+                    v,
+                );
             }
         }
     }

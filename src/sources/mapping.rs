@@ -2,6 +2,7 @@
 //! query returned, then map each row to a connection or a rejection.
 
 use crate::config::{FieldRef, Inference, LastRefresh, Mapping, TimeField};
+use crate::metrics::label_value;
 use crate::metrics::RejectReason;
 use crate::provider::ProviderProfile;
 use crate::state::{MappedConnection, Status};
@@ -262,7 +263,8 @@ pub fn map_row(
     let id = cell(cells, &r.connection)
         .ok()
         .and_then(|c| c.as_label())
-        .filter(|s| !s.trim().is_empty());
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| label_value(&s).into_owned());
     let reject = |reason, field| Rejection {
         connection: id.clone(),
         reason,
@@ -334,7 +336,8 @@ pub fn map_row(
         .tenant
         .as_ref()
         .and_then(|s| cell(cells, s).ok())
-        .and_then(|c| c.as_label());
+        .and_then(|c| c.as_label())
+        .map(|s| label_value(&s).into_owned());
     let labels = r
         .labels
         .iter()
@@ -342,6 +345,7 @@ pub fn map_row(
             cell(cells, s)
                 .ok()
                 .and_then(|c| c.as_label())
+                .map(|v| label_value(&v).into_owned())
                 .unwrap_or_default()
         })
         .collect();
