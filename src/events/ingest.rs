@@ -374,15 +374,18 @@ async fn ingest(State(s): State<IngestState>, headers: HeaderMap, body: Bytes) -
     let batch: Batch = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => {
+            // serde_json's message without its position (given apart) and without any value.
+            let message = e.to_string();
+            let message = message.split(" at line ").next().unwrap_or_default();
             return json_error(
                 StatusCode::BAD_REQUEST,
                 &format!(
-                "the body must be a JSON object with an `events` list (line {}, column {}: {:?})",
-                e.line(),
-                e.column(),
-                e.classify()
-            ),
-            )
+                    "the body must be a JSON object with an `events` list: {} (line {}, column {})",
+                    redact_values(message),
+                    e.line(),
+                    e.column(),
+                ),
+            );
         }
     };
     if batch.events.len() > s.cfg.max_events {
