@@ -11,7 +11,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use std::sync::Arc;
 use std::time::Duration;
@@ -145,6 +144,15 @@ async fn guard(State(g): State<Guard>, mut req: Request, next: Next) -> Response
     resp
 }
 
+/// An HTTP/1.1 connection builder with the deadlines and bounds of `limits`.
+fn http1(limits: &ServeOptions) -> hyper::server::conn::http1::Builder {
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(64 * 1024);
+    b
+}
+
 /// Serve `router` on `listener` until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
@@ -187,37 +195,27 @@ pub async fn serve(
         };
         let _ = tcp.set_nodelay(true);
         let web = opts.web.as_ref().map(|w| w.current());
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(opts.header_read_timeout)
-            .max_buf_size(64 * 1024);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(100);
-        let builder = if web.as_ref().is_some_and(|w| !w.http2) {
-            builder.http1_only()
-        } else {
-            builder
-        };
         let service = TowerToHyperService::new(router.clone());
         let tls = web.as_ref().and_then(|w| w.tls.clone());
-        let handshake = opts.tls_handshake_timeout;
+        let limits = opts.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _permit = permit;
-            match tls {
+            // No protocol sniffing (which would wait for bytes without a deadline): plain
+            // connections speak HTTP/1.1, TLS ones what ALPN chose.
+            let result = match tls {
                 None => {
-                    let conn = builder.serve_connection(TokioIo::new(tcp), service);
-                    if let Err(e) = watcher.watch(conn.into_owned()).await {
-                        tracing::debug!(peer = %peer, error = %e, "Connection ended with an error.");
-                    }
+                    let conn = http1(&limits).serve_connection(TokioIo::new(tcp), service);
+                    watcher.watch(conn).await
                 }
                 Some(tls) => {
                     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-                    let stream = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
+                    let stream = match tokio::time::timeout(
+                        limits.tls_handshake_timeout,
+                        acceptor.accept(tcp),
+                    )
+                    .await
+                    {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
                             tracing::debug!(peer = %peer, error = %e, "TLS handshake failed.");
@@ -228,11 +226,22 @@ pub async fn serve(
                             return;
                         }
                     };
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    if let Err(e) = watcher.watch(conn.into_owned()).await {
-                        tracing::debug!(peer = %peer, error = %e, "Connection ended with an error.");
+                    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .timer(TokioTimer::new())
+                            .max_concurrent_streams(100)
+                            .keep_alive_interval(Some(limits.header_read_timeout))
+                            .keep_alive_timeout(limits.header_read_timeout)
+                            .serve_connection(TokioIo::new(stream), service);
+                        watcher.watch(conn).await
+                    } else {
+                        let conn = http1(&limits).serve_connection(TokioIo::new(stream), service);
+                        watcher.watch(conn).await
                     }
                 }
+            };
+            if let Err(e) = result {
+                tracing::debug!(peer = %peer, error = %e, "Connection ended with an error.");
             }
         });
     }

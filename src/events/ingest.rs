@@ -247,6 +247,24 @@ pub(crate) fn redact_values(message: &str) -> String {
     format!("{}{expected}", words.join(" "))
 }
 
+/// The ingest API's decoder without the HTTP around it (fuzzed in `fuzz/`): the batch's
+/// rejections as the API would answer them (field, error), or the body's error. Nothing is
+/// counted.
+pub fn check_batch(
+    body: &[u8],
+    default_provider: ProviderKind,
+) -> Result<Vec<(String, String)>, String> {
+    let batch: Batch = serde_json::from_slice(body).map_err(|e| {
+        let message = e.to_string();
+        redact_values(message.split(" at line ").next().unwrap_or_default())
+    })?;
+    Ok(batch
+        .events
+        .into_iter()
+        .filter_map(|v| event(v, default_provider).err())
+        .collect())
+}
+
 /// Validate and classify one event; nothing is counted here.
 pub(crate) fn event(
     v: serde_json::Value,
