@@ -12,7 +12,7 @@ use crate::state::Status;
 use crate::timestamp::TimeFormat;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -1237,8 +1237,7 @@ fn validate_source(
                     "use 1-32 lower-case letters, digits or `_`",
                 );
             } else {
-                // Lives as long as the process; one per configured source.
-                provider.name = Box::leak(name.clone().into_boxed_str());
+                provider.name = intern(name);
             }
         }
     } else if raw.provider_name.is_some() {
@@ -1322,6 +1321,19 @@ fn validate_source(
         backoff_max,
         max_connections,
     })
+}
+
+/// A provider name as a `&'static str` (label values are static): each distinct name is
+/// allocated once for the life of the process, however often configs are parsed.
+fn intern(name: &str) -> &'static str {
+    static NAMES: std::sync::Mutex<BTreeSet<&'static str>> = std::sync::Mutex::new(BTreeSet::new());
+    let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(n) = names.get(name) {
+        return n;
+    }
+    let n: &'static str = Box::leak(name.to_string().into_boxed_str());
+    names.insert(n);
+    n
 }
 
 fn validate_event_table(
@@ -1949,6 +1961,17 @@ event_tables:
             "event_tables:\n  - {name: a, kind: sqlite, dsn: x.db, table: ev, state_file: a.cursor, time_column: created_at, id_column: uid}\n",
         );
         assert_eq!(c.event_tables[0].time_column.as_deref(), Some("created_at"));
+    }
+
+    /// Found by `fuzz/run.sh` (target config, LeakSanitizer): every parse leaked a fresh copy of
+    /// each custom provider name.
+    #[test]
+    fn custom_provider_names_are_allocated_once_however_often_configs_are_parsed() {
+        let yaml = "sources:\n  - {name: s, kind: sqlite, dsn: x.db, provider: custom, provider_name: salesforce, access_token_lifetime: 2h, refresh_token_lifetime: 90d, query: SELECT 1, fields: {connection: id, last_refresh: t}}\n";
+        let a = ok(yaml).sources[0].provider.name;
+        let b = ok(yaml).sources[0].provider.name;
+        assert_eq!(a, "salesforce");
+        assert!(std::ptr::eq(a, b));
     }
 
     #[test]

@@ -197,10 +197,12 @@ fn parse_offset(s: &str) -> Option<DateTime<Utc>> {
 /// `/Date(1767322000000+0000)/`: milliseconds since the epoch, offset informational.
 fn parse_ms_json_date(s: &str) -> Option<f64> {
     let inner = s.strip_prefix("/Date(")?.strip_suffix(")/")?;
-    let end = inner[1..]
-        .find(['+', '-'])
-        .map(|i| i + 1)
-        .unwrap_or(inner.len());
+    // The offset starts at a sign after the first character (which may itself be a sign).
+    let end = inner
+        .char_indices()
+        .skip(1)
+        .find(|(_, c)| matches!(c, '+' | '-'))
+        .map_or(inner.len(), |(i, _)| i);
     inner[..end].parse::<f64>().ok()
 }
 
@@ -436,5 +438,23 @@ mod tests {
             Err(TimeError::Unparseable)
         );
         assert_eq!(to_seconds(&Cell::Int(-1)), Err(TimeError::Impossible));
+    }
+
+    /// Found by `fuzz/run.sh` (target timestamp): slicing a JSON date by byte offset panicked on
+    /// an empty or multi-byte body.
+    #[test]
+    fn malformed_json_dates_are_refused_not_panicked_on() {
+        for s in [
+            "/Date()/",
+            "/Date(\u{25b}t/D0+0000)/",
+            "/Date(-)/",
+            "/Date(\u{1F980})/",
+        ] {
+            assert!(auto(Cell::Text(s.into())).is_err(), "{s}");
+        }
+        assert!(
+            auto(Cell::Text("/Date(-1000+0000)/".into())).is_err(),
+            "before 2000"
+        );
     }
 }
