@@ -167,6 +167,7 @@ impl Exporter {
                 exposition: self.exposition.clone(),
                 sources: self.sources.clone(),
                 clock: self.clock.clone(),
+                encoders: server::encoders(),
             },
             &opts.telemetry_path,
         );

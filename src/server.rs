@@ -23,6 +23,15 @@ pub struct AppState {
     pub exposition: Arc<Exposition>,
     pub sources: Vec<Arc<SourceHandle>>,
     pub clock: SharedClock,
+    /// Encodings of `/metrics` running at once (they use a CPU each; more scrapes wait).
+    pub encoders: Arc<tokio::sync::Semaphore>,
+}
+
+/// Encodings of `/metrics` allowed at once: one per core, at least two. Hundreds of scrapes at
+/// once then queue instead of each taking a thread and its buffers.
+pub fn encoders() -> Arc<tokio::sync::Semaphore> {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    Arc::new(tokio::sync::Semaphore::new(cores.max(2)))
 }
 
 /// Longest time a handler may take to produce a response.
@@ -81,12 +90,19 @@ async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
         TEXT_CONTENT_TYPE
     };
     let exposition = s.exposition.clone();
+    let Ok(permit) = s.encoders.clone().acquire_owned().await else {
+        return failed("the encoder pool is closed");
+    };
     if accepts_gzip(&headers) {
-        let chunks =
-            match tokio::task::spawn_blocking(move || exposition.gzip_body(openmetrics)).await {
-                Ok(c) => c,
-                Err(e) => return failed(e),
-            };
+        let chunks = match tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            exposition.gzip_body(openmetrics)
+        })
+        .await
+        {
+            Ok(c) => c,
+            Err(e) => return failed(e),
+        };
         let length: usize = chunks.iter().map(Bytes::len).sum();
         let stream = futures_util::stream::iter(chunks.into_iter().map(Ok::<_, Infallible>));
         return (
@@ -102,6 +118,7 @@ async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
     tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         exposition.plain_body(openmetrics, |b| tx.blocking_send(b).is_ok())
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
