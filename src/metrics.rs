@@ -396,6 +396,153 @@ impl Events {
         }
     }
 
+    /// Every event counter of `source` (all providers, all label values), keyed
+    /// `family|provider[|value]`: what an event table persists with its cursor.
+    pub fn snapshot(&self, source: &str) -> std::collections::BTreeMap<String, u64> {
+        use crate::events::classify::{RateLimitProblem, UnauthorizedReason};
+        use crate::provider::{ProviderKind, RefreshError};
+        let mut out = std::collections::BTreeMap::new();
+        let source = source.to_string();
+        for kind in ProviderKind::ALL {
+            let provider = kind.as_str();
+            let l = EventLabels {
+                provider,
+                source: source.clone(),
+            };
+            for (name, family) in [
+                ("refreshes", &self.refreshes),
+                ("api_requests", &self.api_requests),
+                ("forbidden", &self.forbidden),
+                ("regressions", &self.regressions),
+                ("races", &self.races),
+            ] {
+                if let Some(c) = family.get(&l).map(|c| c.get()).filter(|v| *v > 0) {
+                    out.insert(format!("{name}|{provider}"), c);
+                }
+            }
+            for e in RefreshError::ALL {
+                let l = EventErrorLabels {
+                    provider,
+                    source: source.clone(),
+                    error: e.as_str(),
+                };
+                if let Some(c) = self
+                    .refresh_failures
+                    .get(&l)
+                    .map(|c| c.get())
+                    .filter(|v| *v > 0)
+                {
+                    out.insert(format!("refresh_failures|{provider}|{}", e.as_str()), c);
+                }
+            }
+            for r in UnauthorizedReason::ALL {
+                let l = EventReasonLabels {
+                    provider,
+                    source: source.clone(),
+                    reason: r.as_str(),
+                };
+                if let Some(c) = self
+                    .unauthorized
+                    .get(&l)
+                    .map(|c| c.get())
+                    .filter(|v| *v > 0)
+                {
+                    out.insert(format!("unauthorized|{provider}|{}", r.as_str()), c);
+                }
+            }
+            for p in RateLimitProblem::ALL {
+                let l = EventProblemLabels {
+                    provider,
+                    source: source.clone(),
+                    problem: p.as_str(),
+                };
+                if let Some(c) = self
+                    .rate_limited
+                    .get(&l)
+                    .map(|c| c.get())
+                    .filter(|v| *v > 0)
+                {
+                    out.insert(format!("rate_limited|{provider}|{}", p.as_str()), c);
+                }
+            }
+        }
+        out
+    }
+
+    /// Add the counts of a [`Events::snapshot`] back to `source`'s counters (after a restart).
+    /// Keys this version does not know are ignored.
+    pub fn restore(&self, source: &str, counts: &std::collections::BTreeMap<String, u64>) {
+        use crate::events::classify::{RateLimitProblem, UnauthorizedReason};
+        use crate::provider::{ProviderKind, RefreshError};
+        for (key, n) in counts {
+            let mut parts = key.split('|');
+            let (Some(name), Some(p)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let Some(provider) = ProviderKind::ALL
+                .into_iter()
+                .map(|k| k.as_str())
+                .find(|k| *k == p)
+            else {
+                continue;
+            };
+            let value = parts.next();
+            let source = source.to_string();
+            let l = EventLabels {
+                provider,
+                source: source.clone(),
+            };
+            match (name, value) {
+                ("refreshes", None) => self.refreshes.get_or_create(&l).inc_by(*n),
+                ("api_requests", None) => self.api_requests.get_or_create(&l).inc_by(*n),
+                ("forbidden", None) => self.forbidden.get_or_create(&l).inc_by(*n),
+                ("regressions", None) => self.regressions.get_or_create(&l).inc_by(*n),
+                ("races", None) => self.races.get_or_create(&l).inc_by(*n),
+                ("refresh_failures", Some(v)) => {
+                    match RefreshError::ALL.into_iter().find(|e| e.as_str() == v) {
+                        Some(e) => self
+                            .refresh_failures
+                            .get_or_create(&EventErrorLabels {
+                                provider,
+                                source,
+                                error: e.as_str(),
+                            })
+                            .inc_by(*n),
+                        None => 0,
+                    }
+                }
+                ("unauthorized", Some(v)) => match UnauthorizedReason::ALL
+                    .into_iter()
+                    .find(|r| r.as_str() == v)
+                {
+                    Some(r) => self
+                        .unauthorized
+                        .get_or_create(&EventReasonLabels {
+                            provider,
+                            source,
+                            reason: r.as_str(),
+                        })
+                        .inc_by(*n),
+                    None => 0,
+                },
+                ("rate_limited", Some(v)) => {
+                    match RateLimitProblem::ALL.into_iter().find(|p| p.as_str() == v) {
+                        Some(p) => self
+                            .rate_limited
+                            .get_or_create(&EventProblemLabels {
+                                provider,
+                                source,
+                                problem: p.as_str(),
+                            })
+                            .inc_by(*n),
+                        None => 0,
+                    }
+                }
+                _ => 0,
+            };
+        }
+    }
+
     /// Count one refresh attempt and, when it failed, its error.
     pub fn refresh(
         &self,

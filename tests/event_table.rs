@@ -108,7 +108,11 @@ async fn a_restart_neither_loses_nor_double_counts_and_the_first_start_begins_at
         ),
         1.0
     );
-    assert_eq!(std::fs::read_to_string(&state).unwrap(), r#"{"cursor":6}"#);
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    assert_eq!(saved["cursor"], 6);
+    assert_eq!(saved["counters"]["refreshes|xero"], 2, "{saved}");
+    assert_eq!(saved["counters"]["api_requests|xero"], 3, "{saved}");
     // Polling again counts nothing new.
     assert_eq!(poll_tables(&mut e).await, [true]);
     assert_eq!(
@@ -119,7 +123,8 @@ async fn a_restart_neither_loses_nor_double_counts_and_the_first_start_begins_at
         ),
         3.0
     );
-    // Restart (as after kill -9): events written while down are counted once, old ones never.
+    // Restart (as after kill -9): the counters continue from the state file, events written
+    // while down are counted once, old ones never.
     drop(e);
     sqlx::query("INSERT INTO oauth_events (type, connection, outcome, error) VALUES ('refresh', 'c9', 'failure', 'invalid_client'), ('refresh', 'c9', 'failure', 'invalid_client')").execute(&pool).await.unwrap();
     let (mut e, _) = exporter(&cfg, fixed_now());
@@ -131,7 +136,7 @@ async fn a_restart_neither_loses_nor_double_counts_and_the_first_start_begins_at
             "oauth_token_refreshes_total",
             &[("source", "app_events")]
         ),
-        2.0
+        4.0
     );
     assert_eq!(
         value(
@@ -144,10 +149,20 @@ async fn a_restart_neither_loses_nor_double_counts_and_the_first_start_begins_at
     assert_eq!(
         value(
             &text,
+            "oauth_token_refresh_failures_total",
+            &l("error", "invalid_grant")
+        ),
+        1.0,
+        "restored"
+    );
+    assert_eq!(
+        value(
+            &text,
             "oauth_api_requests_total",
             &[("source", "app_events")]
         ),
-        0.0
+        3.0,
+        "restored"
     );
 }
 
@@ -490,11 +505,12 @@ async fn tail_by_time_and_id(kind: StoreKind, dsn: &str, table: &str) {
     .unwrap();
     let (mut e, _) = exporter(&cfg, fixed_now());
     assert_eq!(poll_tables(&mut e).await, [true], "{}", scrape(&e));
-    assert_eq!(failures(&e, "invalid_client"), 2.0);
+    assert_eq!(failures(&e, "invalid_client"), 7.0, "5 restored and 2 new");
+    assert_eq!(failures(&e, "invalid_grant"), 1.0, "restored");
     assert_eq!(poll_tables(&mut e).await, [true]);
     assert_eq!(
         failures(&e, "invalid_client"),
-        2.0,
+        7.0,
         "polling again counts nothing"
     );
     db.execute(&format!("DROP TABLE {table}"), &[])

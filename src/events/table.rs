@@ -1,7 +1,8 @@
 //! Event tables: rows the host app writes for each refresh and API call, tailed with an
-//! increasing id. The cursor is kept in a state file (written atomically after each counted
-//! batch), so a restart neither loses nor double-counts an event; the first start begins at
-//! the current end of the table unless `start: beginning`. Reads go through the same
+//! increasing id (or a timestamp and an id). The cursor and the table's counters are kept in a
+//! state file (written atomically after each counted batch), so a restart, even `kill -9`,
+//! neither loses nor double-counts an event and the counters continue where they were; the
+//! first start begins at the current end of the table unless `start: beginning`. Reads go through the same
 //! read-only connections as the sources.
 
 use super::ingest::{count, event};
@@ -23,6 +24,9 @@ pub struct TablePoller {
     live: Arc<Live>,
     cursor: Option<Cursor>,
     failures: u32,
+    /// The cursor advanced in memory but is not yet in the state file: every poll tries to
+    /// write it, and fails until it can.
+    dirty: bool,
 }
 
 /// A value of the cursor, as the store gave it, so it is compared in the store's own terms.
@@ -77,6 +81,16 @@ pub enum Cursor {
     },
 }
 
+/// The state file: where the next read starts, and this table's event counters as of that
+/// point, so that a restart (even `kill -9`) continues the counters instead of resetting them.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct State {
+    #[serde(flatten)]
+    cursor: Cursor,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    counters: std::collections::BTreeMap<String, u64>,
+}
+
 fn cell_json(c: &Cell) -> Option<serde_json::Value> {
     Some(match c {
         Cell::Null => return None,
@@ -101,6 +115,7 @@ impl TablePoller {
             live,
             cursor: None,
             failures: 0,
+            dirty: false,
         })
     }
 
@@ -186,10 +201,14 @@ impl TablePoller {
     fn persist(&self, cursor: &Cursor) -> Result<(), CollectError> {
         let path = &self.cfg.state_file;
         let tmp = path.with_extension("tmp");
+        let state = State {
+            cursor: cursor.clone(),
+            counters: self.live.events.snapshot(&self.cfg.name),
+        };
         let write = || -> std::io::Result<()> {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(
-                serde_json::to_string(cursor)
+                serde_json::to_string(&state)
                     .expect("serialisable")
                     .as_bytes(),
             )?;
@@ -207,18 +226,21 @@ impl TablePoller {
     async fn initial_cursor(&mut self) -> Result<Cursor, CollectError> {
         match std::fs::read_to_string(&self.cfg.state_file) {
             Ok(text) => {
-                let c = serde_json::from_str::<Cursor>(&text).map_err(|_| {
+                let state = serde_json::from_str::<State>(&text).map_err(|_| {
                     CollectError::Document(format!(
                         "the state file {} is not a cursor; remove it to start again",
                         self.cfg.state_file.display()
                     ))
                 })?;
+                let c = state.cursor;
                 if matches!(c, Cursor::Id { .. }) && self.cfg.time_column.is_some() {
                     return Err(CollectError::Document(format!(
                         "the state file {} holds an id cursor but time_column is set; remove it to start again",
                         self.cfg.state_file.display()
                     )));
                 }
+                // The counters continue from where they were when the cursor was written.
+                self.live.events.restore(&self.cfg.name, &state.counters);
                 return Ok(c);
             }
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -347,8 +369,10 @@ impl TablePoller {
             // Advance in memory first: a state file that cannot be written must not make the
             // same rows count twice in this process.
             self.cursor = Some(cursor.clone());
-            if n > 0 {
+            if n > 0 || self.dirty {
+                self.dirty = true;
                 self.persist(&cursor)?;
+                self.dirty = false;
             }
             if n < self.cfg.batch {
                 break;
