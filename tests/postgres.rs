@@ -371,3 +371,83 @@ async fn postgres_going_away_keeps_last_values_and_the_source_recovers_by_itself
     );
     teardown(pool, &s).await;
 }
+
+#[tokio::test]
+async fn postgres_stalling_times_out_and_a_reset_fails_the_poll_and_the_source_recovers_from_both()
+{
+    let Some((pool, s)) = setup(
+        "postgres_stalling_times_out_and_a_reset_fails_the_poll_and_the_source_recovers_from_both",
+        "pg_stall",
+        &[
+            "CREATE TABLE {s}.t (id text, lr timestamptz)".into(),
+            "INSERT INTO {s}.t VALUES ('a', '2026-05-01 10:00:00+00')".into(),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let target = pg_url()
+        .split('@')
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let proxy = FaultProxy::start(target).await;
+    let dsn = format!("postgres://postgres@{}/test", proxy.addr);
+    let yaml = format!("sources:\n{}", pg_source("hung", &dsn, &format!("    interval: 5s\n    timeout: 1s\n    query: SELECT id, lr FROM {s}.t\n    fields: {{connection: id, last_refresh: lr}}\n")));
+    let (mut e, _) = exporter(&yaml, fixed_now());
+    assert_eq!(poll(&mut e).await, [true]);
+    let errors = |e: &oauth_token_exporter::Exporter, reason: &str| {
+        value(
+            &scrape(e),
+            "oauth_exporter_source_errors_total",
+            &[("source", "hung"), ("reason", reason)],
+        )
+    };
+    // A stalled server: the poll gives up at its deadline; the exposition is served meanwhile.
+    proxy.stall();
+    let started = std::time::Instant::now();
+    assert_eq!(poll(&mut e).await, [false]);
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    // The pool's health check or the query hits the deadline first: connect or timeout.
+    assert_eq!(errors(&e, "timeout") + errors(&e, "connect"), 1.0);
+    assert_eq!(connections(&scrape(&e), "hung"), ["a"], "last values stay");
+    proxy.restore();
+    let mut recovered = false;
+    for _ in 0..3 {
+        if poll(&mut e).await == [true] {
+            recovered = true;
+            break;
+        }
+    }
+    assert!(recovered, "recovers from a stall: {}", scrape(&e));
+    // A connection reset by peer.
+    proxy.reset();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let mut failed = 0;
+    let mut recovered = false;
+    for _ in 0..4 {
+        if poll(&mut e).await == [true] {
+            recovered = true;
+            break;
+        }
+        failed += 1;
+    }
+    assert!(recovered, "recovers from a reset: {}", scrape(&e));
+    assert!(
+        failed <= 1,
+        "at most the poll on the reset connection fails"
+    );
+    assert_eq!(
+        value(
+            &scrape(&e),
+            "oauth_exporter_source_up",
+            &[("source", "hung")]
+        ),
+        1.0
+    );
+    teardown(pool, &s).await;
+}

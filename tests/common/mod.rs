@@ -141,12 +141,39 @@ pub fn connections(text: &str, source: &str) -> Vec<String> {
     ids
 }
 
-/// A TCP proxy in front of a store that can be cut (every connection reset, new ones refused)
-/// and restored, to take a store away and bring it back.
+/// A TCP proxy in front of a store that injects faults: `cut` (every connection closed, new ones
+/// refused), `stall` (connections stay open but no byte passes: a hung server or a black-holed
+/// network), `reset` (every connection reset by peer), and `restore`.
 pub struct FaultProxy {
     pub addr: std::net::SocketAddr,
     up: Arc<AtomicBool>,
     cut: Arc<Notify>,
+    stalled: Arc<tokio::sync::watch::Sender<bool>>,
+    reset: Arc<Notify>,
+}
+
+/// Copy one direction until end of stream, holding bytes while stalled.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut stalled: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while *stalled.borrow() {
+            if stalled.changed().await.is_err() {
+                return;
+            }
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl FaultProxy {
@@ -155,7 +182,11 @@ impl FaultProxy {
         let addr = listener.local_addr().unwrap();
         let up = Arc::new(AtomicBool::new(true));
         let cut = Arc::new(Notify::new());
-        let (up2, cut2) = (up.clone(), cut.clone());
+        let reset = Arc::new(Notify::new());
+        let (stall_tx, _) = tokio::sync::watch::channel(false);
+        let stalled = Arc::new(stall_tx);
+        let (up2, cut2, reset2, stalled2) =
+            (up.clone(), cut.clone(), reset.clone(), stalled.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((mut client, _)) = listener.accept().await else {
@@ -166,19 +197,48 @@ impl FaultProxy {
                     continue;
                 }
                 let target = target.clone();
-                let cut = cut2.clone();
+                let (cut, reset, stalled) = (cut2.clone(), reset2.clone(), stalled2.clone());
                 tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(&target).await else {
+                    let Ok(server) = TcpStream::connect(&target).await else {
                         return;
                     };
+                    let client_std = client.into_std().unwrap();
+                    let server_std = server.into_std().unwrap();
+                    let (c2, s2) = (
+                        client_std.try_clone().unwrap(),
+                        server_std.try_clone().unwrap(),
+                    );
+                    let client = TcpStream::from_std(client_std).unwrap();
+                    let server = TcpStream::from_std(server_std).unwrap();
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    let up = tokio::spawn(pump(cr, sw, stalled.subscribe()));
+                    let down = tokio::spawn(pump(sr, cw, stalled.subscribe()));
+                    let aborts = [up.abort_handle(), down.abort_handle()];
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = async { let _ = tokio::join!(up, down); } => {}
                         _ = cut.notified() => {}
+                        _ = reset.notified() => {
+                            // SO_LINGER 0: closing sends RST instead of FIN.
+                            for s in [&c2, &s2] {
+                                let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
+                            }
+                        }
                     }
+                    for a in aborts {
+                        a.abort();
+                    }
+                    drop((c2, s2));
                 });
             }
         });
-        FaultProxy { addr, up, cut }
+        FaultProxy {
+            addr,
+            up,
+            cut,
+            stalled,
+            reset,
+        }
     }
 
     pub fn cut(&self) {
@@ -186,8 +246,19 @@ impl FaultProxy {
         self.cut.notify_waiters();
     }
 
+    /// Hold every byte in both directions until [`FaultProxy::restore`].
+    pub fn stall(&self) {
+        self.stalled.send_replace(true);
+    }
+
+    /// Reset every open connection (new ones still pass).
+    pub fn reset(&self) {
+        self.reset.notify_waiters();
+    }
+
     pub fn restore(&self) {
         self.up.store(true, Ordering::SeqCst);
+        self.stalled.send_replace(false);
     }
 }
 
