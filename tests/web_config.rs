@@ -436,3 +436,59 @@ fn the_fixture_corpus_agrees_with_promtool_check_web_config() {
     }
     assert!(checked >= 10, "{checked}");
 }
+
+/// ALPN over TLS: h2 when `http2` is on (the default), HTTP/1.1 only when it is off.
+#[tokio::test]
+async fn http2_is_offered_over_tls_unless_the_web_config_turns_it_off() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let d = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    pki.write_server(d.path());
+    for (http2, want) in [(true, &b"h2"[..]), (false, &b"http/1.1"[..])] {
+        let web = d.path().join(format!("web-{http2}.yml"));
+        std::fs::write(
+            &web,
+            format!("tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\nhttp_server_config:\n  http2: {http2}\n"),
+        )
+        .unwrap();
+        let (url, _, stop) = start(d.path(), Some(&web), None, "https", "http://127.0.0.1:9").await;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(pki.ca.pem().as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let mut cfg = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let addr = url.trim_start_matches("https://localhost:");
+        let tcp = tokio::net::TcpStream::connect(format!("127.0.0.1:{addr}"))
+            .await
+            .unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        assert_eq!(
+            tls.get_ref().1.alpn_protocol(),
+            Some(want),
+            "http2: {http2}"
+        );
+        if http2 {
+            let (mut send, conn) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                hyper_util::rt::TokioIo::new(tls),
+            )
+            .await
+            .unwrap();
+            tokio::spawn(conn);
+            let req = axum::http::Request::get(format!("{url}/-/healthy"))
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap();
+            let resp = send.send_request(req).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            assert_eq!(resp.version(), axum::http::Version::HTTP_2);
+        }
+        stop.cancel();
+    }
+}
