@@ -42,7 +42,12 @@ async fn main() {
     let router = e.router(&ServerOptions::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/api/v1/events", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    tokio::spawn(oauth_token_exporter::serve::serve(
+        listener,
+        router,
+        Default::default(),
+        tokio_util::sync::CancellationToken::new(),
+    ));
     let body = Arc::new(batch(batch_size, 0));
     let sent = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(seconds);

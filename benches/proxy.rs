@@ -11,6 +11,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The proxy as the exporter serves it (the hardened loop, with its limits).
+async fn serve_as_exporter(router: axum::Router) -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let opts = oauth_token_exporter::serve::ServeOptions {
+        auth_header: oauth_token_exporter::serve::AuthHeader::ProxyAuthorization,
+        ..Default::default()
+    };
+    tokio::spawn(oauth_token_exporter::serve::serve(
+        l,
+        router,
+        opts,
+        tokio_util::sync::CancellationToken::new(),
+    ));
+    url
+}
+
 async fn serve(router: axum::Router) -> String {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", l.local_addr().unwrap());
@@ -55,7 +72,7 @@ async fn main() {
     let yaml = format!("proxy:\n  identity_url: {sim}\n  api_url: {sim}\n");
     let cfg = config::parse(&yaml, "bench.yml", &|_| None).unwrap();
     let e = Exporter::new(&cfg, clock).unwrap_or_else(|(s, e)| panic!("{s}: {e}"));
-    let proxy = serve(e.proxy_router().unwrap()).await;
+    let proxy = serve_as_exporter(e.proxy_router().unwrap()).await;
     let client = reqwest::Client::new();
     let direct_url = format!("{sim}/connections");
     let proxy_url = format!("{proxy}/connections");

@@ -205,6 +205,10 @@ async fn an_unreachable_upstream_is_a_502_and_a_network_failure() {
         .unwrap()
         .port();
     let s = setup(Some(format!("http://127.0.0.1:{port}"))).await;
+    assert_eq!(
+        s.metric("oauth_exporter_source_up", &[("source", "proxy")]),
+        1.0
+    );
     let (st, _) = s.refresh("rt_whatever", "s3cret").await;
     assert_eq!(st, 502);
     assert_eq!(
@@ -212,6 +216,30 @@ async fn an_unreachable_upstream_is_a_502_and_a_network_failure() {
             "oauth_token_refresh_failures_total",
             &[("source", "proxy"), ("error", "network")]
         ),
+        1.0
+    );
+    assert_eq!(
+        s.metric("oauth_exporter_source_up", &[("source", "proxy")]),
+        0.0,
+        "the upstream's health shows"
+    );
+    assert_eq!(
+        s.metric(
+            "oauth_exporter_source_errors_total",
+            &[("source", "proxy"), ("reason", "connect")]
+        ),
+        1.0
+    );
+    // The upstream comes back on its address: the proxy recovers without a restart.
+    let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let router = s.x.router();
+    tokio::spawn(async move { axum::serve(l, router).await.unwrap() });
+    let (st, _) = s.refresh("rt_unknown", "s3cret").await;
+    assert_eq!(st, 400, "answered by Xero again");
+    assert_eq!(
+        s.metric("oauth_exporter_source_up", &[("source", "proxy")]),
         1.0
     );
 }

@@ -50,6 +50,24 @@ pub fn router(cfg: Proxy, live: Arc<Live>) -> Router {
     crate::sources::install_tls_provider();
     live.events.init(cfg.provider.as_str(), &cfg.source);
     live.detector.init(cfg.provider.as_str(), &cfg.source);
+    // Self-health of the upstream: `up` is 1 until a call fails to reach it, 0 until one
+    // succeeds again; failures count as `connect` or `timeout`. (No last-success timestamp: an
+    // idle proxy is not a stale one.)
+    let labels = crate::metrics::SourceLabels {
+        source: cfg.source.clone(),
+    };
+    live.up.get_or_create(&labels).set(1);
+    for r in [
+        crate::metrics::SourceErrorReason::Connect,
+        crate::metrics::SourceErrorReason::Timeout,
+    ] {
+        let _ = live
+            .errors
+            .get_or_create(&crate::metrics::SourceReasonLabels {
+                source: cfg.source.clone(),
+                reason: r.as_str(),
+            });
+    }
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(cfg.timeout)
@@ -140,10 +158,28 @@ async fn forward(State(s): State<ProxyState>, req: Request) -> Response {
                     .events
                     .refresh(provider, source, Some(RefreshError::Network));
             }
-            tracing::warn!(source, upstream = %base, error = %e.without_url(), "The proxy could not reach the upstream.");
+            let reason = if e.is_timeout() {
+                crate::metrics::SourceErrorReason::Timeout
+            } else {
+                crate::metrics::SourceErrorReason::Connect
+            };
+            s.live.source_error(source, reason);
+            s.live
+                .up
+                .get_or_create(&crate::metrics::SourceLabels {
+                    source: source.to_string(),
+                })
+                .set(0);
+            tracing::warn!(source, upstream = %base, reason = reason.as_str(), error = %e.without_url(), "The proxy could not reach the upstream.");
             return bad_gateway("upstream unreachable");
         }
     };
+    s.live
+        .up
+        .get_or_create(&crate::metrics::SourceLabels {
+            source: source.to_string(),
+        })
+        .set(1);
     let status = resp.status();
     let mut out_headers = HeaderMap::new();
     for (k, v) in resp.headers() {
