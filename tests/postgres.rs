@@ -292,12 +292,9 @@ async fn a_configured_statement_that_writes_is_refused_by_postgres() {
     teardown(pool, &s).await;
 }
 
-#[tokio::test]
-async fn postgres_going_away_keeps_last_values_and_the_source_recovers_by_itself() {
-    let Some((pool, s)) = setup("postgres_going_away_keeps_last_values_and_the_source_recovers_by_itself", "pg_outage", &[
-        "CREATE TABLE {s}.t (id text, lr timestamptz)".into(),
-        "INSERT INTO {s}.t VALUES ('a', '2026-05-01 10:00:00+00'), ('b', '2026-05-02 10:00:00+00')".into(),
-    ]).await else { return };
+/// A source `name` reading `{schema}.t (id, lr)` through a fault-injecting proxy in front of
+/// PostgreSQL (1 s timeout): the proxy and the config.
+async fn behind_fault_proxy(name: &str, schema: &str) -> (FaultProxy, String) {
     let target = pg_url()
         .split('@')
         .nth(1)
@@ -308,7 +305,17 @@ async fn postgres_going_away_keeps_last_values_and_the_source_recovers_by_itself
         .to_string();
     let proxy = FaultProxy::start(target).await;
     let dsn = format!("postgres://postgres@{}/test", proxy.addr);
-    let yaml = format!("sources:\n{}", pg_source("flaky", &dsn, &format!("    interval: 5s\n    timeout: 1s\n    query: SELECT id, lr FROM {s}.t\n    fields: {{connection: id, last_refresh: lr}}\n")));
+    let yaml = format!("sources:\n{}", pg_source(name, &dsn, &format!("    interval: 5s\n    timeout: 1s\n    query: SELECT id, lr FROM {schema}.t\n    fields: {{connection: id, last_refresh: lr}}\n")));
+    (proxy, yaml)
+}
+
+#[tokio::test]
+async fn postgres_going_away_keeps_last_values_and_the_source_recovers_by_itself() {
+    let Some((pool, s)) = setup("postgres_going_away_keeps_last_values_and_the_source_recovers_by_itself", "pg_outage", &[
+        "CREATE TABLE {s}.t (id text, lr timestamptz)".into(),
+        "INSERT INTO {s}.t VALUES ('a', '2026-05-01 10:00:00+00'), ('b', '2026-05-02 10:00:00+00')".into(),
+    ]).await else { return };
+    let (proxy, yaml) = behind_fault_proxy("flaky", &s).await;
     let (mut e, clock) = exporter(&yaml, fixed_now());
     assert_eq!(poll(&mut e).await, [true]);
     proxy.cut();
@@ -387,17 +394,7 @@ async fn postgres_stalling_times_out_and_a_reset_fails_the_poll_and_the_source_r
     else {
         return;
     };
-    let target = pg_url()
-        .split('@')
-        .nth(1)
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
-    let proxy = FaultProxy::start(target).await;
-    let dsn = format!("postgres://postgres@{}/test", proxy.addr);
-    let yaml = format!("sources:\n{}", pg_source("hung", &dsn, &format!("    interval: 5s\n    timeout: 1s\n    query: SELECT id, lr FROM {s}.t\n    fields: {{connection: id, last_refresh: lr}}\n")));
+    let (proxy, yaml) = behind_fault_proxy("hung", &s).await;
     let (mut e, _) = exporter(&yaml, fixed_now());
     assert_eq!(poll(&mut e).await, [true]);
     let errors = |e: &oauth_token_exporter::Exporter, reason: &str| {
