@@ -210,38 +210,18 @@ pub(crate) fn redact_values(message: &str) -> String {
     if message.starts_with("missing field") {
         return message.to_string();
     }
-    let (sent, expected) = match message.find(", expected") {
+    // What was expected comes last and is ours (field names, enum values, types); anything the
+    // sender sent sits before it, quoted, and may itself contain `, expected` or quotes: keep
+    // only the words before the first quote.
+    let (sent, expected) = match message.rfind(", expected") {
         Some(i) => message.split_at(i),
         None => (message, ""),
     };
-    let mut out = String::with_capacity(sent.len());
-    let mut chars = sent.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '`' => {
-                for d in chars.by_ref() {
-                    if d == '`' {
-                        break;
-                    }
-                }
-            }
-            '"' => {
-                while let Some(d) = chars.next() {
-                    match d {
-                        '\\' => {
-                            chars.next();
-                        }
-                        '"' => break,
-                        _ => {}
-                    }
-                }
-            }
-            _ => out.push(c),
-        }
-    }
+    let cut = sent.find(['`', '"']).unwrap_or(sent.len());
+    let mut words: Vec<&str> = sent[..cut].split_whitespace().collect();
     // "invalid type: integer 5" and the like: drop a trailing literal after the kind.
-    let mut words: Vec<&str> = out.split_whitespace().collect();
-    if (out.starts_with("invalid type:") || out.starts_with("invalid value:")) && words.len() > 3 {
+    if (sent.starts_with("invalid type:") || sent.starts_with("invalid value:")) && words.len() > 3
+    {
         words.truncate(3);
     }
     format!("{}{expected}", words.join(" "))
@@ -472,6 +452,16 @@ mod tests {
                 "unknown field, expected one of `type`, `connection`",
             ),
             ("missing field `connection`", "missing field `connection`"),
+            // Found by `fuzz/run.sh` (target ingest): a sent key holding a backtick and
+            // ", expected" ended the quote early and leaked the rest of the key.
+            (
+                "unknown field `S3C`RET, expected x`, expected one of `type`",
+                "unknown field, expected one of `type`",
+            ),
+            (
+                "unknown variant `a\"S3CRET, expected b`, expected `success` or `failure`",
+                "unknown variant, expected `success` or `failure`",
+            ),
         ] {
             let got = redact_values(m);
             assert_eq!(got, want);
