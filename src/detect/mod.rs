@@ -7,7 +7,9 @@
 //! - refresh races: two successful refreshes of one connection inside the provider's grace
 //!   period, or an `invalid_grant` right after a success — `oauth_token_refresh_races_total`.
 //!
-//! State is per connection, in memory, bounded by the window (older entries are dropped).
+//! State is per connection, in memory: the last success, the last failure and at most
+//! `retry_loop_failures` `invalid_grant` times, dropped once they leave the window; at most a
+//! million connections per inlet. A flood of failures does not grow it.
 
 use crate::clock::SharedClock;
 use crate::provider::{ProviderKind, RefreshError};
@@ -21,7 +23,8 @@ const MAX_TRACKED: usize = 1_000_000;
 #[derive(Debug, Default)]
 struct Conn {
     last_success: Option<DateTime<Utc>>,
-    failures: VecDeque<DateTime<Utc>>,
+    /// The latest failure (all a "failing in the window" needs).
+    last_failure: Option<DateTime<Utc>>,
     invalid_grants: VecDeque<DateTime<Utc>>,
 }
 
@@ -81,7 +84,7 @@ impl Detector {
             let since = at - self.window;
             inlet.conns.retain(|_, c| {
                 c.last_success.is_some_and(|t| t >= since)
-                    || c.failures.back().is_some_and(|t| *t >= since)
+                    || c.last_failure.is_some_and(|t| t >= since)
             });
         }
         let c = inlet.conns.entry(connection.to_string()).or_default();
@@ -94,10 +97,15 @@ impl Detector {
                 recent_success
             }
             Some(err) => {
-                c.failures.push_back(at);
+                c.last_failure = c.last_failure.max(Some(at));
                 let invalid_grant = err == RefreshError::InvalidGrant;
                 if invalid_grant {
+                    // The latest `retry_loop` are all a loop needs: memory stays bounded
+                    // however many failures arrive within the window.
                     c.invalid_grants.push_back(at);
+                    while c.invalid_grants.len() > self.retry_loop {
+                        c.invalid_grants.pop_front();
+                    }
                 }
                 invalid_grant && recent_success
             }
@@ -115,12 +123,8 @@ impl Detector {
         let at = at.unwrap_or_else(|| self.clock.now());
         let mut inlets = self.inlets.lock().unwrap_or_else(|e| e.into_inner());
         let inlet = inlets.entry((provider, source.to_string())).or_default();
-        inlet
-            .conns
-            .entry(connection.to_string())
-            .or_default()
-            .failures
-            .push_back(at);
+        let c = inlet.conns.entry(connection.to_string()).or_default();
+        c.last_failure = c.last_failure.max(Some(at));
     }
 
     /// Make sure an inlet is reported (at 0) before any event.
@@ -142,15 +146,17 @@ impl Detector {
         for ((provider, source), inlet) in inlets.iter_mut() {
             let (mut failing, mut looping) = (0, 0);
             inlet.conns.retain(|_, c| {
-                prune(&mut c.failures, since);
+                if c.last_failure.is_some_and(|t| t < since) {
+                    c.last_failure = None;
+                }
                 prune(&mut c.invalid_grants, since);
-                if !c.failures.is_empty() {
+                if c.last_failure.is_some() {
                     failing += 1;
                 }
                 if c.invalid_grants.len() >= self.retry_loop {
                     looping += 1;
                 }
-                !c.failures.is_empty()
+                c.last_failure.is_some()
                     || c.last_success
                         .is_some_and(|t| now - t <= race_window(provider).max(self.window))
             });
@@ -219,6 +225,25 @@ mod tests {
             Some(RefreshError::InvalidGrant),
         );
         assert_eq!(d.snapshot()[0].3, 1);
+    }
+
+    #[test]
+    fn a_flood_of_failures_keeps_a_bounded_state_per_connection() {
+        let (d, _) = detector();
+        for i in 0..10_000 {
+            d.refresh(
+                "xero",
+                "app",
+                "flood",
+                Some(t0() + Duration::milliseconds(i)),
+                Some(RefreshError::InvalidGrant),
+            );
+        }
+        let inlets = d.inlets.lock().unwrap();
+        let c = &inlets[&("xero", "app".to_string())].conns["flood"];
+        assert_eq!(c.invalid_grants.len(), 5);
+        drop(inlets);
+        assert_eq!(d.snapshot(), [("xero", "app".to_string(), 1, 1)]);
     }
 
     #[test]
