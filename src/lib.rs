@@ -168,6 +168,8 @@ impl Exporter {
                 sources: self.sources.clone(),
                 clock: self.clock.clone(),
                 encoders: server::encoders(),
+                telemetry_path: opts.telemetry_path.clone(),
+                inlets: self.inlets(),
             },
             &opts.telemetry_path,
         );
@@ -180,6 +182,36 @@ impl Exporter {
             Some(cfg) => router.merge(events::nango::router(cfg.clone(), live)),
             None => router,
         }
+    }
+
+    /// The event inlets configured, one line each (names and paths, never a secret).
+    fn inlets(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for t in &self.tables {
+            out.push(format!("Event table: {}", t.cfg.name));
+        }
+        if let Some(i) = &self.ingest {
+            out.push(format!(
+                "Ingest API: POST /api/v1/events (source {})",
+                i.source
+            ));
+        }
+        if let Some(n) = &self.nango_webhook {
+            out.push(format!(
+                "Nango webhooks: POST /webhooks/nango (source {})",
+                n.source
+            ));
+        }
+        if let Some(p) = &self.proxy {
+            match &p.listen_address {
+                Some(a) => out.push(format!("Reverse proxy on {a} (source {})", p.source)),
+                None => out.push(format!(
+                    "Reverse proxy, not listening (source {})",
+                    p.source
+                )),
+            }
+        }
+        out
     }
 
     /// The reverse proxy's router, when configured (served on its own listener).

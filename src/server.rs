@@ -25,6 +25,10 @@ pub struct AppState {
     pub clock: SharedClock,
     /// Encodings of `/metrics` running at once (they use a CPU each; more scrapes wait).
     pub encoders: Arc<tokio::sync::Semaphore>,
+    /// Where the metrics are served (`--web.telemetry-path`); the landing page links to it.
+    pub telemetry_path: String,
+    /// The event inlets configured, one line each, for the landing page.
+    pub inlets: Vec<String>,
 }
 
 /// Encodings of `/metrics` allowed at once: one per core, at least two. Hundreds of scrapes at
@@ -178,7 +182,12 @@ fn esc(s: &str) -> String {
 /// How many at-risk connections the landing page lists.
 const AT_RISK_ROWS: usize = 20;
 
-async fn landing(State(s): State<AppState>) -> Html<String> {
+/// The landing page runs no script and loads nothing: a strict policy makes any escaping slip
+/// inert. `headers` of `--web.config.file` override it.
+const LANDING_CSP: &str =
+    "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+async fn landing(State(s): State<AppState>) -> impl IntoResponse {
     let now = s.clock.now().timestamp() as f64;
     let mut h = String::new();
     let _ = write!(
@@ -187,9 +196,11 @@ async fn landing(State(s): State<AppState>) -> Html<String> {
          <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}\
          td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}.down{{color:#b00}}</style></head><body>\
          <h1>OAuth Token Exporter</h1><p>Version {}</p>\
-         <ul><li><a href=\"metrics\">Metrics</a></li><li><a href=\"-/healthy\">Health</a></li><li><a href=\"-/ready\">Readiness</a></li></ul>\
+         <ul><li><a href=\"{}\">Metrics</a></li><li><a href=\"-/healthy\">Health</a></li><li><a href=\"-/ready\">Readiness</a></li></ul>\
          <h2>Sources</h2><table><tr><th>source</th><th>store</th><th>provider</th><th>up</th><th>last success</th><th>connections</th><th>needs re-auth</th><th>expiring within 7d</th><th>not exported (cap)</th></tr>",
-        env!("CARGO_PKG_VERSION")
+        env!("CARGO_PKG_VERSION"),
+        // Relative to `/`, so the link also works behind a reverse proxy that adds a prefix.
+        esc(s.telemetry_path.trim_start_matches('/'))
     );
     let mut at_risk = Vec::new();
     for src in &s.sources {
@@ -215,7 +226,17 @@ async fn landing(State(s): State<AppState>) -> Html<String> {
             }
         }
     }
-    h.push_str("</table><h2>Connections at risk</h2>");
+    h.push_str("</table><h2>Event inlets</h2>");
+    if s.inlets.is_empty() {
+        h.push_str("<p>None configured: refresh outcomes and API 401s are not counted.</p>");
+    } else {
+        h.push_str("<ul>");
+        for i in &s.inlets {
+            let _ = write!(h, "<li>{}</li>", esc(i));
+        }
+        h.push_str("</ul>");
+    }
+    h.push_str("<h2>Connections at risk</h2>");
     at_risk.sort_by(|a, b| a.1.refresh_expiry.total_cmp(&b.1.refresh_expiry));
     if at_risk.is_empty() {
         h.push_str(
@@ -248,5 +269,11 @@ async fn landing(State(s): State<AppState>) -> Html<String> {
         h.push_str("</table>");
     }
     h.push_str("</body></html>");
-    Html(h)
+    (
+        [
+            (header::CONTENT_SECURITY_POLICY, LANDING_CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        Html(h),
+    )
 }

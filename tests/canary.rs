@@ -37,14 +37,6 @@ fn basic(user: &str, pw: &str) -> String {
     )
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Everything the exporter said, to be searched for the markers.
 #[derive(Default)]
 struct Said(Vec<(String, String)>);

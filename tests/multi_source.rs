@@ -22,14 +22,6 @@ fn http_get(port: u16, path: &str) -> String {
     out
 }
 
-struct Kill(std::process::Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn one_process_watches_postgres_xero_redis_quickbooks_and_a_token_file_with_per_source_health(
 ) {

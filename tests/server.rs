@@ -127,6 +127,26 @@ async fn landing_page_lists_sources_and_connections_at_risk_escaped() {
     );
     assert!(html.contains("&lt;script&gt;") && !html.contains("<script>"));
     assert!(html.contains("href=\"metrics\""));
+    assert!(
+        h[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap()
+            .starts_with("default-src 'none'"),
+        "the page runs no script and loads nothing"
+    );
+    assert!(html.contains("<h2>Event inlets</h2><p>None configured"));
+}
+
+#[tokio::test]
+async fn landing_page_links_to_the_configured_telemetry_path() {
+    let (_d, yaml) = fleet().await;
+    let (e, _) = exporter(&yaml, fixed_now());
+    let r = e.router(&ServerOptions {
+        telemetry_path: "/internal/prom".into(),
+        ..Default::default()
+    });
+    let html = String::from_utf8(get(&r, "/", &[]).await.2).unwrap();
+    assert!(html.contains("href=\"internal/prom\""), "{html}");
 }
 
 #[tokio::test]

@@ -295,6 +295,24 @@ pub async fn serve(router: axum::Router) -> String {
     url
 }
 
+/// A free local port (for a child process to listen on).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed (and reaped) when the test ends, passing or failing.
+pub struct Kill(pub std::process::Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The repository's root.
 pub fn root() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -313,7 +331,7 @@ pub fn tool(test: &str, names: &[&str]) -> Option<std::path::PathBuf> {
             panic!("{test}: {names:?} is not installed and CI=true makes it mandatory");
         }
         eprintln!(
-            "SKIPPED {test}: {} is not installed (Debian packages prometheus, prometheus-alertmanager)",
+            "SKIPPED {test}: {} is not installed (.ci/run installs it from Debian's packages)",
             names[0]
         );
     }
