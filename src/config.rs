@@ -224,6 +224,8 @@ pub enum Store {
         value: RedisValue,
         /// Most keys read per poll.
         max_keys: usize,
+        /// PEM CA bundle to trust instead of the system roots (`rediss://` only).
+        ca_file: Option<PathBuf>,
     },
     File {
         path: PathBuf,
@@ -1635,7 +1637,12 @@ fn store_options(
         StoreKind::Http,
         problems,
     );
-    only("ca_file", raw.ca_file.is_some(), StoreKind::Http, problems);
+    if raw.ca_file.is_some() && !matches!(kind, StoreKind::Http | StoreKind::Redis) {
+        problems.add(
+            format!("{at}.ca_file"),
+            "only http and redis sources take `ca_file`",
+        );
+    }
     let store = match kind {
         StoreKind::Sqlite | StoreKind::Postgres | StoreKind::Mysql => Store::Sql {
             query: String::new(),
@@ -1656,6 +1663,7 @@ fn store_options(
                 key_pattern,
                 value: raw.value.unwrap_or(RedisValue::Hash),
                 max_keys,
+                ca_file: raw.ca_file.clone(),
             }
         }
         StoreKind::File => match &raw.path {

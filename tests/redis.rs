@@ -250,3 +250,124 @@ async fn redis_going_away_keeps_last_values_and_the_source_recovers() {
     );
     cleanup(&mut conn, &p).await;
 }
+
+/// A CA and a server certificate for 127.0.0.1 signed by it: (CA PEM, cert PEM, key PEM).
+fn private_ca() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "redis test CA");
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test]
+async fn redis_over_tls_is_read_with_a_private_ca_and_refused_without_it() {
+    let test = "redis_over_tls_is_read_with_a_private_ca_and_refused_without_it";
+    let Some(server) = tool(test, &["redis-server"]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = private_ca();
+    for (name, pem) in [("ca.crt", &ca), ("server.crt", &cert), ("server.key", &key)] {
+        std::fs::write(dir.path().join(name), pem).unwrap();
+    }
+    // A Redis of the test's own that speaks TLS only.
+    let port = free_port();
+    let _redis = Kill(
+        std::process::Command::new(server)
+            .current_dir(dir.path())
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .args([
+                "--tls-cert-file",
+                "server.crt",
+                "--tls-key-file",
+                "server.key",
+            ])
+            .args(["--tls-ca-cert-file", "ca.crt", "--tls-auth-clients", "no"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("rediss://127.0.0.1:{port}");
+    oauth_token_exporter::sources::install_tls_provider();
+    let client = redis::Client::build_with_tls(
+        url.as_str(),
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(ca.clone().into_bytes()),
+        },
+    )
+    .unwrap();
+    let mut conn = None;
+    for _ in 0..100 {
+        if let Ok(c) = client.get_multiplexed_async_connection().await {
+            conn = Some(c);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut conn = conn.expect("the TLS Redis started");
+    let _: () = conn
+        .hset_multiple(
+            "qbo:777",
+            &[
+                ("realm_id", "777"),
+                ("refreshed_at", "2026-05-31T12:00:00Z"),
+            ],
+        )
+        .await
+        .unwrap();
+    let yaml = |ca_file: Option<&str>, url: &str| {
+        format!(
+            "sources:\n  - name: tls\n    kind: redis\n    provider: quickbooks\n    dsn: {url}\n\
+             \x20   key_pattern: 'qbo:*'\n    fields: {{connection: realm_id, last_refresh: refreshed_at}}\n{}",
+            ca_file.map_or(String::new(), |f| format!("    ca_file: {f}\n"))
+        )
+    };
+    let ca_path = dir.path().join("ca.crt").display().to_string();
+
+    // Trusting the private CA: read over TLS.
+    let (mut e, _) = exporter(&yaml(Some(&ca_path), &url), fixed_now());
+    assert_eq!(poll(&mut e).await, [true]);
+    assert_eq!(connections(&scrape(&e), "tls"), ["777"]);
+
+    // The system roots only: the certificate is refused and the source is down.
+    let (mut e, _) = exporter(&yaml(None, &url), fixed_now());
+    assert_eq!(poll(&mut e).await, [false]);
+    let text = scrape(&e);
+    assert_eq!(
+        value(&text, "oauth_exporter_source_up", &[("source", "tls")]),
+        0.0
+    );
+    assert!(connections(&text, "tls").is_empty());
+
+    // A CA bundle with a plain redis:// URL is a mistake, named at start-up.
+    let cfg = parse_config(&yaml(Some(&ca_path), "redis://127.0.0.1:6379"));
+    let err = oauth_token_exporter::Exporter::new(
+        &cfg,
+        std::sync::Arc::new(oauth_token_exporter::clock::SystemClock),
+    )
+    .err()
+    .expect("refused");
+    assert_eq!(err.0, "tls");
+    assert!(
+        err.1.to_string().contains("must start with rediss://"),
+        "{}",
+        err.1
+    );
+}

@@ -1,7 +1,7 @@
 //! Redis: token sets stored as hashes or JSON strings under keys found by a pattern. Keys are
 //! found with non-blocking `SCAN` (never `KEYS`), values read in pipelines; the source only
-//! ever sends `SCAN`, `TYPE`, `HGETALL` and `GET`. `rediss://` URLs use TLS (rustls) and the
-//! URL carries the password or ACL user.
+//! ever sends `SCAN`, `TYPE`, `HGETALL` and `GET`. `rediss://` URLs use TLS (rustls; the
+//! system roots, or the CA bundle of `ca_file`) and the URL carries the password or ACL user.
 
 use super::{CollectError, DocumentRows, Fetched};
 use crate::config::{Mapping, RedisValue, SourceConfig, Store};
@@ -38,13 +38,42 @@ impl RedisSource {
             key_pattern,
             value,
             max_keys,
+            ca_file,
         } = &cfg.store
         else {
             unreachable!("a redis source has redis options");
         };
         let url = cfg.dsn.as_ref().map(|d| d.expose()).unwrap_or_default();
-        let client = ::redis::Client::open(url)
-            .map_err(|_| CollectError::Connect("the Redis URL cannot be parsed".into()))?;
+        let unparsable = |_| CollectError::Connect("the Redis URL cannot be parsed".into());
+        let client = match ca_file {
+            None => ::redis::Client::open(url).map_err(unparsable)?,
+            Some(ca) => {
+                if !url.starts_with("rediss://") {
+                    return Err(CollectError::Connect(format!(
+                        "ca_file {} is for TLS: the Redis URL must start with rediss://",
+                        ca.display()
+                    )));
+                }
+                let pem = std::fs::read(ca).map_err(|e| {
+                    CollectError::Connect(format!("cannot read ca_file {}: {e}", ca.display()))
+                })?;
+                ::redis::Client::build_with_tls(
+                    url,
+                    ::redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem),
+                    },
+                )
+                .map_err(|e| {
+                    // Only the kind: the error of a bad bundle never quotes the URL, but be sure.
+                    CollectError::Connect(format!(
+                        "ca_file {} cannot be used ({:?})",
+                        ca.display(),
+                        e.kind()
+                    ))
+                })?
+            }
+        };
         Ok(RedisSource {
             client,
             conn: Mutex::new(None),
