@@ -49,6 +49,37 @@ pub struct Config {
     pub proxy: Option<Proxy>,
 }
 
+impl Config {
+    /// The event inlets configured, one line each (names, paths and addresses, never a
+    /// secret): for `--config.check` and the landing page.
+    pub fn inlets(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .event_tables
+            .iter()
+            .map(|t| format!("Event table: {}", t.name))
+            .collect();
+        if let Some(i) = &self.ingest {
+            out.push(format!(
+                "Ingest API: POST /api/v1/events (source {})",
+                i.source
+            ));
+        }
+        if let Some(n) = &self.nango_webhook {
+            out.push(format!(
+                "Nango webhooks: POST /webhooks/nango (source {})",
+                n.source
+            ));
+        }
+        if let Some(p) = &self.proxy {
+            out.push(match &p.listen_address {
+                Some(a) => format!("Reverse proxy on {a} (source {})", p.source),
+                None => format!("Reverse proxy (source {})", p.source),
+            });
+        }
+        out
+    }
+}
+
 /// Settings of the reverse proxy.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Proxy {

@@ -73,6 +73,8 @@ impl Default for ServerOptions {
 
 /// The exporter, wired: source handles, their pollers and the exposition.
 pub struct Exporter {
+    /// The event inlets configured, described for the landing page.
+    pub inlets: Vec<String>,
     /// The reverse proxy, when configured.
     pub proxy: Option<config::Proxy>,
     /// Event tables tailed with a cursor.
@@ -149,6 +151,7 @@ impl Exporter {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Exporter {
+            inlets: config.inlets(),
             proxy: config.proxy.clone(),
             tables,
             ingest: config.ingest.clone(),
@@ -169,7 +172,7 @@ impl Exporter {
                 clock: self.clock.clone(),
                 encoders: server::encoders(),
                 telemetry_path: opts.telemetry_path.clone(),
-                inlets: self.inlets(),
+                inlets: self.inlets.clone(),
             },
             &opts.telemetry_path,
         );
@@ -182,36 +185,6 @@ impl Exporter {
             Some(cfg) => router.merge(events::nango::router(cfg.clone(), live)),
             None => router,
         }
-    }
-
-    /// The event inlets configured, one line each (names and paths, never a secret).
-    fn inlets(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for t in &self.tables {
-            out.push(format!("Event table: {}", t.cfg.name));
-        }
-        if let Some(i) = &self.ingest {
-            out.push(format!(
-                "Ingest API: POST /api/v1/events (source {})",
-                i.source
-            ));
-        }
-        if let Some(n) = &self.nango_webhook {
-            out.push(format!(
-                "Nango webhooks: POST /webhooks/nango (source {})",
-                n.source
-            ));
-        }
-        if let Some(p) = &self.proxy {
-            match &p.listen_address {
-                Some(a) => out.push(format!("Reverse proxy on {a} (source {})", p.source)),
-                None => out.push(format!(
-                    "Reverse proxy, not listening (source {})",
-                    p.source
-                )),
-            }
-        }
-        out
     }
 
     /// The reverse proxy's router, when configured (served on its own listener).

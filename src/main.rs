@@ -178,6 +178,21 @@ async fn main() -> Result<()> {
             .get_or_insert_with(Default::default)
             .web_config_file = Some(f);
     }
+    if cfg
+        .proxy
+        .as_ref()
+        .is_some_and(|p| p.listen_address.is_none())
+    {
+        let e = config::ConfigError::Invalid {
+            file: cfg.file.clone(),
+            problems: vec![config::Problem {
+                path: "proxy.listen_address".into(),
+                message: "is required (or --proxy.listen-address): where the host app sends its Xero calls".into(),
+            }],
+        };
+        eprintln!("{e}");
+        std::process::exit(1);
+    }
     // Web configs are checked before anything listens; every problem is printed.
     let open = |f: &Option<std::path::PathBuf>| match f {
         None => None,
@@ -201,20 +216,7 @@ async fn main() -> Result<()> {
                 .collect::<Vec<_>>()
                 .join(", ")
         )];
-        if !cfg.event_tables.is_empty() {
-            let names: Vec<&str> = cfg.event_tables.iter().map(|t| t.name.as_str()).collect();
-            parts.push(format!(
-                "{} event table(s): {}",
-                names.len(),
-                names.join(", ")
-            ));
-        }
-        if let Some(i) = &cfg.ingest {
-            parts.push(format!("ingest API (source {})", i.source));
-        }
-        if let Some(n) = &cfg.nango_webhook {
-            parts.push(format!("Nango webhook (source {})", n.source));
-        }
+        parts.extend(cfg.inlets());
         for (what, w) in [("web config", &web), ("proxy web config", &proxy_web)] {
             if let Some(w) = w {
                 let c = w.current();

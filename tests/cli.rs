@@ -160,3 +160,44 @@ fn every_example_config_is_valid() {
         "expected an example per store and preset, found {n}"
     );
 }
+
+#[test]
+fn a_proxy_needs_a_listen_address_from_the_file_or_the_flag_and_config_check_lists_the_inlets() {
+    let d = tempfile::tempdir().unwrap();
+    let p = write(
+        &d,
+        "proxy.yml",
+        "sources:\n  - {name: app, kind: sqlite, dsn: /nonexistent/app.db, preset: xero_tokens}\n\
+         proxy:\n  source: app_proxy\n\
+         ingest:\n  source: app_events\n  token_env: OTE_TEST_CLI_INGEST\n",
+    );
+    let run = |extra: &[&str]| {
+        Command::new(BIN)
+            .arg("--config.file")
+            .arg(&p)
+            .arg("--config.check")
+            .args(extra)
+            .env("OTE_TEST_CLI_INGEST", "0123456789abcdef0123")
+            .output()
+            .unwrap()
+    };
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("config file {} has 1 problem(s)", p.display()))
+            && err.contains("proxy.listen_address: is required (or --proxy.listen-address)"),
+        "{err}"
+    );
+    let out = run(&["--proxy.listen-address=127.0.0.1:9878"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("Ingest API: POST /api/v1/events (source app_events); Reverse proxy on 127.0.0.1:9878 (source app_proxy)"),
+        "{said}"
+    );
+}
