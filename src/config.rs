@@ -47,6 +47,17 @@ pub struct Config {
     pub event_tables: Vec<EventTable>,
     /// The reverse proxy in front of Xero, when configured.
     pub proxy: Option<Proxy>,
+    /// Where the counters of the push inlets are saved across restarts, when configured.
+    pub persistence: Option<Persistence>,
+}
+
+/// Saving the counters of the push inlets (ingest API, Nango webhooks, proxy), which have no
+/// store to replay, so a restart continues them instead of starting from 0.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Persistence {
+    pub file: PathBuf,
+    /// How often they are saved when they changed; on a clean shutdown they are saved last.
+    pub interval: Duration,
 }
 
 impl Config {
@@ -648,8 +659,18 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "nango_webhook",
     "event_tables",
     "proxy",
+    "persistence",
     "sources",
 ];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPersistence {
+    /// Where the counters are saved.
+    file: PathBuf,
+    /// How often they are saved when they changed (default 1s).
+    interval: Option<HumanDuration>,
+}
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -971,6 +992,23 @@ pub fn parse(
         }),
         None => None,
     };
+    let persistence = top.remove("persistence").and_then(|v| {
+        let raw = problems.decode::<RawPersistence>("persistence", v)?;
+        let interval = raw.interval.map_or(Duration::from_secs(1), |d| d.0);
+        if interval < Duration::from_millis(100) {
+            problems.add("persistence.interval", "must be at least 100ms");
+        }
+        if ingest.is_none() && nango_webhook.is_none() && proxy.is_none() {
+            problems.add(
+                "persistence",
+                "saves the counters of `ingest`, `nango_webhook` and `proxy`, and none is configured (event tables keep theirs in their own `state_file`)",
+            );
+        }
+        Some(Persistence {
+            file: raw.file,
+            interval,
+        })
+    });
     let mut event_tables = Vec::new();
     if let Some(v) = top.remove("event_tables") {
         let items = match v {
@@ -1037,6 +1075,7 @@ pub fn parse(
             nango_webhook,
             event_tables,
             proxy,
+            persistence,
         })
     } else {
         Err(ConfigError::Invalid {

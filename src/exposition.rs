@@ -129,6 +129,14 @@ impl Exposition {
         }
     }
 
+    /// Export the failures of the persistence file (when `persistence` is configured).
+    pub fn with_persistence(mut self) -> Self {
+        let (name, help) = metrics::names::STATE_WRITE_ERRORS;
+        self.live_registry
+            .register(name, help, self.live.state_write_errors.clone());
+        self
+    }
+
     /// The state part of the current generation, encoded and deflated at most once per
     /// generation (callers that arrive meanwhile wait for it rather than repeat it).
     pub fn state(&self) -> Arc<StateCache> {

@@ -73,6 +73,8 @@ impl Default for ServerOptions {
 
 /// The exporter, wired: source handles, their pollers and the exposition.
 pub struct Exporter {
+    /// Saves the push inlets' counters, when `persistence` is configured.
+    pub counter_file: Option<events::persist::CounterFile>,
     /// The event inlets configured, described for the landing page.
     pub inlets: Vec<String>,
     /// The reverse proxy, when configured.
@@ -86,6 +88,10 @@ pub struct Exporter {
     pub pollers: Vec<Poller>,
     pub clock: SharedClock,
 }
+
+/// What [`Exporter::new`] names when the persistence file, not a source, is the problem (not a
+/// valid source name, so no source can be taken for it).
+pub const PERSISTENCE: &str = "(persistence)";
 
 impl Exporter {
     /// Build the exporter for a config. Fails only on a DSN the driver cannot parse.
@@ -101,11 +107,11 @@ impl Exporter {
             config.detect.retry_loop_failures,
             clock.clone(),
         );
-        let exposition = Arc::new(Exposition::new(
-            sources.clone(),
-            generation.clone(),
-            detector,
-        ));
+        let exposition = Exposition::new(sources.clone(), generation.clone(), detector);
+        let exposition = Arc::new(match &config.persistence {
+            Some(_) => exposition.with_persistence(),
+            None => exposition,
+        });
         if let Some(i) = &config.ingest {
             exposition.live.events.init(i.provider.as_str(), &i.source);
             exposition
@@ -126,6 +132,26 @@ impl Exporter {
                 .detector
                 .init(t.store.provider.name(), &t.name);
         }
+        // The push inlets' counters continue from the file before anything is counted.
+        let counter_file = match &config.persistence {
+            Some(p) => {
+                let mut names: Vec<String> = [
+                    config.ingest.as_ref().map(|i| i.source.clone()),
+                    config.nango_webhook.as_ref().map(|n| n.source.clone()),
+                    config.proxy.as_ref().map(|p| p.source.clone()),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                names.sort();
+                names.dedup();
+                Some(
+                    events::persist::CounterFile::restore(p, names, exposition.live.clone())
+                        .map_err(|e| (PERSISTENCE.to_string(), CollectError::Document(e)))?,
+                )
+            }
+            None => None,
+        };
         let pollers = config
             .sources
             .iter()
@@ -151,6 +177,7 @@ impl Exporter {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Exporter {
+            counter_file,
             inlets: config.inlets(),
             proxy: config.proxy.clone(),
             tables,
@@ -232,6 +259,12 @@ impl Exporter {
         for t in self.tables {
             tasks.push(tokio::spawn(t.run(shutdown.clone())));
         }
+        // Saved last: its own stop comes once the listeners have drained, so the final write
+        // holds every request that was answered.
+        let saver_stop = CancellationToken::new();
+        let counter_file = self
+            .counter_file
+            .map(|f| tokio::spawn(f.run(saver_stop.clone())));
         let web_opts = serve::ServeOptions {
             web: opts.web_config.clone(),
             auth_header: serve::AuthHeader::Authorization,
@@ -241,6 +274,10 @@ impl Exporter {
         shutdown.cancel();
         for t in tasks {
             let _ = t.await;
+        }
+        saver_stop.cancel();
+        if let Some(f) = counter_file {
+            let _ = f.await;
         }
         served
     }
@@ -254,8 +291,10 @@ pub async fn run(
     clock: SharedClock,
     shutdown: CancellationToken,
 ) -> Result<(), String> {
-    let exporter =
-        Exporter::new(&config, clock).map_err(|(source, e)| format!("source {source}: {e}"))?;
+    let exporter = Exporter::new(&config, clock).map_err(|(source, e)| match source.as_str() {
+        PERSISTENCE => e.to_string(),
+        _ => format!("source {source}: {e}"),
+    })?;
     exporter
         .run(listener, opts, shutdown)
         .await

@@ -223,6 +223,10 @@ pub mod names {
         "oauth_exporter_source_errors",
         "Failed polls of the source, by reason",
     );
+    pub const STATE_WRITE_ERRORS: (&str, &str) = (
+        "oauth_exporter_state_write_errors",
+        "Failed writes of the persistence file of the push inlets' counters",
+    );
     pub const REJECTED: (&str, &str) = (
         "oauth_exporter_rows_rejected",
         "Rows the source returned that could not be exported, by reason",
@@ -619,6 +623,8 @@ pub struct Live {
     pub events: Events,
     /// Per-connection detectors fed by the event inlets.
     pub detector: crate::detect::Detector,
+    /// Failed writes of the push inlets' persistence file (exported when it is configured).
+    pub state_write_errors: Counter,
 }
 
 impl Live {
@@ -632,6 +638,7 @@ impl Live {
             removed: Family::default(),
             events: Events::default(),
             detector,
+            state_write_errors: Counter::default(),
         }
     }
 

@@ -215,3 +215,163 @@ async fn a_state_file_on_a_full_disk_fails_the_poll_and_recovers_without_countin
     assert_eq!(saved["cursor"], 9);
     assert_eq!(saved["counters"]["refresh_failures|xero|invalid_grant"], 9);
 }
+
+const INGEST_TOKEN: &str = "restart-ingest-token-0123456789";
+
+/// POST `n` refresh failures (`invalid_grant`) to the ingest API of the exporter on `port`.
+async fn post_failures(port: u16, n: usize) {
+    let events: Vec<serde_json::Value> = (0..n)
+        .map(|i| serde_json::json!({"type": "refresh", "connection": format!("c{i}"), "outcome": "failure", "error": "invalid_grant"}))
+        .collect();
+    let resp = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/api/v1/events"))
+        .bearer_auth(INGEST_TOKEN)
+        .json(&serde_json::json!({ "events": events }))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+}
+
+/// The real binary with `config`; its port, once it answers.
+async fn start_binary(config: &std::path::Path) -> (std::process::Child, u16) {
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_oauth-token-exporter"))
+        .arg("--config.file")
+        .arg(config)
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .env("OTE_RESTART_INGEST", INGEST_TOKEN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if metric(port, "oauth_token_refreshes_total", &[])
+            .await
+            .is_some()
+        {
+            return (child, port);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the exporter did not start");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_inlet_counters_continue_after_kill_9_and_after_a_clean_stop() {
+    oauth_token_exporter::sources::install_tls_provider();
+    let d = tempfile::tempdir().unwrap();
+    let config = d.path().join("c.yml");
+    let counters = d.path().join("inlets.json");
+    std::fs::write(
+        &config,
+        format!(
+            "ingest:\n  source: app_events\n  token_env: OTE_RESTART_INGEST\n\
+             persistence:\n  file: {}\n  interval: 200ms\n",
+            counters.display()
+        ),
+    )
+    .unwrap();
+    let failures = [("source", "app_events"), ("error", "invalid_grant")];
+    let count = |port| metric(port, "oauth_token_refresh_failures_total", &failures);
+
+    // First run: 30 events, saved within the interval, then kill -9.
+    let (mut first, port) = start_binary(&config).await;
+    assert_eq!(count(port).await, Some(0.0), "a first start begins at 0");
+    post_failures(port, 30).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    // Second run: they are there before anything new arrives; 20 more, then SIGTERM at once
+    // (no interval passes: the clean stop writes them).
+    let (second, port) = start_binary(&config).await;
+    assert_eq!(count(port).await, Some(30.0), "restored after kill -9");
+    assert_eq!(
+        metric(
+            port,
+            "oauth_token_refreshes_total",
+            &[("source", "app_events")]
+        )
+        .await,
+        Some(30.0)
+    );
+    post_failures(port, 20).await;
+    let status = Command::new("kill")
+        .args(["-TERM", &second.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = second.wait_with_output().unwrap();
+    assert!(out.status.success(), "a clean stop: {:?}", out.status);
+
+    let (mut third, port) = start_binary(&config).await;
+    assert_eq!(count(port).await, Some(50.0), "restored after a clean stop");
+    assert_eq!(
+        metric(port, "oauth_exporter_state_write_errors_total", &[]).await,
+        Some(0.0)
+    );
+    third.kill().unwrap();
+    third.wait().unwrap();
+
+    // A file that is not ours is named, and the exporter does not start over it.
+    std::fs::write(&counters, "{not json").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_oauth-token-exporter"))
+        .arg("--config.file")
+        .arg(&config)
+        .arg(format!("--web.listen-address=127.0.0.1:{}", free_port()))
+        .env("OTE_RESTART_INGEST", INGEST_TOKEN)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "the persistence file {} is not a counter file",
+            counters.display()
+        )),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_persistence_file_is_counted_and_counting_goes_on() {
+    oauth_token_exporter::sources::install_tls_provider();
+    let d = tempfile::tempdir().unwrap();
+    let config = d.path().join("c.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "ingest:\n  source: app_events\n  token_env: OTE_RESTART_INGEST\n\
+             persistence:\n  file: {}\n  interval: 100ms\n",
+            d.path().join("no-such-dir").join("inlets.json").display()
+        ),
+    )
+    .unwrap();
+    let (mut child, port) = start_binary(&config).await;
+    post_failures(port, 3).await;
+    let mut errors = 0.0;
+    for _ in 0..50 {
+        errors = metric(port, "oauth_exporter_state_write_errors_total", &[])
+            .await
+            .unwrap();
+        if errors >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(errors >= 1.0, "the failed writes are counted");
+    assert_eq!(
+        metric(
+            port,
+            "oauth_token_refresh_failures_total",
+            &[("source", "app_events"), ("error", "invalid_grant")]
+        )
+        .await,
+        Some(3.0)
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

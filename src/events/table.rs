@@ -10,7 +10,6 @@ use crate::config::{EventTable, StoreKind};
 use crate::metrics::{Live, RejectReason, SourceLabels};
 use crate::sources::{Backend, CollectError};
 use crate::timestamp::Cell;
-use std::io::Write;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -200,22 +199,17 @@ impl TablePoller {
 
     fn persist(&self, cursor: &Cursor) -> Result<(), CollectError> {
         let path = &self.cfg.state_file;
-        let tmp = path.with_extension("tmp");
         let state = State {
             cursor: cursor.clone(),
             counters: self.live.events.snapshot(&self.cfg.name),
         };
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(
-                serde_json::to_string(&state)
-                    .expect("serialisable")
-                    .as_bytes(),
-            )?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)
-        };
-        write().map_err(|e| {
+        super::persist::write_atomically(
+            path,
+            serde_json::to_string(&state)
+                .expect("serialisable")
+                .as_bytes(),
+        )
+        .map_err(|e| {
             CollectError::Document(format!(
                 "cannot write the state file {}: {e}",
                 path.display()
