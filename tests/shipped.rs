@@ -349,9 +349,11 @@ async fn exported_names() -> BTreeSet<String> {
          event_tables:\n  - {{name: ev, kind: sqlite, dsn: {db}, table: oauth_events, state_file: {state}}}\n\
          ingest:\n  token_env: T\n\
          nango_webhook:\n  source: nango\n\
-         proxy:\n  source: proxy\n  identity_url: {sim_url}\n  api_url: {sim_url}\n",
+         proxy:\n  source: proxy\n  identity_url: {sim_url}\n  api_url: {sim_url}\n\
+         persistence:\n  file: {inlets}\n",
         db = db.display(),
-        state = d.path().join("c").display()
+        state = d.path().join("c").display(),
+        inlets = d.path().join("inlets.json").display()
     );
     let cfg = oauth_token_exporter::config::parse(&yaml, "all.yml", &|_| {
         Some("0123456789abcdef0123".into())
