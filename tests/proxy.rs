@@ -243,3 +243,112 @@ async fn an_unreachable_upstream_is_a_502_and_a_network_failure() {
         1.0
     );
 }
+
+/// An upstream speaking raw HTTP/1.1: it sends the head (and body) of each request it gets on
+/// `seen`, and answers `hello` with a Content-Length.
+async fn raw_upstream() -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (mut c, _) = l.accept().await.unwrap();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match c.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let mut rest = buf.split_off(end + 4);
+                    let body_done = |rest: &[u8]| {
+                        if let Some(n) = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                        {
+                            rest.len() >= n.trim().parse::<usize>().unwrap()
+                        } else if head.contains("transfer-encoding: chunked") {
+                            rest.ends_with(b"0\r\n\r\n")
+                        } else {
+                            true
+                        }
+                    };
+                    while !body_done(&rest) {
+                        match c.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => rest.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let _ = tx.send((head, rest));
+                    buf.clear();
+                    c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Mark: 1\r\n\r\nhello")
+                        .await
+                        .unwrap();
+                }
+            });
+        }
+    });
+    (url, rx)
+}
+
+/// Send `raw` to the proxy on its own connection and return the response head, lower-cased.
+async fn raw_request(proxy: &str, raw: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(proxy.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    c.write_all(raw.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), c.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).to_ascii_lowercase()
+}
+
+#[tokio::test]
+async fn bodies_keep_their_framing_both_ways_and_a_chunked_message_never_carries_a_length() {
+    let (upstream, mut seen) = raw_upstream().await;
+    let s = setup(Some(upstream)).await;
+    let send = |req: &'static str| raw_request(&s.proxy, req);
+
+    // A body with a length reaches Xero with that length, not re-chunked; the answer's length
+    // reaches the app.
+    let resp = send("POST /api.xro/2.0/Invoices HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\nContent-Length: 7\r\nConnection: close\r\n\r\n{\"a\":1}").await;
+    let (head, body) = seen.recv().await.unwrap();
+    assert!(head.contains("content-length: 7"), "{head}");
+    assert!(!head.contains("transfer-encoding"), "{head}");
+    assert_eq!(body, b"{\"a\":1}");
+    assert!(resp.starts_with("http/1.1 200"), "{resp}");
+    assert!(
+        resp.contains("content-length: 5") && resp.contains("x-mark: 1"),
+        "{resp}"
+    );
+    assert!(!resp.contains("transfer-encoding"), "{resp}");
+    assert!(resp.ends_with("hello"), "{resp}");
+
+    // A chunked body stays chunked and carries no length.
+    let resp = send("POST /api.xro/2.0/Invoices HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n").await;
+    let (head, body) = seen.recv().await.unwrap();
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    assert!(!head.contains("content-length"), "{head}");
+    assert!(body.starts_with(b"3\r\nabc\r\n"), "{body:?}");
+    assert!(resp.starts_with("http/1.1 200"), "{resp}");
+
+    // Both at once (a smuggling attempt): refused, or forwarded chunked without the length.
+    let resp = send("POST /api.xro/2.0/Invoices HTTP/1.1\r\nHost: p\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n").await;
+    if resp.starts_with("http/1.1 200") {
+        let (head, _) = seen.recv().await.unwrap();
+        assert!(!head.contains("content-length"), "{head}");
+    } else {
+        assert!(resp.starts_with("http/1.1 400"), "{resp}");
+        assert!(seen.try_recv().is_err(), "nothing reached Xero");
+    }
+}

@@ -13,7 +13,7 @@ use crate::metrics::{Live, RateLimitLabels};
 use crate::provider::{classify_refresh_error, RefreshError};
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderName, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use futures_util::TryStreamExt;
@@ -23,7 +23,9 @@ use std::sync::Arc;
 /// Largest body read to classify an answer (Xero's error bodies are tiny).
 const MAX_INSPECTED: usize = 64 * 1024;
 
-/// Headers of one hop, never forwarded (RFC 9110 §7.6.1).
+/// Headers of one hop, never forwarded (RFC 9110 §7.6.1). `content-length` is end to end and
+/// passes (so a body keeps its framing) unless the message is chunked: then it is not the length
+/// of what is sent and is dropped, never trusted.
 const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
@@ -35,7 +37,6 @@ const HOP_BY_HOP: &[&str] = &[
     "transfer-encoding",
     "upgrade",
     "host",
-    "content-length",
 ];
 
 #[derive(Clone)]
@@ -80,8 +81,18 @@ pub fn router(cfg: Proxy, live: Arc<Live>) -> Router {
     })
 }
 
-fn forwardable(name: &HeaderName) -> bool {
-    !HOP_BY_HOP.contains(&name.as_str())
+/// The headers of `from` that pass to the next hop.
+fn forwarded(from: &HeaderMap) -> HeaderMap {
+    let chunked = from.contains_key(axum::http::header::TRANSFER_ENCODING);
+    let mut out = HeaderMap::with_capacity(from.len());
+    for (k, v) in from {
+        let dropped = HOP_BY_HOP.contains(&k.as_str())
+            || (chunked && k == axum::http::header::CONTENT_LENGTH);
+        if !dropped {
+            out.append(k.clone(), v.clone());
+        }
+    }
+    out
 }
 
 fn bad_gateway(msg: &str) -> Response {
@@ -112,12 +123,7 @@ async fn forward(State(s): State<ProxyState>, req: Request) -> Response {
     } else {
         &s.cfg.api_url
     };
-    let mut headers = HeaderMap::new();
-    for (k, v) in &parts.headers {
-        if forwardable(k) {
-            headers.append(k.clone(), v.clone());
-        }
-    }
+    let headers = forwarded(&parts.headers);
     let provider = s.cfg.provider.as_str();
     let source = s.cfg.source.as_str();
     // The token request is a small form: read it to tell refreshes from code exchanges.
@@ -181,12 +187,7 @@ async fn forward(State(s): State<ProxyState>, req: Request) -> Response {
         })
         .set(1);
     let status = resp.status();
-    let mut out_headers = HeaderMap::new();
-    for (k, v) in resp.headers() {
-        if forwardable(k) {
-            out_headers.append(k.clone(), v.clone());
-        }
-    }
+    let out_headers = forwarded(resp.headers());
     if !identity {
         for (header, window) in [
             ("x-daylimit-remaining", "day"),
