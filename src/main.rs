@@ -9,7 +9,14 @@ use tokio_util::sync::CancellationToken;
 #[derive(Parser, Debug)]
 #[command(
     name = "oauth-token-exporter",
-    version,
+    version = concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (revision ",
+        env!("OAUTH_EXPORTER_REVISION"),
+        ", rustc ",
+        env!("OAUTH_EXPORTER_RUSTC"),
+        ")"
+    ),
     about = "Prometheus exporter for the health of OAuth 2.0 connections with rotating refresh tokens (Xero first)."
 )]
 struct Cli {

@@ -924,8 +924,8 @@ pub fn live_registry(live: &Arc<Live>, sources: &[Arc<SourceHandle>]) -> Registr
     build
         .get_or_create(&BuildLabels {
             version: env!("CARGO_PKG_VERSION"),
-            revision: option_env!("OAUTH_EXPORTER_REVISION").unwrap_or("unknown"),
-            rustversion: option_env!("OAUTH_EXPORTER_RUSTC").unwrap_or("unknown"),
+            revision: env!("OAUTH_EXPORTER_REVISION"),
+            rustversion: env!("OAUTH_EXPORTER_RUSTC"),
         })
         .set(1);
     r.register(BUILD_INFO.0, BUILD_INFO.1, build);

@@ -201,3 +201,36 @@ fn a_proxy_needs_a_listen_address_from_the_file_or_the_flag_and_config_check_lis
         "{said}"
     );
 }
+
+#[test]
+fn version_and_build_info_name_the_revision_and_the_rustc_that_built_it() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    let version = String::from_utf8_lossy(&out.stdout).to_string();
+    let rustc = Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
+        .arg("--version")
+        .output()
+        .unwrap();
+    let rustc = String::from_utf8_lossy(&rustc.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    assert!(
+        version.starts_with(&format!(
+            "oauth-token-exporter {} (revision ",
+            env!("CARGO_PKG_VERSION")
+        )) && version.contains(&format!(", rustc {rustc})")),
+        "{version}"
+    );
+    // Built from a git checkout (as CI and developers do), the revision is the commit's.
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output();
+    if let Some(head) = head.ok().filter(|h| h.status.success()) {
+        if std::env::var_os("OAUTH_EXPORTER_REVISION").is_none() {
+            let head = String::from_utf8_lossy(&head.stdout).trim().to_string();
+            assert!(version.contains(&format!("(revision {head},")), "{version}");
+        }
+    }
+}

@@ -6,8 +6,9 @@ use common::*;
 
 const GOLDEN: &str = "tests/golden/metrics.txt";
 
-/// Poll durations vary run to run, and prometheus-client orders the series of a family by
-/// hash; zero the one and sort the other within each family.
+/// Poll durations vary run to run, the build's revision and rustc commit to commit, and
+/// prometheus-client orders the series of a family by hash; fix the first two and sort the
+/// series within each family.
 fn normalise(text: &str) -> String {
     let mut out: Vec<String> = Vec::new();
     let mut run: Vec<String> = Vec::new();
@@ -16,6 +17,11 @@ fn normalise(text: &str) -> String {
             run.sort();
             out.append(&mut run);
             out.push(l.to_string());
+        } else if l.starts_with("oauth_exporter_build_info{") {
+            run.push(format!(
+                "oauth_exporter_build_info{{version=\"{}\",revision=\"REVISION\",rustversion=\"RUSTC\"}} 1",
+                env!("CARGO_PKG_VERSION")
+            ));
         } else if l.starts_with("oauth_exporter_source_duration_seconds{") {
             run.push(format!("{} 0.0", l.rsplit_once(' ').unwrap().0));
         } else {
