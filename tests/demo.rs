@@ -48,6 +48,12 @@ async fn the_demo_serves_a_live_fleet_whose_gauges_and_counters_move() {
                 &text,
                 "oauth_token_refreshes_total{provider=\"xero\",source=\"demo_events\"",
             ) > 0.0
+            && sum(&text, "oauth_api_rate_limit_remaining{") > 0.0
+            // The app marks a dead connection after its failure; the next poll shows it.
+            && sum(
+                &text,
+                "oauth_connections{provider=\"xero\",source=\"demo\",status=\"needs_reauth\"",
+            ) > 0.0
         {
             break;
         }
