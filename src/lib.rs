@@ -5,12 +5,13 @@
 //! - [`config`]: the strict YAML config, validated once; every problem reported with its key.
 //! - [`provider`]: provider profiles (Xero): token lifetimes and rotation.
 //! - [`timestamp`]: cells read from stores and every timestamp shape apps use.
-//! - [`sources`]: one file per store kind (`sqlite`, `postgres`, `mysql`), presets, the field
-//!   mapping and the poll loop.
+//! - [`sources`]: one file per store kind (`sqlite`, `postgres`, `mysql`, `redis`, `file`,
+//!   `http`), presets, the field mapping and the poll loop.
 //! - [`state`]: per-source snapshots and their aggregates.
 //! - [`metrics`]: the metric catalogue: names, HELP, labels, closed reason enums.
 //! - [`exposition`]: `/metrics` bodies: the state part deflated once per poll, live part per scrape.
-//! - [`events`]: event inlets (ingest API, Nango webhooks) and the classification of what they carry.
+//! - [`events`]: event inlets (event tables, ingest API, Nango webhooks, the reverse proxy), the
+//!   classification of what they carry, and the persistence of the push inlets' counters.
 //! - [`detect`]: detectors over the event stream (failing connections, retry loops, races).
 //! - [`server`]: HTTP endpoints.
 //! - [`serve`]: the hardened server loop (TLS, basic auth, headers, limits, graceful shutdown).
