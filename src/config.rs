@@ -1066,6 +1066,23 @@ pub fn parse(
             t
         })
         .collect();
+    // An event table's counters are its own: they are saved with its cursor, so no other inlet
+    // may count under its name (a restart would restore the other's counts as the table's).
+    for (key, source) in [
+        ("ingest.source", ingest.as_ref().map(|i| &i.source)),
+        (
+            "nango_webhook.source",
+            nango_webhook.as_ref().map(|n| &n.source),
+        ),
+        ("proxy.source", proxy.as_ref().map(|p| &p.source)),
+    ] {
+        if let Some(s) = source.filter(|s| event_tables.iter().any(|t| &t.name == *s)) {
+            problems.add(
+                key,
+                format!("{s:?} is the name of an event table, whose counters are its own (saved with its cursor); give this inlet another source name"),
+            );
+        }
+    }
     if problems.list.is_empty() {
         Ok(Config {
             file: file.to_string(),
