@@ -1083,6 +1083,17 @@ pub fn parse(
             );
         }
     }
+    // The proxy reports its upstream's health as a source (`oauth_exporter_source_up`): it
+    // cannot share the name of a source whose polls report there.
+    if let Some(p) = proxy
+        .as_ref()
+        .filter(|p| sources.iter().any(|s| s.name == p.source))
+    {
+        problems.add(
+            "proxy.source",
+            format!("{:?} is the name of a source: the proxy reports its upstream's health under its own source name (oauth_exporter_source_up), so give it another", p.source),
+        );
+    }
     if problems.list.is_empty() {
         Ok(Config {
             file: file.to_string(),
