@@ -161,17 +161,7 @@ async fn a_configured_statement_that_writes_is_refused_by_mariadb() {
     let (mut e, _) = exporter(&yaml, fixed_now());
     assert_eq!(poll(&mut e).await, [false, false]);
     let text = scrape(&e);
-    for src in ["ret", "ins"] {
-        assert_eq!(
-            value(
-                &text,
-                "oauth_exporter_source_errors_total",
-                &[("source", src), ("reason", "write_refused")]
-            ),
-            1.0,
-            "{src}: {text}"
-        );
-    }
+    assert_poll_errors(&text, &["ret", "ins"], "write_refused", 1.0);
     let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {p}_t"))
         .fetch_one(&pool)
         .await

@@ -44,26 +44,11 @@ async fn setup(upstream: Option<String>) -> Setup {
 
 impl Setup {
     async fn refresh(&self, rt: &str, secret: &str) -> (u16, String) {
-        let r = self
-            .http
-            .post(format!("{}/connect/token", self.proxy))
-            .basic_auth("app", Some(secret))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(format!("grant_type=refresh_token&refresh_token={rt}"))
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.text().await.unwrap())
+        xero_refresh(&self.http, &self.proxy, rt, secret).await
     }
 
     async fn api(&self, at: &str, tenant: &str) -> reqwest::Response {
-        self.http
-            .get(format!("{}/api.xro/2.0/Organisation", self.proxy))
-            .bearer_auth(at)
-            .header("xero-tenant-id", tenant)
-            .send()
-            .await
-            .unwrap()
+        xero_api(&self.http, &self.proxy, at, tenant).await
     }
 
     fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {

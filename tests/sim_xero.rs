@@ -42,26 +42,11 @@ async fn start() -> Sim {
 
 impl Sim {
     async fn refresh(&self, rt: &str, secret: &str) -> (u16, String) {
-        let r = self
-            .http
-            .post(format!("{}/connect/token", self.base))
-            .basic_auth("app", Some(secret))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(format!("grant_type=refresh_token&refresh_token={rt}"))
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.text().await.unwrap())
+        xero_refresh(&self.http, &self.base, rt, secret).await
     }
 
     async fn api(&self, at: &str, tenant: &str) -> reqwest::Response {
-        self.http
-            .get(format!("{}/api.xro/2.0/Organisation", self.base))
-            .bearer_auth(at)
-            .header("xero-tenant-id", tenant)
-            .send()
-            .await
-            .unwrap()
+        xero_api(&self.http, &self.base, at, tenant).await
     }
 }
 

@@ -313,6 +313,55 @@ impl Drop for Kill {
     }
 }
 
+/// A refresh at the (simulated or proxied) Xero token endpoint under `base`, as client `app`:
+/// the status and body.
+pub async fn xero_refresh(
+    http: &reqwest::Client,
+    base: &str,
+    rt: &str,
+    secret: &str,
+) -> (u16, String) {
+    let r = http
+        .post(format!("{base}/connect/token"))
+        .basic_auth("app", Some(secret))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("grant_type=refresh_token&refresh_token={rt}"))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// An accounting API call under `base` with access token `at` for `tenant`.
+pub async fn xero_api(
+    http: &reqwest::Client,
+    base: &str,
+    at: &str,
+    tenant: &str,
+) -> reqwest::Response {
+    http.get(format!("{base}/api.xro/2.0/Organisation"))
+        .bearer_auth(at)
+        .header("xero-tenant-id", tenant)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Each of `sources` failed its poll `n` times for `reason`.
+pub fn assert_poll_errors(text: &str, sources: &[&str], reason: &str, n: f64) {
+    for src in sources {
+        assert_eq!(
+            value(
+                text,
+                "oauth_exporter_source_errors_total",
+                &[("source", src), ("reason", reason)]
+            ),
+            n,
+            "{src}: {text}"
+        );
+    }
+}
+
 /// The repository's root.
 pub fn root() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
