@@ -528,3 +528,95 @@ fn every_dashboard_is_importable_with_a_stable_uid_and_a_datasource_variable() {
         ]
     );
 }
+
+/// The dashboards checked by TypeScript against Grafana's published dashboard schema
+/// (`@grafana/schema`, pinned in tests/grafana-schema): `const d: DashboardJson = <file>`, so a
+/// missing required field, a wrong type or an unknown property fails. A deliberately broken
+/// copy must fail too, so the check cannot pass vacuously.
+#[test]
+fn dashboards_conform_to_grafanas_published_dashboard_schema() {
+    let test = "dashboards_conform_to_grafanas_published_dashboard_schema";
+    let Some(node) = tool(test, &["node"]) else {
+        return;
+    };
+    let dir = root().join("tests/grafana-schema");
+    let tsc = dir.join("node_modules/typescript/bin/tsc");
+    if !tsc.exists() {
+        // `.ci/run` installs it; elsewhere try once from the npm registry.
+        let installed = tool(test, &["npm"]).is_some_and(|npm| {
+            Command::new(npm)
+                .args(["ci", "--no-audit", "--no-fund"])
+                .current_dir(&dir)
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+        if !installed {
+            if common::ci() {
+                panic!("{test}: `npm ci` in tests/grafana-schema failed and CI=true makes it mandatory");
+            }
+            eprintln!(
+                "SKIPPED {test}: cannot install @grafana/schema (npm ci in tests/grafana-schema)"
+            );
+            return;
+        }
+    }
+    // Each run in its own directory beside node_modules (tests may run at once).
+    let generated = dir.join("generated");
+    std::fs::create_dir_all(&generated).unwrap();
+    let check = |files: &[(String, String)]| -> (bool, String) {
+        let run = tempfile::tempdir_in(&generated).unwrap();
+        std::fs::write(
+            run.path().join("tsconfig.json"),
+            r#"{"extends": "../../tsconfig.json", "include": ["../../dashboard.ts", "*.ts"]}"#,
+        )
+        .unwrap();
+        for (name, json) in files {
+            std::fs::write(
+                run.path().join(format!("{name}.ts")),
+                format!("import type {{ DashboardJson }} from \"../../dashboard\";\nexport const dashboard: DashboardJson = {json};\n"),
+            )
+            .unwrap();
+        }
+        let out = Command::new(&node)
+            .arg(&tsc)
+            .arg("-p")
+            .arg(run.path().join("tsconfig.json"))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let files: Vec<(String, String)> = std::fs::read_dir(root().join("dashboards"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .map(|p| {
+            (
+                p.file_stem().unwrap().to_string_lossy().replace('-', "_"),
+                std::fs::read_to_string(&p).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(files.len(), 3, "every shipped dashboard");
+    let (ok, said) = check(&files);
+    assert!(
+        ok,
+        "a dashboard does not conform to @grafana/schema:\n{said}"
+    );
+    // The check is live: a misspelt panel field and a wrong type are refused.
+    let (name, json) = &files[0];
+    for (from, to) in [
+        ("\"gridPos\"", "\"gridPoz\""),
+        ("\"schemaVersion\": ", "\"schemaVersion\": \"x\", \"_n\": "),
+    ] {
+        let (ok, said) = check(&[(format!("{name}_broken"), json.replacen(from, to, 1))]);
+        assert!(!ok, "{from} -> {to} was accepted");
+        assert!(said.contains("error TS"), "{said}");
+    }
+}
