@@ -224,6 +224,13 @@ async fn main() -> Result<()> {
                 .join(", ")
         )];
         parts.extend(cfg.inlets());
+        if let Some(p) = &cfg.persistence {
+            parts.push(format!(
+                "push-inlet counters saved to {} every {}",
+                p.file.display(),
+                humantime::format_duration(p.interval)
+            ));
+        }
         for (what, w) in [("web config", &web), ("proxy web config", &proxy_web)] {
             if let Some(w) = w {
                 let c = w.current();

@@ -169,7 +169,8 @@ fn a_proxy_needs_a_listen_address_from_the_file_or_the_flag_and_config_check_lis
         "proxy.yml",
         "sources:\n  - {name: app, kind: sqlite, dsn: /nonexistent/app.db, preset: xero_tokens}\n\
          proxy:\n  source: app_proxy\n\
-         ingest:\n  source: app_events\n  token_env: OTE_TEST_CLI_INGEST\n",
+         ingest:\n  source: app_events\n  token_env: OTE_TEST_CLI_INGEST\n\
+         persistence:\n  file: /var/lib/ote/inlets.json\n  interval: 5s\n",
     );
     let run = |extra: &[&str]| {
         Command::new(BIN)
@@ -197,7 +198,7 @@ fn a_proxy_needs_a_listen_address_from_the_file_or_the_flag_and_config_check_lis
     );
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
-        said.contains("Ingest API: POST /api/v1/events (source app_events); Reverse proxy on 127.0.0.1:9878 (source app_proxy)"),
+        said.contains("Ingest API: POST /api/v1/events (source app_events); Reverse proxy on 127.0.0.1:9878 (source app_proxy); push-inlet counters saved to /var/lib/ote/inlets.json every 5s"),
         "{said}"
     );
 }
