@@ -162,13 +162,14 @@ fn check_common(
     tenant: Option<&str>,
     time: Option<&str>,
 ) -> Result<(), (String, String)> {
-    if connection.trim().is_empty() || connection.len() > MAX_ID {
+    // Characters, as documented (and as JSON Schema's maxLength counts), not bytes.
+    if connection.trim().is_empty() || connection.chars().count() > MAX_ID {
         return Err((
             "connection".into(),
             format!("must be a non-empty id of at most {MAX_ID} characters"),
         ));
     }
-    if tenant.is_some_and(|t| t.len() > MAX_ID) {
+    if tenant.is_some_and(|t| t.chars().count() > MAX_ID) {
         return Err((
             "tenant".into(),
             format!("must be at most {MAX_ID} characters"),
@@ -255,6 +256,12 @@ pub(crate) fn event(
         Some("refresh") => {
             let e: RefreshEvent = decode(v)?;
             check_common(&e.connection, e.tenant.as_deref(), e.time.as_deref())?;
+            if e.status.is_some_and(|s| !(100..=599).contains(&s)) {
+                return Err((
+                    "status".into(),
+                    "must be an HTTP status between 100 and 599".into(),
+                ));
+            }
             let provider = e.provider.unwrap_or(default_provider).as_str();
             let failure = match (e.outcome, e.error.as_deref(), e.status) {
                 (Outcome::Success, None, _) => None,
@@ -467,6 +474,23 @@ mod tests {
             assert_eq!(got, want);
             assert!(!got.contains("S3C"), "{got}");
         }
+    }
+
+    #[test]
+    fn ids_are_limited_in_characters_and_statuses_to_http_ones() {
+        let refresh = |connection: String, status: u16| {
+            event(
+                serde_json::json!({"type": "refresh", "connection": connection, "outcome": "failure", "status": status}),
+                ProviderKind::Xero,
+            )
+            .map(|_| ())
+            .map_err(|(field, _)| field)
+        };
+        // 256 three-byte characters are 768 bytes: still one id of 256 characters.
+        assert_eq!(refresh("€".repeat(256), 400), Ok(()));
+        assert_eq!(refresh("€".repeat(257), 400), Err("connection".into()));
+        assert_eq!(refresh("c1".into(), 600), Err("status".into()));
+        assert_eq!(refresh("c1".into(), 99), Err("status".into()));
     }
 
     #[test]

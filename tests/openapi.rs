@@ -1,0 +1,144 @@
+//! `api/openapi.yaml` is the ingest API's contract, and the real binary keeps it: Schemathesis
+//! generates valid and invalid batches from the document (examples, boundary coverage,
+//! fuzzing) and checks every answer (no server error, documented status codes and content
+//! types, answers matching their schemas, invalid batches refused, valid ones accepted).
+//! Schemathesis comes from PyPI (`.ci/run` installs it into `target/schemathesis`); without it
+//! the test is skipped by name, and `CI=true` makes it mandatory.
+
+mod common;
+use common::*;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const TOKEN: &str = "schemathesis-ingest-token-0123456789";
+
+fn schemathesis(test: &str) -> Option<PathBuf> {
+    let local = root().join("target/schemathesis/bin/st");
+    if local.exists() {
+        return Some(local);
+    }
+    tool(test, &["st", "schemathesis"])
+}
+
+/// Run Schemathesis with `spec` against `base`: (passed, what it printed).
+fn run(st: &PathBuf, spec: &std::path::Path, base: &str) -> (bool, String) {
+    let out = Command::new(st)
+        .arg("run")
+        .arg(spec)
+        .args(["--url", base])
+        .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
+        .args([
+            "--checks",
+            "all",
+            "--max-examples",
+            "300",
+            "--seed",
+            "20261123",
+        ])
+        .args(["--workers", "1"])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), said)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ingest_api_keeps_its_openapi_contract_under_schemathesis() {
+    let test = "the_ingest_api_keeps_its_openapi_contract_under_schemathesis";
+    let Some(st) = schemathesis(test) else {
+        return;
+    };
+    oauth_token_exporter::sources::install_tls_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.yml");
+    std::fs::write(
+        &config,
+        "ingest:\n  source: app\n  token_env: OTE_OPENAPI_TOKEN\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let _exporter = Kill(
+        Command::new(env!("CARGO_BIN_EXE_oauth-token-exporter"))
+            .arg("--config.file")
+            .arg(&config)
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .env("OTE_OPENAPI_TOKEN", TOKEN)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let mut up = false;
+    for _ in 0..100 {
+        if http
+            .get(format!("{base}/-/healthy"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "the exporter did not start");
+
+    let spec = root().join("api/openapi.yaml");
+    let (st2, spec2, base2) = (st.clone(), spec.clone(), base.clone());
+    let (ok, said) = tokio::task::spawn_blocking(move || run(&st2, &spec2, &base2))
+        .await
+        .unwrap();
+    let tail: String = said
+        .lines()
+        .rev()
+        .take(60)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        ok,
+        "Schemathesis found the binary breaking its contract:\n{tail}"
+    );
+    assert!(said.contains("passed"), "{tail}");
+
+    // The valid batches it generated were counted.
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let refreshes: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("oauth_token_refreshes_total{") && l.contains("source=\"app\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(refreshes > 0.0, "no generated refresh was counted");
+
+    // The checks are live: a contract that misstates the answer is caught.
+    let broken = dir.path().join("broken.yaml");
+    let text = std::fs::read_to_string(&spec).unwrap();
+    let wrong = text.replacen(
+        "accepted: {type: integer, minimum: 0}",
+        "accepted: {type: string}",
+        1,
+    );
+    assert_ne!(wrong, text);
+    std::fs::write(&broken, wrong).unwrap();
+    let (ok, said) = tokio::task::spawn_blocking(move || run(&st, &broken, &base))
+        .await
+        .unwrap();
+    assert!(!ok, "a wrong answer schema went unnoticed:\n{said}");
+}
