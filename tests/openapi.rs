@@ -1,7 +1,8 @@
 //! `api/openapi.yaml` is the ingest API's contract, and the real binary keeps it: Schemathesis
 //! generates valid and invalid batches from the document (examples, boundary coverage,
 //! fuzzing) and checks every answer (no server error, documented status codes and content
-//! types, answers matching their schemas, invalid batches refused, valid ones accepted).
+//! types, answers matching their schemas, valid batches accepted; a batch is accepted in part
+//! by design, so Schemathesis's whole-body negative check is the one left out).
 //! Schemathesis comes from PyPI (`.ci/run` installs it into `target/schemathesis`); without it
 //! the test is skipped by name, and `CI=true` makes it mandatory.
 
@@ -36,7 +37,14 @@ fn run(st: &PathBuf, spec: &std::path::Path, base: &str) -> (bool, String) {
             "--seed",
             "20261123",
         ])
-        .args(["--workers", "1"])
+        .args(["--workers", "1", "--generation-database", "none"])
+        // A batch is accepted in part by design (a valid event is never dropped because a
+        // sibling is invalid: 200 with the invalid ones listed), so "the whole body was invalid,
+        // expect 4xx" does not hold; tests/ingest.rs asserts each refusal instead. Every other
+        // check still runs on the invalid batches too.
+        .args(["--exclude-checks", "negative_data_rejection"])
+        // Its caches land in a directory of its own, not in the repository.
+        .current_dir(std::env::temp_dir())
         .env("NO_COLOR", "1")
         .output()
         .unwrap();
