@@ -61,6 +61,61 @@ pub struct Persistence {
 }
 
 impl Config {
+    /// The push inlets' sources (ingest API, Nango webhooks, proxy), each with its config key:
+    /// the sources whose counters `persistence` saves.
+    pub fn push_inlet_sources(&self) -> Vec<(&'static str, &str)> {
+        [
+            (
+                "ingest.source",
+                self.ingest.as_ref().map(|i| i.source.as_str()),
+            ),
+            (
+                "nango_webhook.source",
+                self.nango_webhook.as_ref().map(|n| n.source.as_str()),
+            ),
+            (
+                "proxy.source",
+                self.proxy.as_ref().map(|p| p.source.as_str()),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(key, source)| Some((key, source?)))
+        .collect()
+    }
+
+    /// Checks across sections, on the assembled config.
+    fn check_names(&self, problems: &mut Problems) {
+        // An event table's counters are its own: they are saved with its cursor, so no other
+        // inlet may count under its name (a restart would restore the other's counts as the
+        // table's).
+        for (key, source) in self.push_inlet_sources() {
+            if self.event_tables.iter().any(|t| t.name == source) {
+                problems.add(
+                    key,
+                    format!("{source:?} is the name of an event table, whose counters are its own (saved with its cursor); give this inlet another source name"),
+                );
+            }
+        }
+        // The proxy reports its upstream's health as a source (`oauth_exporter_source_up`): it
+        // cannot share the name of a source whose polls report there.
+        if let Some(p) = self
+            .proxy
+            .as_ref()
+            .filter(|p| self.sources.iter().any(|s| s.name == p.source))
+        {
+            problems.add(
+                "proxy.source",
+                format!("{:?} is the name of a source: the proxy reports its upstream's health under its own source name (oauth_exporter_source_up), so give it another", p.source),
+            );
+        }
+        if self.persistence.is_some() && self.push_inlet_sources().is_empty() {
+            problems.add(
+                "persistence",
+                "saves the counters of `ingest`, `nango_webhook` and `proxy`, and none is configured (event tables keep theirs in their own `state_file`)",
+            );
+        }
+    }
+
     /// The event inlets configured, one line each (names, paths and addresses, never a
     /// secret): for `--config.check` and the landing page.
     pub fn inlets(&self) -> Vec<String> {
@@ -998,12 +1053,6 @@ pub fn parse(
         if interval < Duration::from_millis(100) {
             problems.add("persistence.interval", "must be at least 100ms");
         }
-        if ingest.is_none() && nango_webhook.is_none() && proxy.is_none() {
-            problems.add(
-                "persistence",
-                "saves the counters of `ingest`, `nango_webhook` and `proxy`, and none is configured (event tables keep theirs in their own `state_file`)",
-            );
-        }
         Some(Persistence {
             file: raw.file,
             interval,
@@ -1066,45 +1115,19 @@ pub fn parse(
             t
         })
         .collect();
-    // An event table's counters are its own: they are saved with its cursor, so no other inlet
-    // may count under its name (a restart would restore the other's counts as the table's).
-    for (key, source) in [
-        ("ingest.source", ingest.as_ref().map(|i| &i.source)),
-        (
-            "nango_webhook.source",
-            nango_webhook.as_ref().map(|n| &n.source),
-        ),
-        ("proxy.source", proxy.as_ref().map(|p| &p.source)),
-    ] {
-        if let Some(s) = source.filter(|s| event_tables.iter().any(|t| &t.name == *s)) {
-            problems.add(
-                key,
-                format!("{s:?} is the name of an event table, whose counters are its own (saved with its cursor); give this inlet another source name"),
-            );
-        }
-    }
-    // The proxy reports its upstream's health as a source (`oauth_exporter_source_up`): it
-    // cannot share the name of a source whose polls report there.
-    if let Some(p) = proxy
-        .as_ref()
-        .filter(|p| sources.iter().any(|s| s.name == p.source))
-    {
-        problems.add(
-            "proxy.source",
-            format!("{:?} is the name of a source: the proxy reports its upstream's health under its own source name (oauth_exporter_source_up), so give it another", p.source),
-        );
-    }
+    let config = Config {
+        file: file.to_string(),
+        detect,
+        sources,
+        ingest,
+        nango_webhook,
+        event_tables,
+        proxy,
+        persistence,
+    };
+    config.check_names(&mut problems);
     if problems.list.is_empty() {
-        Ok(Config {
-            file: file.to_string(),
-            detect,
-            sources,
-            ingest,
-            nango_webhook,
-            event_tables,
-            proxy,
-            persistence,
-        })
+        Ok(config)
     } else {
         Err(ConfigError::Invalid {
             file: file.to_string(),

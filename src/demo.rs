@@ -253,7 +253,7 @@ pub async fn run(
     tracing::info!(store = %db.display(), connections = opts.connections, speed = opts.speed, "Demo store created; config follows.\n{yaml}");
     let cfg = config::parse(&yaml, "<demo>", &|_| None).map_err(|e| e.to_string())?;
     let exporter =
-        Exporter::new(&cfg, clock.clone()).map_err(|(s, e)| format!("source {s}: {e}"))?;
+        Exporter::new(&cfg, clock.clone()).map_err(|(what, e)| format!("{what}: {e}"))?;
     serve(
         proxy_listener,
         exporter

@@ -90,12 +90,10 @@ pub struct Exporter {
     pub clock: SharedClock,
 }
 
-/// What [`Exporter::new`] names when the persistence file, not a source, is the problem (not a
-/// valid source name, so no source can be taken for it).
-pub const PERSISTENCE: &str = "(persistence)";
-
 impl Exporter {
-    /// Build the exporter for a config. Fails only on a DSN the driver cannot parse.
+    /// Build the exporter for a config. Fails on a store the driver cannot open (a DSN it cannot
+    /// parse, an unreadable CA file) or a persistence file that is not ours; the error names
+    /// the part (`source app`, `event table app_events`, `persistence`).
     pub fn new(config: &Config, clock: SharedClock) -> Result<Exporter, (String, CollectError)> {
         let generation = Arc::new(AtomicU64::new(0));
         let sources: Vec<Arc<SourceHandle>> = config
@@ -136,19 +134,16 @@ impl Exporter {
         // The push inlets' counters continue from the file before anything is counted.
         let counter_file = match &config.persistence {
             Some(p) => {
-                let mut names: Vec<String> = [
-                    config.ingest.as_ref().map(|i| i.source.clone()),
-                    config.nango_webhook.as_ref().map(|n| n.source.clone()),
-                    config.proxy.as_ref().map(|p| p.source.clone()),
-                ]
-                .into_iter()
-                .flatten()
-                .collect();
+                let mut names: Vec<String> = config
+                    .push_inlet_sources()
+                    .into_iter()
+                    .map(|(_, source)| source.to_string())
+                    .collect();
                 names.sort();
                 names.dedup();
                 Some(
                     events::persist::CounterFile::restore(p, names, exposition.live.clone())
-                        .map_err(|e| (PERSISTENCE.to_string(), CollectError::Document(e)))?,
+                        .map_err(|e| ("persistence".to_string(), CollectError::Document(e)))?,
                 )
             }
             None => None,
@@ -166,7 +161,7 @@ impl Exporter {
                     generation.clone(),
                     config.detect.window,
                 )
-                .map_err(|e| (cfg.name.clone(), e))
+                .map_err(|e| (format!("source {}", cfg.name), e))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let tables = config
@@ -174,7 +169,7 @@ impl Exporter {
             .iter()
             .map(|t| {
                 events::table::TablePoller::new(t.clone(), exposition.live.clone())
-                    .map_err(|e| (t.name.clone(), e))
+                    .map_err(|e| (format!("event table {}", t.name), e))
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Exporter {
@@ -292,10 +287,7 @@ pub async fn run(
     clock: SharedClock,
     shutdown: CancellationToken,
 ) -> Result<(), String> {
-    let exporter = Exporter::new(&config, clock).map_err(|(source, e)| match source.as_str() {
-        PERSISTENCE => e.to_string(),
-        _ => format!("source {source}: {e}"),
-    })?;
+    let exporter = Exporter::new(&config, clock).map_err(|(what, e)| format!("{what}: {e}"))?;
     exporter
         .run(listener, opts, shutdown)
         .await

@@ -12,28 +12,6 @@ use std::time::Duration;
 /// Marker values in the token columns: they must never reach the page.
 const MARKER: &str = "BROWSERCANARY";
 
-/// Whether `url` answers within 10 s with anything but a server error (a 401 of basic auth
-/// counts; a self-signed certificate is accepted).
-async fn answers(url: &str) -> bool {
-    oauth_token_exporter::sources::install_tls_provider();
-    let http = reqwest::Client::builder()
-        .tls_danger_accept_invalid_certs(true)
-        .build()
-        .unwrap();
-    for _ in 0..200 {
-        if http
-            .get(url)
-            .send()
-            .await
-            .is_ok_and(|r| !r.status().is_server_error())
-        {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
-}
-
 /// chromedriver on a free port and a headless chromium session through it.
 async fn browser(test: &str) -> Option<(Kill, Client, tempfile::TempDir)> {
     browser_with(test, false).await
@@ -190,16 +168,8 @@ async fn the_landing_page_in_a_real_browser_shows_sources_inlets_and_connections
     )
     .await;
     // The first poll of `app` has landed once its connections are exported.
-    let http = reqwest::Client::new();
     for _ in 0..100 {
-        let m = http
-            .get(format!("{base}/internal/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = get_text(&format!("{base}/internal/metrics")).await;
         if m.contains("connection=\"fresh\"") {
             break;
         }

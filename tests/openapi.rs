@@ -10,7 +10,6 @@ mod common;
 use common::*;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 const TOKEN: &str = "schemathesis-ingest-token-0123456789";
 
@@ -83,21 +82,10 @@ async fn the_ingest_api_keeps_its_openapi_contract_under_schemathesis() {
             .unwrap(),
     );
     let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    let mut up = false;
-    for _ in 0..100 {
-        if http
-            .get(format!("{base}/-/healthy"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up, "the exporter did not start");
+    assert!(
+        answers(&format!("{base}/-/healthy")).await,
+        "the exporter did not start"
+    );
 
     let spec = root().join("api/openapi.yaml");
     let (st2, spec2, base2) = (st.clone(), spec.clone(), base.clone());
@@ -120,14 +108,7 @@ async fn the_ingest_api_keeps_its_openapi_contract_under_schemathesis() {
     assert!(said.contains("passed"), "{tail}");
 
     // The valid batches it generated were counted.
-    let text = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get_text(&format!("{base}/metrics")).await;
     let refreshes: f64 = text
         .lines()
         .filter(|l| l.starts_with("oauth_token_refreshes_total{") && l.contains("source=\"app\""))

@@ -364,7 +364,7 @@ async fn redis_over_tls_is_read_with_a_private_ca_and_refused_without_it() {
     )
     .err()
     .expect("refused");
-    assert_eq!(err.0, "tls");
+    assert_eq!(err.0, "source tls");
     assert!(
         err.1.to_string().contains("must start with rediss://"),
         "{}",

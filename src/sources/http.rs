@@ -35,9 +35,7 @@ impl HttpSource {
             .timeout(cfg.timeout)
             .user_agent(concat!("oauth-token-exporter/", env!("CARGO_PKG_VERSION")));
         if let Some(ca) = ca_file {
-            let pem = std::fs::read(ca).map_err(|e| {
-                CollectError::Connect(format!("cannot read ca_file {}: {e}", ca.display()))
-            })?;
+            let pem = super::read_ca_file(ca)?;
             for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|_| {
                 CollectError::Connect(format!("ca_file {} is not a PEM bundle", ca.display()))
             })? {

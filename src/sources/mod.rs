@@ -296,6 +296,12 @@ macro_rules! decode_by_type {
 }
 pub(crate) use decode_by_type;
 
+/// The PEM bundle of a source's `ca_file` (HTTP and Redis sources).
+pub(crate) fn read_ca_file(path: &std::path::Path) -> Result<Vec<u8>, CollectError> {
+    std::fs::read(path)
+        .map_err(|e| CollectError::Connect(format!("cannot read ca_file {}: {e}", path.display())))
+}
+
 /// Install the TLS provider (ring) once for the clients that use rustls.
 pub fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();

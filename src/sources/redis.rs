@@ -54,9 +54,7 @@ impl RedisSource {
                         ca.display()
                     )));
                 }
-                let pem = std::fs::read(ca).map_err(|e| {
-                    CollectError::Connect(format!("cannot read ca_file {}: {e}", ca.display()))
-                })?;
+                let pem = super::read_ca_file(ca)?;
                 ::redis::Client::build_with_tls(
                     url,
                     ::redis::TlsCertificates {

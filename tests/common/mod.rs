@@ -362,6 +362,34 @@ pub fn assert_poll_errors(text: &str, sources: &[&str], reason: &str, n: f64) {
     }
 }
 
+/// Whether `url` answers within 10 s with anything but a server error (a 401 of basic auth
+/// counts; a self-signed certificate is accepted).
+pub async fn answers(url: &str) -> bool {
+    oauth_token_exporter::sources::install_tls_provider();
+    let http = reqwest::Client::builder()
+        .tls_danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    for _ in 0..200 {
+        if http
+            .get(url)
+            .send()
+            .await
+            .is_ok_and(|r| !r.status().is_server_error())
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// The body of a GET of `url` (plain HTTP, no credentials).
+pub async fn get_text(url: &str) -> String {
+    oauth_token_exporter::sources::install_tls_provider();
+    reqwest::get(url).await.unwrap().text().await.unwrap()
+}
+
 /// The repository's root.
 pub fn root() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
