@@ -38,11 +38,11 @@ async fn main() {
         "ingest:\n  source: bench\n  token_env: OTE_BENCH_TOKEN\n  max_body_bytes: 10485760\n";
     let cfg = config::parse(yaml, "bench.yml", &|_| Some(TOKEN.into())).unwrap();
     let clock: SharedClock = Arc::new(SystemClock);
-    let e = Exporter::new(&cfg, clock).unwrap_or_else(|(s, e)| panic!("{s}: {e}"));
+    let e = Exporter::new(&cfg, clock).unwrap_or_else(|e| panic!("{e}"));
     let router = e.router(&ServerOptions::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/api/v1/events", listener.local_addr().unwrap());
-    tokio::spawn(oauth_token_exporter::serve::serve(
+    tokio::spawn(oauth_token_exporter::http::serve::serve(
         listener,
         router,
         Default::default(),
@@ -82,7 +82,7 @@ async fn main() {
     latencies.sort_by(|a, b| a.total_cmp(b));
     let total = sent.load(Ordering::Relaxed);
     let counted = {
-        let text = oauth_token_exporter::metrics::openmetrics_to_text(&e.exposition.render());
+        let text = oauth_token_exporter::telemetry::openmetrics_to_text(&e.exposition.render());
         let sum = |name: &str| -> f64 {
             text.lines()
                 .filter(|l| l.starts_with(name) && l.contains("source=\"bench\""))

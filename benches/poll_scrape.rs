@@ -159,12 +159,13 @@ async fn ours(n: usize, dir: &std::path::Path) -> Figures {
     // In process: poll and encode.
     let cfg = config::parse(&config_yaml(n), "bench.yml", &|_| None).unwrap();
     let clock: SharedClock = Arc::new(SystemClock);
-    let mut e = Exporter::new(&cfg, clock).unwrap_or_else(|(s, e)| panic!("{s}: {e}"));
+    let mut e = Exporter::new(&cfg, clock).unwrap_or_else(|e| panic!("{e}"));
     let (mut polls, mut encodes, mut fetches) = (vec![], vec![], vec![]);
+    let source = &cfg.sources[0];
+    let backend = oauth_token_exporter::sources::Backend::connect(&source.store).expect("connect");
     for _ in 0..RUNS {
-        let p = &e.pollers[0];
         let t = Instant::now();
-        let fetched = p.backend().fetch(&p.cfg.mapping).await.expect("fetch");
+        let fetched = backend.fetch(&source.mapping).await.expect("fetch");
         fetches.push(ms(t.elapsed()));
         drop(fetched);
         let t = Instant::now();

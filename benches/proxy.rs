@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 async fn serve_as_exporter(router: axum::Router) -> String {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", l.local_addr().unwrap());
-    let opts = oauth_token_exporter::serve::ServeOptions {
-        auth_header: oauth_token_exporter::serve::AuthHeader::ProxyAuthorization,
+    let opts = oauth_token_exporter::http::serve::ServeOptions {
+        auth_header: oauth_token_exporter::http::serve::AuthHeader::ProxyAuthorization,
         ..Default::default()
     };
-    tokio::spawn(oauth_token_exporter::serve::serve(
+    tokio::spawn(oauth_token_exporter::http::serve::serve(
         l,
         router,
         opts,
@@ -71,7 +71,7 @@ async fn main() {
     let sim = serve(x.router()).await;
     let yaml = format!("proxy:\n  identity_url: {sim}\n  api_url: {sim}\n");
     let cfg = config::parse(&yaml, "bench.yml", &|_| None).unwrap();
-    let e = Exporter::new(&cfg, clock).unwrap_or_else(|(s, e)| panic!("{s}: {e}"));
+    let e = Exporter::new(&cfg, clock).unwrap_or_else(|e| panic!("{e}"));
     let proxy = serve_as_exporter(e.proxy_router().unwrap()).await;
     let client = reqwest::Client::new();
     let direct_url = format!("{sim}/connections");
@@ -104,7 +104,7 @@ async fn main() {
     for t in tasks {
         t.await.unwrap();
     }
-    let text = oauth_token_exporter::metrics::openmetrics_to_text(&e.exposition.render());
+    let text = oauth_token_exporter::telemetry::openmetrics_to_text(&e.exposition.render());
     let counted: f64 = text
         .lines()
         .filter(|l| l.starts_with("oauth_api_requests_total{"))

@@ -2,7 +2,9 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use oauth_token_exporter::{clock::SystemClock, config, demo, web_config, ServerOptions};
+use oauth_token_exporter::app::listen_address;
+use oauth_token_exporter::http::web_config;
+use oauth_token_exporter::{clock::SystemClock, config, ServerOptions};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -65,6 +67,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    #[cfg(feature = "sim")]
     /// Run on a temporary SQLite store with a simulated, changing Xero fleet.
     Demo {
         /// Connections in the simulated fleet.
@@ -118,15 +121,6 @@ fn init_logging(level: LogLevel, format: LogFormat) {
     }
 }
 
-/// `:9877` means every interface, as in the Prometheus exporters.
-fn listen_address(a: &str) -> String {
-    if a.starts_with(':') {
-        format!("0.0.0.0{a}")
-    } else {
-        a.to_string()
-    }
-}
-
 fn shutdown_on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
@@ -151,7 +145,9 @@ fn shutdown_on_signal() -> CancellationToken {
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_level, cli.log_format);
+    #[cfg(feature = "sim")]
     if let Some(Command::Demo { connections, speed }) = cli.command {
+        use oauth_token_exporter::sim::demo;
         if !(speed.is_finite() && speed > 0.0) {
             anyhow::bail!("--speed must be a positive number, got {speed}");
         }
@@ -168,40 +164,19 @@ async fn main() -> Result<()> {
             .await
             .map_err(anyhow::Error::msg);
     }
-    let mut cfg = match config::load(&cli.config_file) {
+    let overrides = config::Overrides {
+        proxy_listen_address: cli.proxy_listen_address,
+        proxy_web_config_file: cli.proxy_web_config_file,
+    };
+    let cfg = match config::load(&cli.config_file, &overrides) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
             std::process::exit(1);
         }
     };
-    if let Some(addr) = cli.proxy_listen_address {
-        cfg.proxy
-            .get_or_insert_with(Default::default)
-            .listen_address = Some(addr);
-    }
-    if let Some(f) = cli.proxy_web_config_file {
-        cfg.proxy
-            .get_or_insert_with(Default::default)
-            .web_config_file = Some(f);
-    }
-    if cfg
-        .proxy
-        .as_ref()
-        .is_some_and(|p| p.listen_address.is_none())
-    {
-        let e = config::ConfigError::Invalid {
-            file: cfg.file.clone(),
-            problems: vec![config::Problem {
-                path: "proxy.listen_address".into(),
-                message: "is required (or --proxy.listen-address): where the host app sends its Xero calls".into(),
-            }],
-        };
-        eprintln!("{e}");
-        std::process::exit(1);
-    }
     // Web configs are checked before anything listens; every problem is printed.
-    let open = |f: &Option<std::path::PathBuf>| match f {
+    let open = |f: Option<&std::path::Path>| match f {
         None => None,
         Some(path) => match web_config::WebConfigHandle::open(path) {
             Ok(h) => Some(h),
@@ -211,38 +186,18 @@ async fn main() -> Result<()> {
             }
         },
     };
-    let web = open(&cli.web_config_file);
-    let proxy_web = open(&cfg.proxy.as_ref().and_then(|p| p.web_config_file.clone()));
+    let web = open(cli.web_config_file.as_deref());
+    let proxy_web = open(
+        cfg.inlets
+            .proxy
+            .as_ref()
+            .and_then(|p| p.web_config_file.as_deref()),
+    );
     if cli.config_check {
-        let mut parts = vec![format!(
-            "{} source(s): {}",
-            cfg.sources.len(),
-            cfg.sources
-                .iter()
-                .map(|s| format!("{} ({})", s.name, s.kind.as_str()))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )];
-        parts.extend(cfg.inlets());
-        if let Some(p) = &cfg.persistence {
-            parts.push(format!(
-                "push-inlet counters saved to {} every {}",
-                p.file.display(),
-                humantime::format_duration(p.interval)
-            ));
-        }
+        let mut parts = cfg.summary();
         for (what, w) in [("web config", &web), ("proxy web config", &proxy_web)] {
             if let Some(w) = w {
-                let c = w.current();
-                parts.push(format!(
-                    "{what}: {}{}",
-                    if c.tls.is_some() { "TLS" } else { "plain HTTP" },
-                    if c.users.is_empty() {
-                        String::new()
-                    } else {
-                        format!(", basic auth ({} users)", c.users.len())
-                    }
-                ));
+                parts.push(format!("{what}: {}", w.current().describe()));
             }
         }
         println!("{}: OK, {}", cfg.file, parts.join("; "));
@@ -266,5 +221,5 @@ async fn main() -> Result<()> {
         shutdown_on_signal(),
     )
     .await
-    .map_err(anyhow::Error::msg)
+    .map_err(anyhow::Error::from)
 }

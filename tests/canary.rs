@@ -8,7 +8,7 @@
 mod common;
 use common::*;
 use oauth_token_exporter::clock::{SharedClock, SystemClock};
-use oauth_token_exporter::config::StoreKind;
+use oauth_token_exporter::model::StoreKind;
 use oauth_token_exporter::secret::Secret;
 use oauth_token_exporter::sim::host_app::{EventSink, HostApp, HostAppOptions, Refreshed};
 use oauth_token_exporter::sim::store::SimStore;

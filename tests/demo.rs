@@ -1,6 +1,6 @@
 //! The demo end to end: a live fleet, the simulated Xero behind the proxy, moving counters.
 
-use oauth_token_exporter::demo::{self, DemoOptions};
+use oauth_token_exporter::sim::demo::{self, DemoOptions};
 use std::io::{Read, Write};
 use std::time::Duration;
 

@@ -34,8 +34,7 @@ async fn every_family() -> BTreeSet<String> {
     })
     .unwrap_or_else(|e| panic!("{e}"));
     let clock = oauth_token_exporter::clock::ManualClock::new(fixed_now());
-    let mut e = oauth_token_exporter::Exporter::new(&cfg, clock)
-        .unwrap_or_else(|(s, e)| panic!("{s}: {e}"));
+    let mut e = oauth_token_exporter::Exporter::new(&cfg, clock).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(poll(&mut e).await, [true]);
     // With the golden file's families too (a fixed fleet).
     let golden = std::fs::read_to_string(root().join("tests/golden/metrics.txt")).unwrap();

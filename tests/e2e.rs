@@ -15,7 +15,7 @@ use axum::extract::{Path, State};
 use axum::routing::post;
 use common::*;
 use oauth_token_exporter::clock::{SharedClock, SystemClock};
-use oauth_token_exporter::config::StoreKind;
+use oauth_token_exporter::model::StoreKind;
 use oauth_token_exporter::secret::Secret;
 use oauth_token_exporter::sim::host_app::{EventSink, HostApp, HostAppOptions, Synced};
 use oauth_token_exporter::sim::store::SimStore;
@@ -916,15 +916,15 @@ async fn label_values_with_quotes_backslashes_newlines_and_control_characters_re
         .enumerate()
         .map(|(i, n)| {
             (
-                oauth_token_exporter::metrics::label_value(&format!("{n}#{i}")).into_owned(),
-                oauth_token_exporter::metrics::label_value(n).into_owned(),
+                oauth_token_exporter::model::label_value(&format!("{n}#{i}")).into_owned(),
+                oauth_token_exporter::model::label_value(n).into_owned(),
             )
         })
         .collect();
     assert_eq!(got, want);
     // The documented rule for long values: cut, with a digest that keeps them unique.
-    let cut = oauth_token_exporter::metrics::label_value(&long);
-    assert!(cut.len() <= oauth_token_exporter::metrics::MAX_LABEL_VALUE_BYTES);
+    let cut = oauth_token_exporter::model::label_value(&long);
+    assert!(cut.len() <= oauth_token_exporter::model::MAX_LABEL_VALUE_BYTES);
     assert!(
         cut.starts_with("xxxxxxxx") && !cut.ends_with("-tail"),
         "{cut}"

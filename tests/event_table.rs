@@ -2,7 +2,7 @@
 
 mod common;
 use common::*;
-use oauth_token_exporter::config::StoreKind;
+use oauth_token_exporter::model::StoreKind;
 use oauth_token_exporter::Exporter;
 
 const EVENTS: &str = "CREATE TABLE oauth_events (id INTEGER PRIMARY KEY, type TEXT, connection TEXT, tenant TEXT, time TEXT, outcome TEXT, error TEXT, status INTEGER, detail TEXT, rate_limit_problem TEXT)";
@@ -20,7 +20,7 @@ fn yaml(
 
 async fn poll_tables(e: &mut Exporter) -> Vec<bool> {
     let mut out = Vec::new();
-    for t in &mut e.tables {
+    for t in &mut e.pollers {
         out.push(t.poll_once().await);
     }
     out
@@ -207,7 +207,9 @@ async fn start_beginning_counts_the_backlog_in_batches_and_bad_rows_are_rejected
         ),
         3.0
     );
-    assert_eq!(e.tables[0].cursor(), Some(28));
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    assert_eq!(saved["cursor"], 28);
 }
 
 #[tokio::test]

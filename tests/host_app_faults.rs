@@ -7,7 +7,7 @@ mod common;
 use chrono::Duration;
 use common::*;
 use oauth_token_exporter::clock::{ManualClock, SharedClock};
-use oauth_token_exporter::config::StoreKind;
+use oauth_token_exporter::model::StoreKind;
 use oauth_token_exporter::secret::Secret;
 use oauth_token_exporter::sim::host_app::{EventSink, HostApp, HostAppOptions, Refreshed, Synced};
 use oauth_token_exporter::sim::store::SimStore;
@@ -116,7 +116,7 @@ impl World {
             (v == "OTE_TEST_INGEST").then(|| INGEST_TOKEN.to_string())
         })
         .unwrap_or_else(|e| panic!("{e}"));
-        let e = Exporter::new(&cfg, shared.clone()).unwrap_or_else(|(s, e)| panic!("{s}: {e}"));
+        let e = Exporter::new(&cfg, shared.clone()).unwrap_or_else(|e| panic!("{e}"));
         let proxy_url = serve(e.proxy_router().unwrap()).await;
         let sink = match report {
             Report::Table => EventSink::Table,
@@ -159,9 +159,6 @@ impl World {
     async fn observe(&mut self) -> BTreeMap<String, f64> {
         for p in &mut self.e.pollers {
             assert!(p.poll_once().await, "{}", scrape(&self.e));
-        }
-        for t in &mut self.e.tables {
-            assert!(t.poll_once().await, "{}", scrape(&self.e));
         }
         watched(&scrape(&self.e))
     }

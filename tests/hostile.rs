@@ -28,7 +28,8 @@ fn every_bad_config_in_the_corpus_is_refused_with_its_expected_error() {
                 oauth_token_exporter::config::parse(&t, &name, &env).map_err(|e| e.to_string())
             }
             // What `config::load` says of a file that is not UTF-8.
-            Err(_) => oauth_token_exporter::config::load(&path).map_err(|e| e.to_string()),
+            Err(_) => oauth_token_exporter::config::load(&path, &Default::default())
+                .map_err(|e| e.to_string()),
         };
         if name.starts_with("good-") {
             assert!(parsed.is_ok(), "{name}: {}", parsed.err().unwrap());

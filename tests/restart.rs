@@ -144,7 +144,7 @@ async fn a_state_file_on_a_full_disk_fails_the_poll_and_recovers_without_countin
         .execute(&pool)
         .await
         .unwrap();
-    assert!(e.tables[0].poll_once().await);
+    assert!(e.pollers[0].poll_once().await);
     // Fill the disk.
     let filler = mnt.join("filler");
     let mut f = std::fs::File::create(&filler).unwrap();
@@ -163,7 +163,7 @@ async fn a_state_file_on_a_full_disk_fails_the_poll_and_recovers_without_countin
         .execute(&pool)
         .await
         .unwrap();
-    let ok = e.tables[0].poll_once().await;
+    let ok = e.pollers[0].poll_once().await;
     assert!(
         !ok,
         "the cursor cannot be kept: {:?} {}",
@@ -193,19 +193,22 @@ async fn a_state_file_on_a_full_disk_fails_the_poll_and_recovers_without_countin
         counted, 7.0,
         "counted once in memory, though not yet persisted"
     );
-    assert!(!e.tables[0].poll_once().await);
+    assert!(!e.pollers[0].poll_once().await);
     assert_eq!(
         value(&scrape(&e), "oauth_token_refresh_failures_total", &grants),
         7.0,
         "not again"
     );
     std::fs::remove_file(&filler).unwrap();
-    assert!(e.tables[0].poll_once().await, "recovers once there is room");
+    assert!(
+        e.pollers[0].poll_once().await,
+        "recovers once there is room"
+    );
     sqlx::query(&insert(2, "invalid_grant"))
         .execute(&pool)
         .await
         .unwrap();
-    assert!(e.tables[0].poll_once().await);
+    assert!(e.pollers[0].poll_once().await);
     assert_eq!(
         value(&scrape(&e), "oauth_token_refresh_failures_total", &grants),
         9.0

@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use oauth_token_exporter::serve::ServeOptions;
+use oauth_token_exporter::http::serve::ServeOptions;
 use oauth_token_exporter::ServerOptions;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -6,7 +6,7 @@
 
 mod common;
 use common::*;
-use oauth_token_exporter::web_config::WebConfigHandle;
+use oauth_token_exporter::http::web_config::WebConfigHandle;
 use oauth_token_exporter::{Exporter, ServerOptions};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair,
@@ -117,7 +117,7 @@ async fn start(
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    e.proxy.as_mut().unwrap().listen_address = Some(format!("127.0.0.1:{proxy_port}"));
+    e.listeners[0].address = Some(format!("127.0.0.1:{proxy_port}"));
     let opts = ServerOptions {
         web_config: web.map(|p| WebConfigHandle::open(p).unwrap()),
         proxy_web_config: proxy_web.map(|p| WebConfigHandle::open(p).unwrap()),

@@ -1,7 +1,7 @@
 //! The classifiers of Xero's answers: any status, body and header lands in a closed enum.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use oauth_token_exporter::events::classify::{classify_api, RateLimitProblem, UnauthorizedReason};
+use oauth_token_exporter::events::classify::{classify_api, rate_limit_problem, unauthorized_reason};
 use oauth_token_exporter::provider::classify_refresh_error;
 
 fuzz_target!(|data: &[u8]| {
@@ -13,6 +13,6 @@ fuzz_target!(|data: &[u8]| {
     let _ = classify_refresh_error(status, body);
     let text = String::from_utf8_lossy(body);
     let _ = classify_api(status, body, Some(&text));
-    let _ = UnauthorizedReason::from_detail(&text).as_str();
-    let _ = RateLimitProblem::from_header(Some(&text)).as_str();
+    let _ = unauthorized_reason(&text).as_str();
+    let _ = rate_limit_problem(Some(&text)).as_str();
 });

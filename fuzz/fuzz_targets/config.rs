@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
         // Every refusal names the file.
         assert!(e.to_string().contains("fuzz.yml"));
     }
-    let _ = oauth_token_exporter::web_config::parse(
+    let _ = oauth_token_exporter::http::web_config::parse(
         text,
         std::path::Path::new("/nonexistent"),
         "web.yml",

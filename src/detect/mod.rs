@@ -7,18 +7,27 @@
 //! - refresh races: two successful refreshes of one connection inside the provider's grace
 //!   period, or an `invalid_grant` right after a success — `oauth_token_refresh_races_total`.
 //!
-//! State is per connection, in memory: the last success, the last failure and at most
-//! `retry_loop_failures` `invalid_grant` times, dropped once they leave the window; at most a
-//! million connections per inlet. A flood of failures does not grow it.
+//! - stored refresh tokens that go back to an earlier value ([`regression`]).
+//!
+//! Memory bound of the event detectors ([`Detector`]): per tracked connection a 64-bit keyed
+//! hash of its id (never the id, however long the sender made it), the last success, the last
+//! failure and at most `retry_loop_failures` `invalid_grant` times — about 100 bytes plus 12 per
+//! retained `invalid_grant` — dropped once they leave the window. At most [`MAX_TRACKED`]
+//! connections per inlet: when full, entries outside the window are dropped first, and a new
+//! connection is not tracked while every tracked one is inside it. A flood of failures, of
+//! distinct ids or of long ids does not grow it past that.
+
+pub mod regression;
 
 use crate::clock::SharedClock;
 use crate::provider::{ProviderKind, RefreshError};
 use chrono::{DateTime, Duration, Utc};
 use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
 use std::sync::Mutex;
 
-/// Most connections tracked per inlet (beyond it, the oldest entries are dropped).
-const MAX_TRACKED: usize = 1_000_000;
+/// Most connections tracked per inlet.
+pub const MAX_TRACKED: usize = 1_000_000;
 
 #[derive(Debug, Default)]
 struct Conn {
@@ -30,7 +39,24 @@ struct Conn {
 
 #[derive(Debug, Default)]
 struct Inlet {
-    conns: HashMap<String, Conn>,
+    /// By keyed hash of the connection id.
+    conns: HashMap<u64, Conn>,
+}
+
+impl Inlet {
+    /// The entry of `key`, or `None` when the inlet is full of connections inside the window.
+    fn entry(&mut self, key: u64, since: DateTime<Utc>) -> Option<&mut Conn> {
+        if self.conns.len() >= MAX_TRACKED && !self.conns.contains_key(&key) {
+            self.conns.retain(|_, c| {
+                c.last_success.is_some_and(|t| t >= since)
+                    || c.last_failure.is_some_and(|t| t >= since)
+            });
+            if self.conns.len() >= MAX_TRACKED {
+                return None;
+            }
+        }
+        Some(self.conns.entry(key).or_default())
+    }
 }
 
 /// Shared detector state for every event inlet.
@@ -40,6 +66,8 @@ pub struct Detector {
     window: Duration,
     retry_loop: usize,
     inlets: Mutex<HashMap<(&'static str, String), Inlet>>,
+    /// Keys the connection-id hashes (random per process).
+    hasher: std::collections::hash_map::RandomState,
 }
 
 /// Window in which a second success or an `invalid_grant` after a success means a race.
@@ -65,6 +93,7 @@ impl Detector {
             window: Duration::from_std(window).unwrap_or(Duration::minutes(15)),
             retry_loop: retry_loop.max(2),
             inlets: Mutex::new(HashMap::new()),
+            hasher: std::collections::hash_map::RandomState::new(),
         }
     }
 
@@ -78,16 +107,12 @@ impl Detector {
         failure: Option<RefreshError>,
     ) -> bool {
         let at = at.unwrap_or_else(|| self.clock.now());
+        let key = self.hasher.hash_one(connection);
         let mut inlets = self.inlets.lock().unwrap_or_else(|e| e.into_inner());
         let inlet = inlets.entry((provider, source.to_string())).or_default();
-        if inlet.conns.len() >= MAX_TRACKED && !inlet.conns.contains_key(connection) {
-            let since = at - self.window;
-            inlet.conns.retain(|_, c| {
-                c.last_success.is_some_and(|t| t >= since)
-                    || c.last_failure.is_some_and(|t| t >= since)
-            });
-        }
-        let c = inlet.conns.entry(connection.to_string()).or_default();
+        let Some(c) = inlet.entry(key, at - self.window) else {
+            return false;
+        };
         let recent_success = c
             .last_success
             .is_some_and(|t| at >= t && at - t <= race_window(provider));
@@ -121,10 +146,12 @@ impl Detector {
         at: Option<DateTime<Utc>>,
     ) {
         let at = at.unwrap_or_else(|| self.clock.now());
+        let key = self.hasher.hash_one(connection);
         let mut inlets = self.inlets.lock().unwrap_or_else(|e| e.into_inner());
         let inlet = inlets.entry((provider, source.to_string())).or_default();
-        let c = inlet.conns.entry(connection.to_string()).or_default();
-        c.last_failure = c.last_failure.max(Some(at));
+        if let Some(c) = inlet.entry(key, at - self.window) {
+            c.last_failure = c.last_failure.max(Some(at));
+        }
     }
 
     /// Make sure an inlet is reported (at 0) before any event.
@@ -240,10 +267,26 @@ mod tests {
             );
         }
         let inlets = d.inlets.lock().unwrap();
-        let c = &inlets[&("xero", "app".to_string())].conns["flood"];
+        let c = &inlets[&("xero", "app".to_string())].conns[&d.hasher.hash_one("flood")];
         assert_eq!(c.invalid_grants.len(), 5);
         drop(inlets);
         assert_eq!(d.snapshot(), [("xero", "app".to_string(), 1, 1)]);
+    }
+
+    /// Distinct, long ids (a hostile sender) cost a hash each, and at most [`MAX_TRACKED`].
+    #[test]
+    fn distinct_long_ids_are_kept_as_hashes_and_bounded() {
+        let (d, _) = detector();
+        let long = "x".repeat(100_000);
+        for i in 0..MAX_TRACKED + 10 {
+            d.api_failure("xero", "proxy", &format!("{i}{long:.1}"), None);
+        }
+        d.api_failure("xero", "proxy", &long, None);
+        let inlets = d.inlets.lock().unwrap();
+        assert_eq!(
+            inlets[&("xero", "proxy".to_string())].conns.len(),
+            MAX_TRACKED
+        );
     }
 
     #[test]

@@ -1,127 +1,192 @@
-//! Classification of what the host app meets into the closed enums of the catalogue, before
-//! anything is counted. Token-endpoint errors: [`crate::provider::classify_refresh_error`].
+//! Reading what the host app meets into the closed enums of the model, before anything is
+//! counted: Xero's API answers ([`classify_api`]) and the fields of an event, as the ingest API
+//! receives them and as an event table holds them ([`EventFields::validate`]). Token-endpoint
+//! errors: [`crate::provider::classify_refresh_error`].
 
-/// Why an API call was refused with 401 (`oauth_api_unauthorized_total{reason}`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum UnauthorizedReason {
-    TokenExpired,
-    AuthorizationUnsuccessful,
-    AuthenticationUnsuccessful,
-    Other,
-}
+use crate::model::{ApiOutcome, Event, EventKind, RateLimitProblem, UnauthorizedReason};
+use crate::provider::{classify_refresh_error, ProviderKind, RefreshError};
+use chrono::{DateTime, Utc};
 
-impl UnauthorizedReason {
-    pub const ALL: [UnauthorizedReason; 4] = [
-        UnauthorizedReason::TokenExpired,
-        UnauthorizedReason::AuthorizationUnsuccessful,
-        UnauthorizedReason::AuthenticationUnsuccessful,
-        UnauthorizedReason::Other,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UnauthorizedReason::TokenExpired => "token_expired",
-            UnauthorizedReason::AuthorizationUnsuccessful => "authorization_unsuccessful",
-            UnauthorizedReason::AuthenticationUnsuccessful => "authentication_unsuccessful",
-            UnauthorizedReason::Other => "other",
-        }
-    }
-
-    /// From Xero's `Detail` (or the whole problem body): the prefix tells the cause.
-    pub fn from_detail(detail: &str) -> Self {
-        let d = detail.trim();
-        if d.starts_with("TokenExpired") {
-            UnauthorizedReason::TokenExpired
-        } else if d.starts_with("AuthorizationUnsuccessful") {
-            UnauthorizedReason::AuthorizationUnsuccessful
-        } else if d.starts_with("AuthenticationUnsuccessful") {
-            UnauthorizedReason::AuthenticationUnsuccessful
-        } else {
-            UnauthorizedReason::Other
-        }
-    }
-
-    /// From a whole 401 body: Xero's problem JSON (`Detail`), or the text itself.
-    pub fn from_body(body: &[u8]) -> Self {
-        let detail = serde_json::from_slice::<serde_json::Value>(body)
-            .ok()
-            .and_then(|v| v.get("Detail").and_then(|d| d.as_str()).map(str::to_string));
-        match detail {
-            Some(d) => Self::from_detail(&d),
-            None => Self::from_detail(&String::from_utf8_lossy(body)),
-        }
+/// A 401's reason from Xero's `Detail` (or the whole problem body): the prefix tells the cause.
+pub fn unauthorized_reason(detail: &str) -> UnauthorizedReason {
+    let d = detail.trim();
+    if d.starts_with("TokenExpired") {
+        UnauthorizedReason::TokenExpired
+    } else if d.starts_with("AuthorizationUnsuccessful") {
+        UnauthorizedReason::AuthorizationUnsuccessful
+    } else if d.starts_with("AuthenticationUnsuccessful") {
+        UnauthorizedReason::AuthenticationUnsuccessful
+    } else {
+        UnauthorizedReason::Other
     }
 }
 
-/// Which limit a 429 hit (`oauth_api_rate_limited_total{problem}`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RateLimitProblem {
-    Minute,
-    Day,
-    Concurrent,
-    AppMinute,
-    Other,
-}
-
-impl RateLimitProblem {
-    pub const ALL: [RateLimitProblem; 5] = [
-        RateLimitProblem::Minute,
-        RateLimitProblem::Day,
-        RateLimitProblem::Concurrent,
-        RateLimitProblem::AppMinute,
-        RateLimitProblem::Other,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RateLimitProblem::Minute => "minute",
-            RateLimitProblem::Day => "day",
-            RateLimitProblem::Concurrent => "concurrent",
-            RateLimitProblem::AppMinute => "app_minute",
-            RateLimitProblem::Other => "other",
-        }
-    }
-
-    /// From Xero's `X-Rate-Limit-Problem` header (`minute`, `day`; others unverified).
-    pub fn from_header(v: Option<&str>) -> Self {
-        match v
-            .map(|s| s.trim().to_ascii_lowercase().replace(['-', '_'], ""))
-            .as_deref()
-        {
-            Some("minute") => RateLimitProblem::Minute,
-            Some("day") => RateLimitProblem::Day,
-            Some("concurrent") => RateLimitProblem::Concurrent,
-            Some("appminute") => RateLimitProblem::AppMinute,
-            _ => RateLimitProblem::Other,
-        }
+/// A 401's reason from a whole body: Xero's problem JSON (`Detail`), or the text itself.
+pub fn unauthorized_from_body(body: &[u8]) -> UnauthorizedReason {
+    let detail = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("Detail").and_then(|d| d.as_str()).map(str::to_string));
+    match detail {
+        Some(d) => unauthorized_reason(&d),
+        None => unauthorized_reason(&String::from_utf8_lossy(body)),
     }
 }
 
-/// What one API response means for the counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ApiOutcome {
-    Ok,
-    Unauthorized(UnauthorizedReason),
-    Forbidden,
-    RateLimited(RateLimitProblem),
-    /// Any other status: counted as a request only.
-    OtherStatus,
+/// Which limit a 429 hit, from Xero's `X-Rate-Limit-Problem` header (`minute`, `day`; others
+/// unverified).
+pub fn rate_limit_problem(v: Option<&str>) -> RateLimitProblem {
+    match v
+        .map(|s| s.trim().to_ascii_lowercase().replace(['-', '_'], ""))
+        .as_deref()
+    {
+        Some("minute") => RateLimitProblem::Minute,
+        Some("day") => RateLimitProblem::Day,
+        Some("concurrent") => RateLimitProblem::Concurrent,
+        Some("appminute") => RateLimitProblem::AppMinute,
+        _ => RateLimitProblem::Other,
+    }
 }
 
 /// Classify an API response by status, Xero's problem body and the rate-limit header.
-pub fn classify_api(status: u16, body: &[u8], rate_limit_problem: Option<&str>) -> ApiOutcome {
+pub fn classify_api(
+    status: u16,
+    body: &[u8],
+    rate_limit_problem_header: Option<&str>,
+) -> ApiOutcome {
     match status {
         200..=299 => ApiOutcome::Ok,
-        401 => ApiOutcome::Unauthorized(UnauthorizedReason::from_body(body)),
+        401 => ApiOutcome::Unauthorized(unauthorized_from_body(body)),
         403 => ApiOutcome::Forbidden,
-        429 => ApiOutcome::RateLimited(RateLimitProblem::from_header(rate_limit_problem)),
+        429 => ApiOutcome::RateLimited(rate_limit_problem(rate_limit_problem_header)),
         _ => ApiOutcome::OtherStatus,
+    }
+}
+
+/// Longest connection or tenant id accepted, in characters.
+pub const MAX_ID: usize = 256;
+
+/// Why an event was refused: the field at fault and what was expected (never what was sent).
+pub type Refusal = (String, String);
+
+/// The fields of one event as sent, before validation (the ingest API's JSON, an event
+/// table's row).
+#[derive(Debug, Default, Clone)]
+pub struct EventFields {
+    /// `refresh` or `api`.
+    pub kind: Option<String>,
+    pub connection: Option<String>,
+    pub tenant: Option<String>,
+    /// When it happened, or why the value sent is not a time.
+    pub time: Option<Result<DateTime<Utc>, &'static str>>,
+    pub provider: Option<ProviderKind>,
+    /// `success` or `failure` (refresh).
+    pub outcome: Option<String>,
+    /// The token endpoint's OAuth `error`, or `network` when there was no answer (refresh).
+    pub error: Option<String>,
+    /// The HTTP status (the token endpoint's, or the API's).
+    pub status: Option<u16>,
+    /// Xero's `Detail` of a 401 (api).
+    pub detail: Option<String>,
+    /// The `X-Rate-Limit-Problem` header of a 429 (api).
+    pub rate_limit_problem: Option<String>,
+}
+
+fn refuse<T>(field: &str, message: impl Into<String>) -> Result<T, Refusal> {
+    Err((field.to_string(), message.into()))
+}
+
+impl EventFields {
+    /// Validate and classify; nothing is counted here.
+    pub fn validate(self, default_provider: ProviderKind) -> Result<Event, Refusal> {
+        let refresh = match self.kind.as_deref() {
+            Some("refresh") => true,
+            Some("api") => false,
+            Some(_) => return refuse("type", "unknown event type, expected `refresh` or `api`"),
+            None => return refuse("type", "is required: `refresh` or `api`"),
+        };
+        let connection = match self.connection {
+            Some(c) if !c.trim().is_empty() && c.chars().count() <= MAX_ID => c,
+            Some(_) => {
+                return refuse(
+                    "connection",
+                    format!("must be a non-empty id of at most {MAX_ID} characters"),
+                )
+            }
+            None => return refuse("connection", "missing field `connection`"),
+        };
+        if self
+            .tenant
+            .as_ref()
+            .is_some_and(|t| t.chars().count() > MAX_ID)
+        {
+            return refuse("tenant", format!("must be at most {MAX_ID} characters"));
+        }
+        let time = match self.time {
+            None => None,
+            Some(Ok(t)) => Some(t),
+            Some(Err(why)) => return refuse("time", why),
+        };
+        if self.status.is_some_and(|s| !(100..=599).contains(&s)) {
+            return refuse("status", "must be an HTTP status between 100 and 599");
+        }
+        let provider = self.provider.unwrap_or(default_provider);
+        let kind = if refresh {
+            let success = match self.outcome.as_deref() {
+                Some("success") => true,
+                Some("failure") => false,
+                Some(_) => {
+                    return refuse(
+                        "outcome",
+                        "unknown variant, expected `success` or `failure`",
+                    )
+                }
+                None => return refuse("outcome", "missing field `outcome`"),
+            };
+            let failure = match (success, self.error.as_deref(), self.status) {
+                (true, None, _) => None,
+                (true, Some(_), _) => {
+                    return refuse("error", "a successful refresh has no `error`")
+                }
+                (false, Some("network"), _) => Some(RefreshError::Network),
+                (false, Some(err), status) => {
+                    let body = serde_json::json!({ "error": err }).to_string();
+                    Some(classify_refresh_error(
+                        status.unwrap_or(400),
+                        body.as_bytes(),
+                    ))
+                }
+                (false, None, Some(status)) => Some(classify_refresh_error(status, b"")),
+                (false, None, None) => Some(RefreshError::Network),
+            };
+            EventKind::Refresh(failure)
+        } else {
+            let status = match self.status {
+                Some(s) => s,
+                None => return refuse("status", "missing field `status`"),
+            };
+            EventKind::Api(match status {
+                401 => ApiOutcome::Unauthorized(unauthorized_reason(
+                    self.detail.as_deref().unwrap_or(""),
+                )),
+                429 => {
+                    ApiOutcome::RateLimited(rate_limit_problem(self.rate_limit_problem.as_deref()))
+                }
+                s => classify_api(s, b"", None),
+            })
+        };
+        Ok(Event {
+            provider,
+            connection: Some(connection),
+            time,
+            kind,
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{RateLimitProblem, UnauthorizedReason};
 
     #[test]
     fn xero_401_bodies_are_classified_by_the_detail_prefix() {

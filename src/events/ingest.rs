@@ -14,10 +14,12 @@
 //! event is validated alone: an invalid one is listed in the answer with its index, field and
 //! what was expected, and every valid one in the same batch is counted.
 
-use super::classify::{classify_api, ApiOutcome, RateLimitProblem, UnauthorizedReason};
+use super::classify::{EventFields, Refusal};
+use super::{Context, Inlet, Wired};
 use crate::config::Ingest;
-use crate::metrics::Live;
-use crate::provider::{classify_refresh_error, ProviderKind, RefreshError};
+use crate::model::{CollectError, Event};
+use crate::pipeline::Sink;
+use crate::provider::ProviderKind;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -27,26 +29,32 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
-/// Longest connection or tenant id accepted.
-const MAX_ID: usize = 256;
-
 #[derive(Clone)]
 struct IngestState {
     cfg: Arc<Ingest>,
-    live: Arc<Live>,
+    sink: Sink,
 }
 
-/// The routes of the ingest API.
-pub fn router(cfg: Ingest, live: Arc<Live>) -> Router {
-    live.events.init(cfg.provider.as_str(), &cfg.source);
-    let limit = cfg.max_body_bytes;
-    Router::new()
-        .route("/api/v1/events", post(ingest))
-        .layer(DefaultBodyLimit::max(limit))
-        .with_state(IngestState {
-            cfg: Arc::new(cfg),
-            live,
+impl Inlet for Ingest {
+    fn name(&self) -> String {
+        "ingest API".into()
+    }
+
+    /// The route `POST /api/v1/events` on the web listener.
+    fn wire(&self, ctx: &Context) -> Result<Wired, CollectError> {
+        ctx.sink.init(self.provider, &self.source);
+        let router = Router::new()
+            .route("/api/v1/events", post(ingest))
+            .layer(DefaultBodyLimit::max(self.max_body_bytes))
+            .with_state(IngestState {
+                cfg: Arc::new(self.clone()),
+                sink: ctx.sink.clone(),
+            });
+        Ok(Wired {
+            routes: Some(router),
+            ..Wired::default()
         })
+    }
 }
 
 #[derive(Deserialize)]
@@ -125,68 +133,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-pub(crate) struct Counted {
-    provider: &'static str,
-    connection: String,
-    time: Option<chrono::DateTime<chrono::Utc>>,
-    kind: CountedKind,
-}
-
-enum CountedKind {
-    Refresh(Option<RefreshError>),
-    Api(ApiOutcome),
-}
-
-impl Counted {
-    pub(crate) fn refresh(
-        provider: &'static str,
-        connection: &str,
-        failure: Option<RefreshError>,
-    ) -> Self {
-        Counted {
-            provider,
-            connection: connection.to_string(),
-            time: None,
-            kind: CountedKind::Refresh(failure),
-        }
-    }
-}
-
-fn parse_time(t: Option<&str>) -> Option<chrono::DateTime<chrono::Utc>> {
-    t.and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.with_timezone(&chrono::Utc))
-}
-
-fn check_common(
-    connection: &str,
-    tenant: Option<&str>,
-    time: Option<&str>,
-) -> Result<(), (String, String)> {
-    // Characters, as documented (and as JSON Schema's maxLength counts), not bytes.
-    if connection.trim().is_empty() || connection.chars().count() > MAX_ID {
-        return Err((
-            "connection".into(),
-            format!("must be a non-empty id of at most {MAX_ID} characters"),
-        ));
-    }
-    if tenant.is_some_and(|t| t.chars().count() > MAX_ID) {
-        return Err((
-            "tenant".into(),
-            format!("must be at most {MAX_ID} characters"),
-        ));
-    }
-    if let Some(t) = time {
-        if chrono::DateTime::parse_from_rfc3339(t).is_err() {
-            return Err((
-                "time".into(),
-                "must be an RFC 3339 timestamp like 2026-06-01T12:00:00Z".into(),
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn decode<T: for<'de> Deserialize<'de>>(v: serde_json::Value) -> Result<T, (String, String)> {
+fn decode<T: for<'de> Deserialize<'de>>(v: serde_json::Value) -> Result<T, Refusal> {
     serde_path_to_error::deserialize::<_, T>(v).map_err(|e| {
         let path = e.path().to_string();
         let message = e.into_inner().to_string();
@@ -246,107 +193,60 @@ pub fn check_batch(
         .collect())
 }
 
-/// Validate and classify one event; nothing is counted here.
+/// Decode, validate and classify one event of a batch; nothing is counted here.
 pub(crate) fn event(
     v: serde_json::Value,
     default_provider: ProviderKind,
-) -> Result<Counted, (String, String)> {
+) -> Result<Event, Refusal> {
     let kind = v.get("type").and_then(|t| t.as_str()).map(str::to_string);
-    match kind.as_deref() {
+    let time = |t: Option<String>| {
+        t.map(|t| {
+            chrono::DateTime::parse_from_rfc3339(&t)
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .map_err(|_| "must be an RFC 3339 timestamp like 2026-06-01T12:00:00Z")
+        })
+    };
+    let fields = match kind.as_deref() {
         Some("refresh") => {
             let e: RefreshEvent = decode(v)?;
-            check_common(&e.connection, e.tenant.as_deref(), e.time.as_deref())?;
-            if e.status.is_some_and(|s| !(100..=599).contains(&s)) {
-                return Err((
-                    "status".into(),
-                    "must be an HTTP status between 100 and 599".into(),
-                ));
+            EventFields {
+                kind,
+                connection: Some(e.connection),
+                tenant: e.tenant,
+                time: time(e.time),
+                provider: e.provider,
+                outcome: Some(
+                    match e.outcome {
+                        Outcome::Success => "success",
+                        Outcome::Failure => "failure",
+                    }
+                    .into(),
+                ),
+                error: e.error,
+                status: e.status,
+                ..EventFields::default()
             }
-            let provider = e.provider.unwrap_or(default_provider).as_str();
-            let failure = match (e.outcome, e.error.as_deref(), e.status) {
-                (Outcome::Success, None, _) => None,
-                (Outcome::Success, Some(_), _) => {
-                    return Err(("error".into(), "a successful refresh has no `error`".into()))
-                }
-                (Outcome::Failure, Some("network"), _) => Some(RefreshError::Network),
-                (Outcome::Failure, Some(err), status) => {
-                    let body = serde_json::json!({ "error": err }).to_string();
-                    Some(classify_refresh_error(
-                        status.unwrap_or(400),
-                        body.as_bytes(),
-                    ))
-                }
-                (Outcome::Failure, None, Some(status)) => Some(classify_refresh_error(status, b"")),
-                (Outcome::Failure, None, None) => Some(RefreshError::Network),
-            };
-            Ok(Counted {
-                provider,
-                connection: e.connection,
-                time: parse_time(e.time.as_deref()),
-                kind: CountedKind::Refresh(failure),
-            })
         }
         Some("api") => {
             let e: ApiEvent = decode(v)?;
-            check_common(&e.connection, e.tenant.as_deref(), e.time.as_deref())?;
-            if !(100..=599).contains(&e.status) {
-                return Err((
-                    "status".into(),
-                    "must be an HTTP status between 100 and 599".into(),
-                ));
-            }
-            let provider = e.provider.unwrap_or(default_provider).as_str();
-            let outcome = match e.status {
-                401 => ApiOutcome::Unauthorized(UnauthorizedReason::from_detail(
-                    e.detail.as_deref().unwrap_or(""),
-                )),
-                429 => ApiOutcome::RateLimited(RateLimitProblem::from_header(
-                    e.rate_limit_problem.as_deref(),
-                )),
-                s => classify_api(s, b"", None),
-            };
-            Ok(Counted {
-                provider,
-                connection: e.connection,
-                time: parse_time(e.time.as_deref()),
-                kind: CountedKind::Api(outcome),
-            })
-        }
-        Some(_) => Err((
-            "type".into(),
-            "unknown event type, expected `refresh` or `api`".into(),
-        )),
-        None => Err(("type".into(), "is required: `refresh` or `api`".into())),
-    }
-}
-
-/// Count a validated event and feed the detectors.
-pub(crate) fn count(live: &Live, source: &str, c: Counted) {
-    match c.kind {
-        CountedKind::Refresh(failure) => {
-            live.events.refresh(c.provider, source, failure);
-            if live
-                .detector
-                .refresh(c.provider, source, &c.connection, c.time, failure)
-            {
-                live.events
-                    .races
-                    .get_or_create(&crate::metrics::EventLabels {
-                        provider: c.provider,
-                        source: source.to_string(),
-                    })
-                    .inc();
+            EventFields {
+                kind,
+                connection: Some(e.connection),
+                tenant: e.tenant,
+                time: time(e.time),
+                provider: e.provider,
+                status: Some(e.status),
+                detail: e.detail,
+                rate_limit_problem: e.rate_limit_problem,
+                ..EventFields::default()
             }
         }
-        CountedKind::Api(outcome) => {
-            live.events.api(c.provider, source, outcome);
-            if matches!(outcome, ApiOutcome::Unauthorized(r) if r != UnauthorizedReason::TokenExpired)
-            {
-                live.detector
-                    .api_failure(c.provider, source, &c.connection, c.time);
-            }
-        }
-    }
+        _ => EventFields {
+            kind,
+            ..EventFields::default()
+        },
+    };
+    fields.validate(default_provider)
 }
 
 /// Header carrying the ingest token when `Authorization` carries basic-auth credentials (a web
@@ -409,8 +309,8 @@ async fn ingest(State(s): State<IngestState>, headers: HeaderMap, body: Bytes) -
     };
     for (index, v) in batch.events.into_iter().enumerate() {
         match event(v, s.cfg.provider) {
-            Ok(c) => {
-                count(&s.live, &s.cfg.source, c);
+            Ok(e) => {
+                s.sink.count(&s.cfg.source, e);
                 answer.accepted += 1;
             }
             Err((field, error)) => answer.rejected.push(Rejected {

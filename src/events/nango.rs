@@ -5,8 +5,10 @@
 //! configured, `X-Nango-Hmac-Sha256` (HMAC-SHA256 of the body with Nango's secret key) must
 //! match, compared in constant time.
 
+use super::{Context, Inlet, Wired};
 use crate::config::NangoWebhook;
-use crate::metrics::Live;
+use crate::model::{CollectError, Event};
+use crate::pipeline::Sink;
 use crate::provider::{ProviderKind, RefreshError};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -24,18 +26,29 @@ const MAX_BODY: usize = 256 * 1024;
 #[derive(Clone)]
 struct NangoState {
     cfg: Arc<NangoWebhook>,
-    live: Arc<Live>,
+    sink: Sink,
 }
 
-pub fn router(cfg: NangoWebhook, live: Arc<Live>) -> Router {
-    live.events.init(cfg.provider.as_str(), &cfg.source);
-    Router::new()
-        .route("/webhooks/nango", post(webhook))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(NangoState {
-            cfg: Arc::new(cfg),
-            live,
+impl Inlet for NangoWebhook {
+    fn name(&self) -> String {
+        "Nango webhook".into()
+    }
+
+    /// The route `POST /webhooks/nango` on the web listener.
+    fn wire(&self, ctx: &Context) -> Result<Wired, CollectError> {
+        ctx.sink.init(self.provider, &self.source);
+        let router = Router::new()
+            .route("/webhooks/nango", post(webhook))
+            .layer(DefaultBodyLimit::max(MAX_BODY))
+            .with_state(NangoState {
+                cfg: Arc::new(self.clone()),
+                sink: ctx.sink.clone(),
+            });
+        Ok(Wired {
+            routes: Some(router),
+            ..Wired::default()
         })
+    }
 }
 
 #[derive(Deserialize)]
@@ -88,14 +101,13 @@ fn classify(e: Option<&NangoError>) -> RefreshError {
     RefreshError::Other
 }
 
-fn provider(name: Option<&str>, default: ProviderKind) -> &'static str {
+fn provider(name: Option<&str>, default: ProviderKind) -> ProviderKind {
     let name = name.unwrap_or("").to_lowercase();
     ProviderKind::ALL
         .into_iter()
         .filter(|k| *k != ProviderKind::Custom)
         .find(|k| name == k.as_str() || name.starts_with(&format!("{}-", k.as_str())))
         .unwrap_or(default)
-        .as_str()
 }
 
 fn signature_ok(secret: &str, body: &[u8], header: Option<&str>) -> bool {
@@ -151,10 +163,9 @@ async fn webhook(State(s): State<NangoState>, headers: HeaderMap, body: Bytes) -
         hook.provider_config_key.as_deref().unwrap_or(""),
         hook.connection_id.as_deref().unwrap_or("")
     );
-    super::ingest::count(
-        &s.live,
+    s.sink.count(
         &s.cfg.source,
-        super::ingest::Counted::refresh(provider, &connection, failure),
+        Event::refresh(provider, Some(connection), failure),
     );
     (StatusCode::OK, "counted\n").into_response()
 }
@@ -186,11 +197,17 @@ mod tests {
 
     #[test]
     fn providers_map_to_profiles_or_the_default() {
-        assert_eq!(provider(Some("xero"), ProviderKind::Xero), "xero");
+        assert_eq!(
+            provider(Some("xero"), ProviderKind::Xero),
+            ProviderKind::Xero
+        );
         assert_eq!(
             provider(Some("quickbooks-sandbox"), ProviderKind::Xero),
-            "quickbooks"
+            ProviderKind::Quickbooks
         );
-        assert_eq!(provider(Some("hubspot"), ProviderKind::Xero), "xero");
+        assert_eq!(
+            provider(Some("hubspot"), ProviderKind::Xero),
+            ProviderKind::Xero
+        );
     }
 }

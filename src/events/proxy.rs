@@ -7,9 +7,12 @@
 //! the token request's form (to see `grant_type`), token-endpoint error bodies and 401 bodies,
 //! all small; everything else streams through. Tokens pass through and are kept nowhere.
 
-use super::classify::{classify_api, ApiOutcome, UnauthorizedReason};
+use super::classify::classify_api;
+use super::{Context, Inlet, Listener, Wired};
+use crate::clock::SharedClock;
 use crate::config::Proxy;
-use crate::metrics::{Live, RateLimitLabels};
+use crate::model::{label_value, CollectError, Event};
+use crate::pipeline::{Health, Outcome, Sink, Subject};
 use crate::provider::{classify_refresh_error, RefreshError};
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -19,6 +22,7 @@ use axum::Router;
 use futures_util::TryStreamExt;
 use http_body_util::BodyExt;
 use std::sync::Arc;
+use std::sync::Mutex;
 
 /// Largest body read to classify an answer (Xero's error bodies are tiny).
 const MAX_INSPECTED: usize = 64 * 1024;
@@ -42,33 +46,44 @@ const HOP_BY_HOP: &[&str] = &[
 #[derive(Clone)]
 struct ProxyState {
     cfg: Arc<Proxy>,
-    live: Arc<Live>,
+    sink: Sink,
+    /// The upstream's self-health: `up` is 1 until a call fails to reach it, 0 until one
+    /// succeeds again; failures count as `connect` or `timeout`.
+    health: Arc<Mutex<Health>>,
+    clock: SharedClock,
     client: reqwest::Client,
 }
 
-/// The proxy's routes (every path), for its own listener.
-pub fn router(cfg: Proxy, live: Arc<Live>) -> Router {
-    crate::sources::install_tls_provider();
-    live.events.init(cfg.provider.as_str(), &cfg.source);
-    live.detector.init(cfg.provider.as_str(), &cfg.source);
-    // Self-health of the upstream: `up` is 1 until a call fails to reach it, 0 until one
-    // succeeds again; failures count as `connect` or `timeout`. (No last-success timestamp: an
-    // idle proxy is not a stale one.)
-    let labels = crate::metrics::SourceLabels {
-        source: cfg.source.clone(),
-    };
-    live.up.get_or_create(&labels).set(1);
-    for r in [
-        crate::metrics::SourceErrorReason::Connect,
-        crate::metrics::SourceErrorReason::Timeout,
-    ] {
-        let _ = live
-            .errors
-            .get_or_create(&crate::metrics::SourceReasonLabels {
-                source: cfg.source.clone(),
-                reason: r.as_str(),
-            });
+impl Inlet for Proxy {
+    fn name(&self) -> String {
+        "proxy".into()
     }
+
+    /// Its own listener, in front of the identity and API base URLs.
+    fn wire(&self, ctx: &Context) -> Result<Wired, CollectError> {
+        Ok(Wired {
+            listeners: vec![Listener {
+                name: "proxy",
+                address: self.listen_address.clone(),
+                router: router(self.clone(), ctx),
+                web_config_file: self.web_config_file.clone(),
+                proxy_auth: true,
+            }],
+            ..Wired::default()
+        })
+    }
+}
+
+/// The proxy's routes (every path), for its own listener.
+fn router(cfg: Proxy, ctx: &Context) -> Router {
+    crate::sources::install_tls_provider();
+    ctx.sink.init(cfg.provider, &cfg.source);
+    let health = Health::new(
+        ctx.sink.live().clone(),
+        &cfg.source,
+        Subject::Upstream,
+        cfg.provider.as_str(),
+    );
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(cfg.timeout)
@@ -76,9 +91,17 @@ pub fn router(cfg: Proxy, live: Arc<Live>) -> Router {
         .expect("the proxy's HTTP client builds");
     Router::new().fallback(forward).with_state(ProxyState {
         cfg: Arc::new(cfg),
-        live,
+        sink: ctx.sink.clone(),
+        health: Arc::new(Mutex::new(health)),
+        clock: ctx.clock.clone(),
         client,
     })
+}
+
+impl ProxyState {
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// The headers of `from` that pass to the next hop.
@@ -124,7 +147,7 @@ async fn forward(State(s): State<ProxyState>, req: Request) -> Response {
         &s.cfg.api_url
     };
     let headers = forwarded(&parts.headers);
-    let provider = s.cfg.provider.as_str();
+    let provider = s.cfg.provider;
     let source = s.cfg.source.as_str();
     // The token request is a small form: read it to tell refreshes from code exchanges.
     let (upstream_body, is_refresh) = if token_call {
@@ -147,7 +170,7 @@ async fn forward(State(s): State<ProxyState>, req: Request) -> Response {
         .headers
         .get("xero-tenant-id")
         .and_then(|v| v.to_str().ok())
-        .map(|t| crate::metrics::label_value(t).into_owned())
+        .map(|t| label_value(t).into_owned())
         .unwrap_or_default();
     let sent = s
         .client
@@ -160,32 +183,22 @@ async fn forward(State(s): State<ProxyState>, req: Request) -> Response {
         Ok(r) => r,
         Err(e) => {
             if is_refresh {
-                s.live
-                    .events
-                    .refresh(provider, source, Some(RefreshError::Network));
+                s.sink.count(
+                    source,
+                    Event::refresh(provider, None, Some(RefreshError::Network)),
+                );
             }
-            let reason = if e.is_timeout() {
-                crate::metrics::SourceErrorReason::Timeout
+            let err = if e.is_timeout() {
+                CollectError::Timeout(s.cfg.timeout)
             } else {
-                crate::metrics::SourceErrorReason::Connect
+                CollectError::Connect(format!("{base}: {}", e.without_url()))
             };
-            s.live.source_error(source, reason);
-            s.live
-                .up
-                .get_or_create(&crate::metrics::SourceLabels {
-                    source: source.to_string(),
-                })
-                .set(0);
-            tracing::warn!(source, upstream = %base, reason = reason.as_str(), error = %e.without_url(), "The proxy could not reach the upstream.");
+            s.health().failed(&err, None);
             return bad_gateway("upstream unreachable");
         }
     };
-    s.live
-        .up
-        .get_or_create(&crate::metrics::SourceLabels {
-            source: source.to_string(),
-        })
-        .set(1);
+    s.health()
+        .succeeded(s.clock.now(), None, Outcome::default());
     let status = resp.status();
     let out_headers = forwarded(resp.headers());
     if !identity {
@@ -205,15 +218,7 @@ async fn forward(State(s): State<ProxyState>, req: Request) -> Response {
                 } else {
                     tenant.clone()
                 };
-                s.live.events.set_rate_limit_remaining(
-                    RateLimitLabels {
-                        provider,
-                        source: source.to_string(),
-                        tenant: t,
-                        window,
-                    },
-                    v,
-                );
+                s.sink.rate_limit_remaining(provider, source, t, window, v);
             }
         }
     }
@@ -224,34 +229,41 @@ async fn forward(State(s): State<ProxyState>, req: Request) -> Response {
             Err(_) => return bad_gateway("upstream answer cut"),
         };
         if token_call && is_refresh {
-            s.live.events.refresh(
-                provider,
+            s.sink.count(
                 source,
-                Some(classify_refresh_error(status.as_u16(), &bytes)),
+                Event::refresh(
+                    provider,
+                    None,
+                    Some(classify_refresh_error(status.as_u16(), &bytes)),
+                ),
             );
         } else if !identity {
-            let outcome = classify_api(401, &bytes, None);
-            s.live.events.api(provider, source, outcome);
-            if matches!(outcome, ApiOutcome::Unauthorized(r) if r != UnauthorizedReason::TokenExpired)
-                && !tenant.is_empty()
-            {
-                s.live.detector.api_failure(provider, source, &tenant, None);
-            }
+            // The tenant is the connection as far as the proxy can tell (one token set per
+            // tenant); without one the 401 is counted but feeds no detector.
+            let connection = (!tenant.is_empty()).then(|| tenant.clone());
+            s.sink.count(
+                source,
+                Event::api(provider, connection, classify_api(401, &bytes, None)),
+            );
         }
         Body::from(bytes)
     } else {
         if token_call && is_refresh {
-            s.live.events.refresh(provider, source, None);
+            s.sink.count(source, Event::refresh(provider, None, None));
         } else if !identity {
             let problem = resp
                 .headers()
                 .get("x-rate-limit-problem")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
-            s.live.events.api(
-                provider,
+            let connection = (!tenant.is_empty()).then(|| tenant.clone());
+            s.sink.count(
                 source,
-                classify_api(status.as_u16(), b"", problem.as_deref()),
+                Event::api(
+                    provider,
+                    connection,
+                    classify_api(status.as_u16(), b"", problem.as_deref()),
+                ),
             );
         }
         Body::from_stream(resp.bytes_stream())

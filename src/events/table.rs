@@ -2,27 +2,28 @@
 //! increasing id (or a timestamp and an id). The cursor and the table's counters are kept in a
 //! state file (written atomically after each counted batch), so a restart, even `kill -9`,
 //! neither loses nor double-counts an event and the counters continue where they were; the
-//! first start begins at the current end of the table unless `start: beginning`. Reads go through the same
-//! read-only connections as the sources.
+//! first start begins at the current end of the table unless `start: beginning`. Reads go
+//! through the same read-only connections as the sources; each row becomes an
+//! [`crate::model::Event`] (a bad row is rejected alone) and goes to the sink.
 
-use super::ingest::{count, event};
-use crate::config::{EventTable, StoreKind};
-use crate::metrics::{Live, RejectReason, SourceLabels};
-use crate::sources::{Backend, CollectError};
-use crate::timestamp::Cell;
-use std::sync::Arc;
-use std::time::Instant;
-use tokio_util::sync::CancellationToken;
+use super::classify::EventFields;
+use super::{Context, Inlet, Wired};
+use crate::config::{EventField, EventStart, EventTable, Schedule, SqlKind};
+use crate::model::{CollectError, CursorError, RejectReason};
+use crate::pipeline::{Health, Outcome, Polled, Runner, Sink, Subject};
+use crate::sources::sql::{AllColumns, SqlPool};
+use crate::telemetry::live::Counts;
+use crate::telemetry::persist::write_atomically;
+use crate::timestamp::{self, Cell, TimeFormat};
 
 /// Batches read in one poll at most (a backlog drains over several polls).
 const MAX_BATCHES_PER_POLL: usize = 100;
 
 pub struct TablePoller {
     pub cfg: EventTable,
-    backend: Backend,
-    live: Arc<Live>,
+    pool: SqlPool,
+    sink: Sink,
     cursor: Option<Cursor>,
-    failures: u32,
     /// The cursor advanced in memory but is not yet in the state file: every poll tries to
     /// write it, and fails until it can.
     dirty: bool,
@@ -51,17 +52,19 @@ impl CursorValue {
 
     /// The value as an SQL literal of the store's dialect. Text is quoted with doubled quotes;
     /// a backslash (which MySQL would read as an escape) is refused rather than guessed at.
-    fn literal(&self, kind: StoreKind) -> Result<String, String> {
+    fn literal(&self, kind: SqlKind) -> Result<String, &'static str> {
         Ok(match self {
             CursorValue::Int(i) => i.to_string(),
             CursorValue::Float(f) => format!("{f:?}"),
             CursorValue::Text(s) if s.contains('\\') || s.contains('\0') => {
-                return Err("holds a backslash or NUL, which cannot be compared portably".into())
+                return Err("holds a backslash or NUL, which cannot be compared portably")
             }
             CursorValue::Text(s) => format!("'{}'", s.replace('\'', "''")),
             CursorValue::Time(t) => match kind {
-                StoreKind::Postgres => format!("'{}'", t.format("%Y-%m-%d %H:%M:%S%.6f+00")),
-                _ => format!("'{}'", t.format("%Y-%m-%d %H:%M:%S%.6f")),
+                SqlKind::Postgres => format!("'{}'", t.format("%Y-%m-%d %H:%M:%S%.6f+00")),
+                SqlKind::Sqlite | SqlKind::Mysql => {
+                    format!("'{}'", t.format("%Y-%m-%d %H:%M:%S%.6f"))
+                }
             },
         })
     }
@@ -87,33 +90,39 @@ struct State {
     #[serde(flatten)]
     cursor: Cursor,
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    counters: std::collections::BTreeMap<String, u64>,
+    counters: Counts,
 }
 
-fn cell_json(c: &Cell) -> Option<serde_json::Value> {
-    Some(match c {
-        Cell::Null => return None,
-        Cell::Bool(b) => (*b).into(),
-        Cell::Int(i) => (*i).into(),
-        Cell::Float(f) => serde_json::Number::from_f64(*f)?.into(),
-        Cell::Text(s) => s.clone().into(),
-        Cell::Time(t) => t.to_rfc3339().into(),
-        Cell::Json(v) => v.clone(),
-    })
+impl Inlet for EventTable {
+    fn name(&self) -> String {
+        format!("event table {}", self.name)
+    }
+
+    /// A poll loop tailing the table.
+    fn wire(&self, ctx: &Context) -> Result<Wired, CollectError> {
+        let health = Health::new(
+            ctx.sink.live().clone(),
+            &self.name,
+            Subject::EventTable,
+            self.provider.as_str(),
+        );
+        let poller = TablePoller::new(self.clone(), ctx.sink.clone())?;
+        Ok(Wired {
+            polls: vec![Box::new(Runner::new(poller, health, ctx.clock.clone()))],
+            ..Wired::default()
+        })
+    }
 }
 
 impl TablePoller {
-    pub fn new(cfg: EventTable, live: Arc<Live>) -> Result<Self, CollectError> {
-        let provider = cfg.store.provider.name();
-        live.init_source(&cfg.name, provider);
-        live.events.init(provider, &cfg.name);
-        let backend = Backend::connect(&cfg.store)?;
+    pub fn new(cfg: EventTable, sink: Sink) -> Result<Self, CollectError> {
+        sink.init(cfg.provider, &cfg.name);
+        let pool = SqlPool::connect(&cfg.connection)?;
         Ok(TablePoller {
             cfg,
-            backend,
-            live,
+            pool,
+            sink,
             cursor: None,
-            failures: 0,
             dirty: false,
         })
     }
@@ -139,6 +148,7 @@ impl TablePoller {
             .columns
             .iter()
             .map(|(f, c)| {
+                let f = f.as_str();
                 if blank {
                     format!("NULL AS ote_{f}")
                 } else {
@@ -160,16 +170,16 @@ impl TablePoller {
     fn next_batch(&self, cursor: &Cursor) -> Result<String, CollectError> {
         let id = &self.cfg.id_column;
         let limit = self.cfg.batch;
-        let kind = self.cfg.store.kind;
+        let kind = self.cfg.connection.kind;
         let lit = |v: &CursorValue, what: &str| {
-            v.literal(kind).map_err(|e| {
-                CollectError::Document(format!(
-                    "the cursor's {what} ({}) {e}",
-                    match what {
-                        "time" => self.cfg.time_column.as_deref().unwrap_or(""),
-                        _ => id,
-                    }
-                ))
+            v.literal(kind).map_err(|problem| {
+                CollectError::from(CursorError::Unportable {
+                    column: match what {
+                        "time" => self.cfg.time_column.clone().unwrap_or_default(),
+                        _ => id.to_string(),
+                    },
+                    problem,
+                })
             })
         };
         let tail = match (cursor, &self.cfg.time_column) {
@@ -188,10 +198,12 @@ impl TablePoller {
                 format!("{after} AND {t} IS NOT NULL ORDER BY {t}, {id} LIMIT {limit}")
             }
             (Cursor::TimeId { .. }, None) => {
-                return Err(CollectError::Document(format!(
-                    "the state file {} holds a time cursor but time_column is not set; remove it to start again",
-                    self.cfg.state_file.display()
-                )))
+                return Err(CursorError::KindChanged {
+                    path: self.cfg.state_file.clone(),
+                    holds: "a time",
+                    time_column_set: false,
+                }
+                .into())
             }
         };
         Ok(self.select(id, false, &tail))
@@ -201,77 +213,74 @@ impl TablePoller {
         let path = &self.cfg.state_file;
         let state = State {
             cursor: cursor.clone(),
-            counters: self.live.events.snapshot(&self.cfg.name),
+            counters: self.sink.live().events.snapshot(&self.cfg.name),
         };
-        super::persist::write_atomically(
+        write_atomically(
             path,
             serde_json::to_string(&state)
                 .expect("serialisable")
                 .as_bytes(),
         )
-        .map_err(|e| {
-            CollectError::Document(format!(
-                "cannot write the state file {}: {e}",
-                path.display()
-            ))
+        .map_err(|cause| {
+            CursorError::Write {
+                path: path.clone(),
+                cause,
+            }
+            .into()
         })
     }
 
     async fn initial_cursor(&mut self) -> Result<Cursor, CollectError> {
         match std::fs::read_to_string(&self.cfg.state_file) {
             Ok(text) => {
-                let state = serde_json::from_str::<State>(&text).map_err(|_| {
-                    CollectError::Document(format!(
-                        "the state file {} is not a cursor; remove it to start again",
-                        self.cfg.state_file.display()
-                    ))
-                })?;
+                let state = serde_json::from_str::<State>(&text)
+                    .map_err(|_| CursorError::NotACursor(self.cfg.state_file.clone()))?;
                 let c = state.cursor;
                 if matches!(c, Cursor::Id { .. }) && self.cfg.time_column.is_some() {
-                    return Err(CollectError::Document(format!(
-                        "the state file {} holds an id cursor but time_column is set; remove it to start again",
-                        self.cfg.state_file.display()
-                    )));
+                    return Err(CursorError::KindChanged {
+                        path: self.cfg.state_file.clone(),
+                        holds: "an id",
+                        time_column_set: true,
+                    }
+                    .into());
                 }
                 // The counters continue from where they were when the cursor was written.
-                self.live.events.restore(&self.cfg.name, &state.counters);
+                self.sink
+                    .live()
+                    .events
+                    .restore(&self.cfg.name, &state.counters);
                 return Ok(c);
             }
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(CollectError::Document(format!(
-                    "cannot read the state file {}: {e}",
-                    self.cfg.state_file.display()
-                )))
+            Err(cause) if cause.kind() != std::io::ErrorKind::NotFound => {
+                return Err(CursorError::Read {
+                    path: self.cfg.state_file.clone(),
+                    cause,
+                }
+                .into())
             }
             Err(_) => {}
         }
         let id = &self.cfg.id_column;
         let cursor = match (self.cfg.start, &self.cfg.time_column) {
-            (crate::config::EventStart::Beginning, None) => Cursor::Id { cursor: 0 },
-            (crate::config::EventStart::Beginning, Some(_)) => Cursor::TimeId {
+            (EventStart::Beginning, None) => Cursor::Id { cursor: 0 },
+            (EventStart::Beginning, Some(_)) => Cursor::TimeId {
                 time: None,
                 id: None,
             },
-            (crate::config::EventStart::End, None) => {
+            (EventStart::End, None) => {
                 let q = self.select(&format!("COALESCE(MAX({id}), 0)"), true, "");
-                let f = self
-                    .backend
-                    .fetch_query(&q, &self.cfg.store.mapping)
-                    .await?;
+                let f = self.pool.fetch(&q, AllColumns::select).await?;
                 Cursor::Id {
                     cursor: f.rows.first().and_then(|r| id_of(&r[0])).unwrap_or(0),
                 }
             }
-            (crate::config::EventStart::End, Some(t)) => {
+            (EventStart::End, Some(t)) => {
                 let q = self.select(
                     id,
                     true,
                     &format!(" WHERE {t} IS NOT NULL ORDER BY {t} DESC, {id} DESC LIMIT 1"),
                 );
-                let f = self
-                    .backend
-                    .fetch_query(&q, &self.cfg.store.mapping)
-                    .await?;
+                let f = self.pool.fetch(&q, AllColumns::select).await?;
                 let last = f.rows.first();
                 Cursor::TimeId {
                     time: last.and_then(|r| r.last()).and_then(CursorValue::from_cell),
@@ -293,15 +302,11 @@ impl TablePoller {
                 c
             }
         };
-        let provider = self.cfg.store.provider.kind;
         let fields = self.cfg.columns.len();
         let mut counted = 0;
         for _ in 0..MAX_BATCHES_PER_POLL {
             let q = self.next_batch(&cursor)?;
-            let fetched = self
-                .backend
-                .fetch_query(&q, &self.cfg.store.mapping)
-                .await?;
+            let fetched = self.pool.fetch(&q, AllColumns::select).await?;
             let n = fetched.rows.len();
             for row in &fetched.rows {
                 let row_id = row[0].as_label().unwrap_or_default();
@@ -311,10 +316,9 @@ impl TablePoller {
                             cursor: (*cursor).max(id),
                         },
                         None => {
-                            return Err(CollectError::Document(format!(
-                                "{} is not an integer id column (add time_column to order by a timestamp)",
-                                self.cfg.id_column
-                            )))
+                            return Err(
+                                CursorError::NotAnIntegerId(self.cfg.id_column.clone()).into()
+                            )
                         }
                     },
                     Cursor::TimeId { .. } => {
@@ -327,34 +331,33 @@ impl TablePoller {
                                 id: Some(i),
                             },
                             _ => {
-                                return Err(CollectError::Document(format!(
-                                    "row {row_id:?}: {} and {} must be a timestamp, number or string",
-                                    self.cfg.time_column.as_deref().unwrap_or(""),
-                                    self.cfg.id_column
-                                )))
+                                return Err(CursorError::Unorderable {
+                                    row: row_id,
+                                    time_column: self.cfg.time_column.clone().unwrap_or_default(),
+                                    id_column: self.cfg.id_column.clone(),
+                                }
+                                .into())
                             }
                         }
                     }
                 };
-                let mut obj = serde_json::Map::new();
-                for ((field, _), cell) in self.cfg.columns.iter().zip(&row[1..=fields]) {
-                    if let Some(mut v) = cell_json(cell) {
-                        if *field == "status" {
-                            if let Some(n) = v.as_str().and_then(|s| s.trim().parse::<u16>().ok()) {
-                                v = n.into();
-                            }
-                        }
-                        obj.insert(field.to_string(), v);
-                    }
-                }
-                match event(serde_json::Value::Object(obj), provider) {
-                    Ok(c) => {
-                        count(&self.live, &self.cfg.name, c);
+                let cells = self
+                    .cfg
+                    .columns
+                    .iter()
+                    .map(|(f, _)| *f)
+                    .zip(&row[1..=fields]);
+                match event_fields(cells).validate(self.cfg.provider) {
+                    Ok(e) => {
+                        self.sink.count(&self.cfg.name, e);
                         counted += 1;
                     }
                     Err((field, error)) => {
-                        self.live
-                            .row_rejected(&self.cfg.name, RejectReason::InvalidEvent, 1);
+                        self.sink.live().row_rejected(
+                            &self.cfg.name,
+                            RejectReason::InvalidEvent,
+                            1,
+                        );
                         tracing::warn!(source = %self.cfg.name, row_id = %row_id, field = %field, error = %error, "Event row rejected; the other rows are counted.");
                     }
                 }
@@ -374,55 +377,67 @@ impl TablePoller {
         }
         Ok(counted)
     }
+}
 
-    /// One poll; returns whether it succeeded.
-    pub async fn poll_once(&mut self) -> bool {
-        let started = Instant::now();
-        let timeout = self.cfg.store.timeout;
-        let result = match tokio::time::timeout(timeout, self.drain()).await {
-            Ok(r) => r,
-            Err(_) => Err(CollectError::Timeout(timeout)),
-        };
-        let labels = SourceLabels {
-            source: self.cfg.name.clone(),
-        };
-        self.live
-            .duration
-            .get_or_create(&labels)
-            .set(started.elapsed().as_secs_f64());
-        match result {
-            Ok(_) => {
-                self.failures = 0;
-                self.live.up.get_or_create(&labels).set(1);
-                self.live.last_success.get_or_create(&labels).set(
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_secs_f64())
-                        .unwrap_or(0.0),
-                );
-                true
-            }
-            Err(e) => {
-                self.failures += 1;
-                self.live.source_error(&self.cfg.name, e.reason());
-                self.live.up.get_or_create(&labels).set(0);
-                tracing::warn!(source = %self.cfg.name, reason = e.reason().as_str(), error = %e, "Reading the event table failed; it is read again at the next poll.");
-                false
-            }
-        }
+impl Polled for TablePoller {
+    fn source(&self) -> &str {
+        &self.cfg.name
     }
 
-    pub async fn run(mut self, shutdown: CancellationToken) {
-        loop {
-            let ok = self.poll_once().await;
-            let delay = crate::sources::next_delay(&self.cfg.store, ok, self.failures);
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(delay) => {}
-            }
-        }
-        self.backend.close().await;
+    fn schedule(&self) -> Schedule {
+        self.cfg.schedule
     }
+
+    async fn poll(&mut self) -> Result<Outcome, CollectError> {
+        let events = self.drain().await?;
+        Ok(Outcome {
+            events: Some(events),
+            ..Outcome::default()
+        })
+    }
+
+    async fn close(&mut self) {
+        self.pool.close().await;
+    }
+}
+
+/// An event's fields from a row's cells.
+fn event_fields<'a>(cells: impl Iterator<Item = (EventField, &'a Cell)>) -> EventFields {
+    let mut e = EventFields::default();
+    for (field, cell) in cells {
+        if matches!(cell, Cell::Null) {
+            continue;
+        }
+        let text = || cell.as_label();
+        match field {
+            EventField::Type => e.kind = text(),
+            EventField::Connection => e.connection = text(),
+            EventField::Tenant => e.tenant = text(),
+            EventField::Time => {
+                e.time = Some(match timestamp::to_time(cell, TimeFormat::Auto) {
+                    Ok(Some(t)) => Ok(t),
+                    _ => Err("must be a timestamp (a time column, RFC 3339 text or epoch seconds)"),
+                })
+            }
+            EventField::Outcome => e.outcome = text().map(|s| s.trim().to_lowercase()),
+            EventField::Error => e.error = text(),
+            EventField::Status => {
+                e.status = match cell {
+                    Cell::Int(i) => u16::try_from(*i).ok().or(Some(0)),
+                    Cell::Float(f) if f.fract() == 0.0 && *f >= 0.0 && *f < 65536.0 => {
+                        Some(*f as u16)
+                    }
+                    other => other
+                        .as_label()
+                        .and_then(|s| s.trim().parse::<u16>().ok())
+                        .or(Some(0)),
+                }
+            }
+            EventField::Detail => e.detail = text(),
+            EventField::RateLimitProblem => e.rate_limit_problem = text(),
+        }
+    }
+    e
 }
 
 fn id_of(c: &Cell) -> Option<i64> {

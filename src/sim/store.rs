@@ -2,7 +2,7 @@
 //! *writing* side the exporter watches read-only. One enum over the three sqlx pools; SQL is
 //! written with `?` placeholders and numbered for PostgreSQL.
 
-use crate::config::StoreKind;
+use crate::model::StoreKind;
 use sqlx::mysql::MySqlPoolOptions;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};

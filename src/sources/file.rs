@@ -4,8 +4,9 @@
 //! being written) fails the poll, so the last good values stay exported and the next poll
 //! reads it again. Writers should still replace the file atomically (write, then rename).
 
-use super::{CollectError, DocumentRows, Fetched};
-use crate::config::{FileLayout, Mapping, SourceConfig, Store};
+use super::{DocumentRows, Fetched};
+use crate::config::{FileLayout, FileStore, Mapping};
+use crate::model::{CollectError, DocumentError};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
@@ -52,39 +53,37 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<serde_json::Value, CollectError> {
         Some("yml" | "yaml")
     );
     if yaml {
-        let text = std::str::from_utf8(bytes)
-            .map_err(|_| CollectError::Document(format!("{} is not UTF-8", path.display())))?;
+        let text =
+            std::str::from_utf8(bytes).map_err(|_| DocumentError::NotUtf8(path.to_path_buf()))?;
         let options = serde_saphyr::options! { strict_booleans: true };
         serde_saphyr::from_str_with_options::<serde_json::Value>(text, options).map_err(|e| {
-            let at = e
-                .location()
-                .map(|l| format!(" at line {}, column {}", l.line(), l.column()))
-                .unwrap_or_default();
-            CollectError::Document(format!("{} is not valid YAML{at}", path.display()))
+            DocumentError::NotYaml {
+                path: path.to_path_buf(),
+                at: e
+                    .location()
+                    .map(|l| (l.line() as usize, l.column() as usize)),
+            }
+            .into()
         })
     } else {
         serde_json::from_slice(bytes).map_err(|e| {
-            CollectError::Document(format!(
-                "{} is not valid JSON at line {}, column {} ({:?})",
-                path.display(),
-                e.line(),
-                e.column(),
-                e.classify()
-            ))
+            DocumentError::NotJson {
+                what: path.display().to_string(),
+                line: e.line(),
+                column: e.column(),
+            }
+            .into()
         })
     }
 }
 
 impl FileSource {
-    pub fn new(cfg: &SourceConfig) -> Result<Self, CollectError> {
-        let Store::File { path, layout } = &cfg.store else {
-            unreachable!("a file source has file options");
-        };
-        Ok(FileSource {
-            path: path.clone(),
-            layout: *layout,
+    pub fn new(cfg: &FileStore) -> Self {
+        FileSource {
+            path: cfg.path.clone(),
+            layout: cfg.layout,
             last: Mutex::new(None),
-        })
+        }
     }
 
     async fn read(&self) -> Result<serde_json::Value, CollectError> {
@@ -107,17 +106,11 @@ impl FileSource {
         if fresh {
             tokio::time::sleep(SETTLE).await;
             if read().await? != bytes {
-                return Err(CollectError::Document(format!(
-                    "{} is being written; it is read again at the next poll",
-                    self.path.display()
-                )));
+                return Err(DocumentError::BeingWritten(self.path.clone()).into());
             }
         }
         if stamp(&self.path).await? != before {
-            return Err(CollectError::Document(format!(
-                "{} changed while it was read; it is read again at the next poll",
-                self.path.display()
-            )));
+            return Err(DocumentError::ChangedWhileRead(self.path.clone()).into());
         }
         let doc = parse(&self.path, &bytes)?;
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some((before, doc.clone()));
@@ -158,11 +151,11 @@ impl FileSource {
             }
             (FileLayout::Single | FileLayout::Auto, d) => rows.push_json(&stem, d),
             _ => {
-                return Err(CollectError::Document(format!(
-                    "{} does not have the configured layout ({:?})",
-                    self.path.display(),
-                    self.layout
-                )))
+                return Err(DocumentError::WrongLayout {
+                    path: self.path.clone(),
+                    layout: self.layout.as_str(),
+                }
+                .into())
             }
         }
         Ok(rows.finish(false))

@@ -2,8 +2,9 @@
 //! with a timeout, an optional bearer token and TLS (rustls; extra CA from `ca_file`); the
 //! list is found by `items_path` and mapped like any other document.
 
-use super::{CollectError, DocumentRows, Fetched};
-use crate::config::{Mapping, SourceConfig, Store};
+use super::{DocumentRows, Fetched};
+use crate::config::{HttpStore, Mapping};
+use crate::model::{CollectError, DocumentError};
 use crate::secret::Secret;
 
 /// Largest answer read (a bigger one is an error, not a memory spike).
@@ -19,22 +20,12 @@ pub struct HttpSource {
 }
 
 impl HttpSource {
-    pub fn new(cfg: &SourceConfig) -> Result<Self, CollectError> {
+    pub fn new(cfg: &HttpStore) -> Result<Self, CollectError> {
         super::install_tls_provider();
-        let Store::Http {
-            url,
-            items_path,
-            bearer_token,
-            headers,
-            ca_file,
-        } = &cfg.store
-        else {
-            unreachable!("an http source has http options");
-        };
         let mut builder = reqwest::Client::builder()
             .timeout(cfg.timeout)
             .user_agent(concat!("oauth-token-exporter/", env!("CARGO_PKG_VERSION")));
-        if let Some(ca) = ca_file {
+        if let Some(ca) = &cfg.ca_file {
             let pem = super::read_ca_file(ca)?;
             for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|_| {
                 CollectError::Connect(format!("ca_file {} is not a PEM bundle", ca.display()))
@@ -47,10 +38,10 @@ impl HttpSource {
             .map_err(|e| CollectError::Connect(format!("cannot build the HTTP client: {e}")))?;
         Ok(HttpSource {
             client,
-            url: url.clone(),
-            items_path: items_path.clone(),
-            bearer: bearer_token.clone(),
-            headers: headers.clone(),
+            url: cfg.url.clone(),
+            items_path: cfg.items_path.clone(),
+            bearer: cfg.bearer_token.clone(),
+            headers: cfg.headers.clone(),
         })
     }
 
@@ -77,33 +68,26 @@ impl HttpSource {
             )));
         }
         if resp.content_length().is_some_and(|l| l as usize > MAX_BODY) {
-            return Err(CollectError::Document(format!(
-                "the answer is larger than {} MiB",
-                MAX_BODY >> 20
-            )));
+            return Err(DocumentError::TooLarge(MAX_BODY).into());
         }
         let body = resp
             .bytes()
             .await
             .map_err(|e| CollectError::Connect(e.without_url().to_string()))?;
         if body.len() > MAX_BODY {
-            return Err(CollectError::Document(format!(
-                "the answer is larger than {} MiB",
-                MAX_BODY >> 20
-            )));
+            return Err(DocumentError::TooLarge(MAX_BODY).into());
         }
-        let doc: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
-            CollectError::Document(format!(
-                "the answer is not valid JSON at line {}, column {}",
-                e.line(),
-                e.column()
-            ))
-        })?;
+        let doc: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| DocumentError::NotJson {
+                what: "the answer".into(),
+                line: e.line(),
+                column: e.column(),
+            })?;
         let mut items = &doc;
         for key in &self.items_path {
-            items = items.get(key.as_str()).ok_or_else(|| {
-                CollectError::Document(format!("the answer has no `{}`", self.items_path.join(".")))
-            })?;
+            items = items
+                .get(key.as_str())
+                .ok_or_else(|| DocumentError::NoItems(self.items_path.join(".")))?;
         }
         let mut rows = DocumentRows::new(mapping);
         match items {
@@ -117,11 +101,7 @@ impl HttpSource {
                     rows.push_json(k, item);
                 }
             }
-            _ => {
-                return Err(CollectError::Document(
-                    "the token sets are neither a list nor an object of id to token set".into(),
-                ))
-            }
+            _ => return Err(DocumentError::NotTokenSets.into()),
         }
         Ok(rows.finish(false))
     }

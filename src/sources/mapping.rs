@@ -2,10 +2,8 @@
 //! query returned, then map each row to a connection or a rejection.
 
 use crate::config::{FieldRef, Inference, LastRefresh, Mapping, TimeField};
-use crate::metrics::label_value;
-use crate::metrics::RejectReason;
+use crate::model::{label_value, MappedConnection, RejectReason, Status};
 use crate::provider::ProviderProfile;
-use crate::state::{MappedConnection, Status};
 use crate::timestamp::{self, Cell, TimeError, TimeFormat};
 use chrono::{DateTime, Duration, Utc};
 use std::borrow::Cow;

@@ -1,8 +1,9 @@
 //! MySQL and MariaDB. Sessions are set `TRANSACTION READ ONLY` on connect and every poll runs
 //! in a transaction that is rolled back, so a configured statement that writes fails.
 
-use super::{decode_by_type, read_rows, CollectError, Fetched};
-use crate::config::{Mapping, SourceConfig};
+use super::sql::{decode_by_type, read_rows, sql_error, Columns, Rows};
+use crate::config::SqlConnection;
+use crate::model::CollectError;
 use crate::timestamp::Cell;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use rust_decimal::prelude::ToPrimitive;
@@ -10,10 +11,9 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow};
 use sqlx::Executor;
 use std::str::FromStr;
 
-pub fn connect(cfg: &SourceConfig) -> Result<MySqlPool, CollectError> {
-    let opts =
-        MySqlConnectOptions::from_str(cfg.dsn.as_ref().map(|d| d.expose()).unwrap_or_default())
-            .map_err(|_| CollectError::Connect("the MySQL DSN cannot be parsed".into()))?;
+pub fn connect(cfg: &SqlConnection) -> Result<MySqlPool, CollectError> {
+    let opts = MySqlConnectOptions::from_str(cfg.dsn.expose())
+        .map_err(|_| CollectError::Connect("the MySQL DSN cannot be parsed".into()))?;
     Ok(MySqlPoolOptions::new()
         .max_connections(1)
         .min_connections(0)
@@ -27,14 +27,14 @@ pub fn connect(cfg: &SourceConfig) -> Result<MySqlPool, CollectError> {
         .connect_lazy_with(opts))
 }
 
-pub async fn fetch(
+pub async fn fetch<S: Columns>(
     pool: &MySqlPool,
     query: &str,
-    mapping: &Mapping,
-) -> Result<Fetched, CollectError> {
-    let mut tx = pool.begin().await.map_err(CollectError::from_sqlx)?;
-    let out = read_rows(&mut *tx, query, mapping, decode).await;
-    tx.rollback().await.map_err(CollectError::from_sqlx)?;
+    select: impl FnOnce(&[String]) -> Result<S, CollectError>,
+) -> Result<Rows<S>, CollectError> {
+    let mut tx = pool.begin().await.map_err(sql_error)?;
+    let out = read_rows(&mut *tx, query, select, decode).await;
+    tx.rollback().await.map_err(sql_error)?;
     out
 }
 

@@ -1,17 +1,18 @@
 //! PostgreSQL. Sessions start with `default_transaction_read_only=on` and every poll runs in a
 //! `READ ONLY` transaction that is rolled back, so a configured statement that writes fails.
 
-use super::{decode_by_type, read_rows, CollectError, Fetched};
-use crate::config::{Mapping, SourceConfig};
+use super::sql::{decode_by_type, read_rows, sql_error, Columns, Rows};
+use crate::config::SqlConnection;
+use crate::model::CollectError;
 use crate::timestamp::Cell;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use rust_decimal::prelude::ToPrimitive;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use std::str::FromStr;
 
-pub fn connect(cfg: &SourceConfig) -> Result<PgPool, CollectError> {
+pub fn connect(cfg: &SqlConnection) -> Result<PgPool, CollectError> {
     let timeout_ms = cfg.timeout.as_millis().to_string();
-    let opts = PgConnectOptions::from_str(cfg.dsn.as_ref().map(|d| d.expose()).unwrap_or_default())
+    let opts = PgConnectOptions::from_str(cfg.dsn.expose())
         .map_err(|_| CollectError::Connect("the PostgreSQL DSN cannot be parsed".into()))?
         .application_name("oauth-token-exporter")
         .options([
@@ -25,14 +26,18 @@ pub fn connect(cfg: &SourceConfig) -> Result<PgPool, CollectError> {
         .connect_lazy_with(opts))
 }
 
-pub async fn fetch(pool: &PgPool, query: &str, mapping: &Mapping) -> Result<Fetched, CollectError> {
-    let mut tx = pool.begin().await.map_err(CollectError::from_sqlx)?;
+pub async fn fetch<S: Columns>(
+    pool: &PgPool,
+    query: &str,
+    select: impl FnOnce(&[String]) -> Result<S, CollectError>,
+) -> Result<Rows<S>, CollectError> {
+    let mut tx = pool.begin().await.map_err(sql_error)?;
     sqlx::query("SET TRANSACTION READ ONLY")
         .execute(&mut *tx)
         .await
-        .map_err(CollectError::from_sqlx)?;
-    let out = read_rows(&mut *tx, query, mapping, decode).await;
-    tx.rollback().await.map_err(CollectError::from_sqlx)?;
+        .map_err(sql_error)?;
+    let out = read_rows(&mut *tx, query, select, decode).await;
+    tx.rollback().await.map_err(sql_error)?;
     out
 }
 

@@ -3,9 +3,9 @@
 //! ever sends `SCAN`, `TYPE`, `HGETALL` and `GET`. `rediss://` URLs use TLS (rustls; the
 //! system roots, or the CA bundle of `ca_file`) and the URL carries the password or ACL user.
 
-use super::{CollectError, DocumentRows, Fetched};
-use crate::config::{Mapping, RedisValue, SourceConfig, Store};
-use crate::metrics::RejectReason;
+use super::{DocumentRows, Fetched};
+use crate::config::{Mapping, RedisStore, RedisValue};
+use crate::model::{CollectError, RejectReason};
 use crate::timestamp::Cell;
 use ::redis::aio::MultiplexedConnection;
 use std::collections::{HashMap, HashSet};
@@ -32,20 +32,11 @@ fn error(e: ::redis::RedisError) -> CollectError {
 }
 
 impl RedisSource {
-    pub fn connect(cfg: &SourceConfig) -> Result<Self, CollectError> {
+    pub fn connect(cfg: &RedisStore) -> Result<Self, CollectError> {
         super::install_tls_provider();
-        let Store::Redis {
-            key_pattern,
-            value,
-            max_keys,
-            ca_file,
-        } = &cfg.store
-        else {
-            unreachable!("a redis source has redis options");
-        };
-        let url = cfg.dsn.as_ref().map(|d| d.expose()).unwrap_or_default();
+        let url = cfg.url.expose();
         let unparsable = |_| CollectError::Connect("the Redis URL cannot be parsed".into());
-        let client = match ca_file {
+        let client = match &cfg.ca_file {
             None => ::redis::Client::open(url).map_err(unparsable)?,
             Some(ca) => {
                 if !url.starts_with("rediss://") {
@@ -75,9 +66,9 @@ impl RedisSource {
         Ok(RedisSource {
             client,
             conn: Mutex::new(None),
-            pattern: key_pattern.clone(),
-            value: *value,
-            max_keys: *max_keys,
+            pattern: cfg.key_pattern.clone(),
+            value: cfg.value,
+            max_keys: cfg.max_keys,
         })
     }
 

@@ -1,16 +1,17 @@
 //! SQLite, the embedded default. Opened with `mode=ro`: the driver refuses every write.
 
-use super::{read_rows, CollectError, Fetched};
-use crate::config::{Mapping, SourceConfig};
+use super::sql::{read_rows, sql_error, Columns, Rows};
+use crate::config::SqlConnection;
+use crate::model::CollectError;
 use crate::timestamp::Cell;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteRow};
 use sqlx::{Row, TypeInfo, ValueRef};
 use std::str::FromStr;
 
-pub fn connect(cfg: &SourceConfig) -> Result<SqlitePool, CollectError> {
-    let dsn = cfg.dsn.as_ref().map(|d| d.expose()).unwrap_or_default();
+pub fn connect(cfg: &SqlConnection) -> Result<SqlitePool, CollectError> {
+    let dsn = cfg.dsn.expose();
     let opts = if dsn.starts_with("sqlite:") {
-        SqliteConnectOptions::from_str(dsn).map_err(CollectError::from_sqlx)?
+        SqliteConnectOptions::from_str(dsn).map_err(sql_error)?
     } else {
         SqliteConnectOptions::new().filename(dsn)
     };
@@ -25,18 +26,18 @@ pub fn connect(cfg: &SourceConfig) -> Result<SqlitePool, CollectError> {
         .connect_lazy_with(opts))
 }
 
-pub async fn fetch(
+pub async fn fetch<S: Columns>(
     pool: &SqlitePool,
     query: &str,
-    mapping: &Mapping,
-) -> Result<Fetched, CollectError> {
-    let mut conn = pool.acquire().await.map_err(CollectError::from_sqlx)?;
-    read_rows(&mut *conn, query, mapping, decode).await
+    select: impl FnOnce(&[String]) -> Result<S, CollectError>,
+) -> Result<Rows<S>, CollectError> {
+    let mut conn = pool.acquire().await.map_err(sql_error)?;
+    read_rows(&mut *conn, query, select, decode).await
 }
 
 /// SQLite types values, not columns: decode by each value's storage class.
 fn decode(row: &SqliteRow, i: usize) -> Result<Cell, CollectError> {
-    let raw = row.try_get_raw(i).map_err(CollectError::from_sqlx)?;
+    let raw = row.try_get_raw(i).map_err(sql_error)?;
     if raw.is_null() {
         return Ok(Cell::Null);
     }

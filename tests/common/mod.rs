@@ -5,7 +5,7 @@
 use chrono::{DateTime, TimeZone, Utc};
 use oauth_token_exporter::clock::{ManualClock, SharedClock};
 use oauth_token_exporter::config::{self, Config};
-use oauth_token_exporter::metrics::openmetrics_to_text;
+use oauth_token_exporter::telemetry::openmetrics_to_text;
 use oauth_token_exporter::Exporter;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -72,15 +72,18 @@ pub fn parse_config(yaml: &str) -> Config {
 pub fn exporter(yaml: &str, now: DateTime<Utc>) -> (Exporter, Arc<ManualClock>) {
     let clock = ManualClock::new(now);
     let shared: SharedClock = clock.clone();
-    let e = Exporter::new(&parse_config(yaml), shared).unwrap_or_else(|(s, e)| panic!("{s}: {e}"));
+    let e = Exporter::new(&parse_config(yaml), shared).unwrap_or_else(|e| panic!("{e}"));
     (e, clock)
 }
 
-/// Poll every source once; returns whether each succeeded.
+/// Poll every source once (not the event tables); returns whether each succeeded.
 pub async fn poll(e: &mut Exporter) -> Vec<bool> {
+    let sources: Vec<String> = e.sources.iter().map(|s| s.name.clone()).collect();
     let mut out = Vec::new();
     for p in &mut e.pollers {
-        out.push(p.poll_once().await);
+        if sources.iter().any(|s| s == p.source()) {
+            out.push(p.poll_once().await);
+        }
     }
     out
 }

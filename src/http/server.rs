@@ -2,10 +2,8 @@
 //! `/-/ready`.
 
 use crate::clock::SharedClock;
-use crate::exposition::Exposition;
-use crate::metrics::{OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE};
-use crate::sources::SourceHandle;
-use crate::state::Status;
+use crate::model::{SourceHandle, Status};
+use crate::telemetry::{Exposition, OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};

@@ -4,7 +4,7 @@
 //! on TLS handshakes and request headers (slow clients cannot hold the server), and a graceful
 //! shutdown.
 
-use crate::web_config::{WebConfig, WebConfigHandle};
+use super::web_config::{WebConfig, WebConfigHandle};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;

@@ -228,7 +228,7 @@ pub async fn run(
     serve(sim_listener, sim.router());
     // The proxy's port first: the host app sends every Xero call through it.
     let (proxy_listener, proxy_url) = bind().await?;
-    let store = SimStore::connect(crate::config::StoreKind::Sqlite, &db.display().to_string())
+    let store = SimStore::connect(crate::model::StoreKind::Sqlite, &db.display().to_string())
         .await
         .map_err(|e| format!("cannot create the demo store: {e}"))?;
     let app = HostApp::new(
@@ -252,8 +252,7 @@ pub async fn run(
     );
     tracing::info!(store = %db.display(), connections = opts.connections, speed = opts.speed, "Demo store created; config follows.\n{yaml}");
     let cfg = config::parse(&yaml, "<demo>", &|_| None).map_err(|e| e.to_string())?;
-    let exporter =
-        Exporter::new(&cfg, clock.clone()).map_err(|(what, e)| format!("{what}: {e}"))?;
+    let exporter = Exporter::new(&cfg, clock.clone()).map_err(|e| e.to_string())?;
     serve(
         proxy_listener,
         exporter
@@ -282,5 +281,5 @@ pub async fn run(
         .await;
     let _ = host_app.await;
     drop(dir);
-    served.map_err(|e| format!("server failed: {e}"))
+    served.map_err(|e| e.to_string())
 }

@@ -92,6 +92,25 @@ pub struct WebConfig {
     pub dummy_hash: Option<Secret>,
 }
 
+impl WebConfig {
+    /// What it sets up, for `--config.check` (never a secret): `TLS, basic auth (2 users)`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{}{}",
+            if self.tls.is_some() {
+                "TLS"
+            } else {
+                "plain HTTP"
+            },
+            if self.users.is_empty() {
+                String::new()
+            } else {
+                format!(", basic auth ({} users)", self.users.len())
+            }
+        )
+    }
+}
+
 impl std::fmt::Debug for WebConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebConfig")

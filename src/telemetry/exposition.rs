@@ -15,14 +15,20 @@
 //! The state families are all gauges, which read the same in OpenMetrics and the classic text
 //! format; only the live part differs between the two.
 
-use crate::metrics::{self, openmetrics_to_text, Generation, Live};
-use crate::sources::SourceHandle;
+use super::catalogue::openmetrics_to_text;
+use super::collectors;
+use super::live::Live;
+use crate::detect::Detector;
+use crate::model::SourceHandle;
 use bytes::Bytes;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 use prometheus_client::registry::Registry;
 use std::fmt;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+/// Shared counter of snapshot replacements; the exposition re-encodes when it moves.
+pub type Generation = Arc<AtomicU64>;
 
 /// gzip member header: magic, deflate, no flags, no mtime, no extra flags, OS unknown (RFC 1952).
 const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
@@ -113,28 +119,23 @@ pub struct Exposition {
 }
 
 impl Exposition {
+    /// The exposition of `sources` and `live`; `persistence` exports the persistence file's
+    /// write errors.
     pub fn new(
         sources: Vec<Arc<SourceHandle>>,
+        live: Arc<Live>,
+        detector: Arc<Detector>,
+        persistence: bool,
         generation: Generation,
-        detector: crate::detect::Detector,
     ) -> Self {
-        let live = Arc::new(Live::new(detector));
-        let live_registry = metrics::live_registry(&live, &sources);
+        let live_registry = collectors::live_registry(&live, &sources, detector, persistence);
         Exposition {
-            state: metrics::state_registry(sources),
+            state: collectors::state_registry(sources),
             live_registry,
             live,
             generation,
             cache: Mutex::new(None),
         }
-    }
-
-    /// Export the failures of the persistence file (when `persistence` is configured).
-    pub fn with_persistence(mut self) -> Self {
-        let (name, help) = metrics::names::STATE_WRITE_ERRORS;
-        self.live_registry
-            .register(name, help, self.live.state_write_errors.clone());
-        self
     }
 
     /// The state part of the current generation, encoded and deflated at most once per

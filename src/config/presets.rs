@@ -2,8 +2,18 @@
 //!
 //! Every preset selects ids and timestamps only, never a token column.
 
-use crate::config::{Inference, RawFields, StoreKind};
+use super::common::valid_table;
+use super::fields::RawFields;
+use crate::model::StoreKind;
 use serde::Deserialize;
+
+/// How the last refresh time is obtained when no field holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Inference {
+    /// Access-token expiry minus the provider's access-token lifetime.
+    AccessExpires,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -43,17 +53,6 @@ pub struct Built {
     pub query: String,
     pub fields: RawFields,
     pub infer_last_refresh: Option<Inference>,
-}
-
-/// `table` or `schema.table`, each part an SQL identifier (no quoting, no injection).
-pub(crate) fn valid_table(t: &str) -> bool {
-    let part = |p: &str| {
-        let mut c = p.chars();
-        matches!(c.next(), Some(ch) if ch.is_ascii_alphabetic() || ch == '_')
-            && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
-    };
-    let parts: Vec<&str> = t.split('.').collect();
-    parts.len() <= 2 && parts.iter().all(|p| part(p))
 }
 
 /// Build the preset for `kind`, reading `table` (or the preset's default table).

@@ -5,8 +5,8 @@
 //! are added back before anything is counted. After `kill -9` at most the last `interval` of
 //! counts is missing; nothing is ever counted twice. Event tables keep theirs with their cursor.
 
+use super::live::{Counts, Live};
 use crate::config::Persistence;
-use crate::metrics::Live;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -23,10 +23,23 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// The file: per source, the counters of [`crate::metrics::Events::snapshot`].
+/// The file: per source, the counters of [`super::live::Events::snapshot`].
 #[derive(serde::Serialize, serde::Deserialize, Default)]
 struct Saved {
-    sources: BTreeMap<String, BTreeMap<String, u64>>,
+    sources: BTreeMap<String, Counts>,
+}
+
+/// Why the persistence file cannot be used at start-up (starting from 0 over it would lose what
+/// it holds).
+#[derive(Debug, thiserror::Error)]
+pub enum PersistError {
+    #[error("cannot read the persistence file {}: {cause}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("the persistence file {} is not a counter file of this exporter; move it away to start the counters from 0", .0.display())]
+    Foreign(std::path::PathBuf),
 }
 
 /// Saves the counters of the push-inlet sources.
@@ -48,14 +61,18 @@ impl CounterFile {
         cfg: &Persistence,
         sources: Vec<String>,
         live: Arc<Live>,
-    ) -> Result<CounterFile, String> {
+    ) -> Result<CounterFile, PersistError> {
         let path = cfg.file.display();
         let saved = match std::fs::read_to_string(&cfg.file) {
-            Ok(text) => serde_json::from_str::<Saved>(&text).map_err(|_| {
-                format!("the persistence file {path} is not a counter file of this exporter; move it away to start the counters from 0")
-            })?,
+            Ok(text) => serde_json::from_str::<Saved>(&text)
+                .map_err(|_| PersistError::Foreign(cfg.file.clone()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Saved::default(),
-            Err(e) => return Err(format!("cannot read the persistence file {path}: {e}")),
+            Err(cause) => {
+                return Err(PersistError::Read {
+                    path: cfg.file.clone(),
+                    cause,
+                })
+            }
         };
         for source in &sources {
             if let Some(counts) = saved.sources.get(source) {

@@ -1,0 +1,80 @@
+//! What the rest of the exporter sees of a source: its identity and its latest snapshot.
+
+use super::reasons::StoreKind;
+use super::snapshot::SourceSnapshot;
+use crate::provider::ProviderProfile;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+/// A source's identity, the provider's windows as configured for it, and its latest snapshot
+/// (replaced whole after each successful poll).
+#[derive(Debug)]
+pub struct SourceHandle {
+    pub name: String,
+    pub provider: &'static str,
+    pub kind: StoreKind,
+    /// Names of the extra `oauth_connection_info` labels, in config order.
+    pub label_names: Vec<String>,
+    /// The provider's windows as configured for this source, in seconds (exported so that
+    /// alerts and dashboards use each provider's own window).
+    pub refresh_window: f64,
+    pub access_lifetime: f64,
+    pub refresh_max_lifetime: Option<f64>,
+    snapshot: RwLock<Arc<SourceSnapshot>>,
+    ready: AtomicBool,
+    up: AtomicBool,
+}
+
+impl SourceHandle {
+    pub fn new(
+        name: &str,
+        kind: StoreKind,
+        provider: &ProviderProfile,
+        label_names: Vec<String>,
+    ) -> Self {
+        SourceHandle {
+            name: name.to_string(),
+            provider: provider.name(),
+            kind,
+            label_names,
+            refresh_window: provider.refresh_token_idle_lifetime.num_seconds() as f64,
+            access_lifetime: provider.access_token_lifetime.num_seconds() as f64,
+            refresh_max_lifetime: provider
+                .refresh_token_max_lifetime
+                .map(|d| d.num_seconds() as f64),
+            snapshot: RwLock::new(Arc::new(SourceSnapshot::default())),
+            ready: AtomicBool::new(false),
+            up: AtomicBool::new(false),
+        }
+    }
+
+    /// The latest snapshot (cheap: a reference count).
+    pub fn snapshot(&self) -> Arc<SourceSnapshot> {
+        self.snapshot
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replace the snapshot after a successful poll: the source is up and ready.
+    pub fn publish(&self, s: SourceSnapshot) {
+        *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(s);
+        self.up.store(true, Ordering::Release);
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// A poll failed: the last snapshot stays, the source is down.
+    pub fn set_down(&self) {
+        self.up.store(false, Ordering::Release);
+    }
+
+    /// True once a poll has succeeded.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// True when the last poll succeeded.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+}

@@ -1,0 +1,134 @@
+//! The one poll loop, for everything polled with a deadline (sources, event tables): one poll
+//! at a time, the deadline, backoff after failures, and the self-health of each poll through
+//! [`Health`].
+
+use super::health::{Health, Outcome};
+use crate::clock::SharedClock;
+use crate::config::Schedule;
+use crate::model::CollectError;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// A thing polled with a deadline.
+pub trait Polled: Send + 'static {
+    /// Its `source` name.
+    fn source(&self) -> &str;
+    fn schedule(&self) -> Schedule;
+    /// One poll, without the deadline (the runner applies it).
+    fn poll(&mut self) -> impl Future<Output = Result<Outcome, CollectError>> + Send;
+    /// A poll failed (or missed its deadline): the last values stay.
+    fn failed(&mut self) {}
+    /// Release connections at shutdown.
+    fn close(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// Runs one [`Polled`].
+pub struct Runner<P> {
+    polled: P,
+    health: Health,
+    clock: SharedClock,
+}
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A poll loop of any kind, as the exporter holds them.
+pub trait Poll: Send {
+    /// Its `source` name.
+    fn source(&self) -> &str;
+    /// One poll with its deadline and self-health; whether it succeeded.
+    fn poll_once(&mut self) -> BoxFuture<'_, bool>;
+    /// Poll until `shutdown`.
+    fn run(self: Box<Self>, shutdown: CancellationToken) -> BoxFuture<'static, ()>;
+}
+
+impl<P: Polled> Runner<P> {
+    pub fn new(polled: P, health: Health, clock: SharedClock) -> Self {
+        Runner {
+            polled,
+            health,
+            clock,
+        }
+    }
+
+    pub fn polled(&self) -> &P {
+        &self.polled
+    }
+
+    /// One poll. Returns whether it succeeded.
+    pub async fn poll_once(&mut self) -> bool {
+        let started = Instant::now();
+        let timeout = self.polled.schedule().timeout;
+        let result = match tokio::time::timeout(timeout, self.polled.poll()).await {
+            Ok(r) => r,
+            Err(_) => Err(CollectError::Timeout(timeout)),
+        };
+        let took = Some(started.elapsed());
+        match result {
+            Ok(outcome) => {
+                self.health.succeeded(self.clock.now(), took, outcome);
+                true
+            }
+            Err(e) => {
+                self.polled.failed();
+                self.health.failed(&e, took);
+                false
+            }
+        }
+    }
+
+    /// Poll until `shutdown`; after a failure wait the interval doubled per consecutive
+    /// failure, up to `backoff_max`.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        loop {
+            let ok = self.poll_once().await;
+            let delay = self
+                .polled
+                .schedule()
+                .next_delay(ok, self.health.failures());
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+        self.polled.close().await;
+    }
+}
+
+impl<P: Polled> Poll for Runner<P> {
+    fn source(&self) -> &str {
+        self.polled.source()
+    }
+
+    fn poll_once(&mut self) -> BoxFuture<'_, bool> {
+        Box::pin(Runner::poll_once(self))
+    }
+
+    fn run(self: Box<Self>, shutdown: CancellationToken) -> BoxFuture<'static, ()> {
+        Box::pin(Runner::run(*self, shutdown))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Schedule;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_doubles_per_failure_up_to_the_maximum() {
+        let s = Schedule {
+            interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(10),
+            backoff_max: Duration::from_secs(150),
+        };
+        assert_eq!(s.next_delay(true, 0), Duration::from_secs(30));
+        assert_eq!(s.next_delay(false, 1), Duration::from_secs(30));
+        assert_eq!(s.next_delay(false, 2), Duration::from_secs(60));
+        assert_eq!(s.next_delay(false, 3), Duration::from_secs(120));
+        assert_eq!(s.next_delay(false, 4), Duration::from_secs(150));
+        assert_eq!(s.next_delay(false, 40), Duration::from_secs(150));
+    }
+}
