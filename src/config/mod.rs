@@ -9,7 +9,7 @@
 //! [`inlets`] (event tables, ingest API, Nango webhooks, proxy), and here `global`, `detect`
 //! and `persistence`; [`defaults`] holds every default.
 
-mod common;
+pub(crate) mod common;
 pub mod defaults;
 pub mod fields;
 pub mod inlets;
