@@ -111,6 +111,13 @@ impl Sink {
         );
     }
 
+    /// Create the regression counter of a source that maps its stored refresh token at 0.
+    pub fn init_stored_tokens(&self, provider: &'static str, source: &str) {
+        self.live
+            .events
+            .init_family(EventCounter::Regressions, provider, source);
+    }
+
     /// Feed one poll's stored refresh-token hashes of `source` to its regression detector and
     /// count (and log) the regressions it finds. `provider` is the source's provider label.
     pub fn stored_tokens(

@@ -44,11 +44,7 @@ impl SourcePoller {
     ) -> Result<SourcePoller, CollectError> {
         let backend = Backend::connect(&cfg.store)?;
         if cfg.mapping.refresh_token.is_some() {
-            sink.live().events.init_family(
-                crate::telemetry::EventCounter::Regressions,
-                handle.provider,
-                &cfg.name,
-            );
+            sink.init_stored_tokens(handle.provider, &cfg.name);
         }
         Ok(SourcePoller {
             cfg,

@@ -211,7 +211,8 @@ impl Collector for DetectCollector {
     }
 }
 
-/// The live registry over `live`, with every source's series created at its start value;
+/// The live registry over `live` (series are created at their start values by whoever owns
+/// them: `pipeline::Health` for self-health, `pipeline::Sink::init` for event counters);
 /// `persistence` adds the persistence file's write errors.
 pub fn live_registry(
     live: &Arc<Live>,
@@ -219,9 +220,6 @@ pub fn live_registry(
     detector: Arc<Detector>,
     persistence: bool,
 ) -> Registry {
-    for s in sources {
-        live.init_source(&s.name, s.provider);
-    }
     let mut r = Registry::default();
     use names::*;
     r.register(UP.0, UP.1, live.up.clone());
