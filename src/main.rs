@@ -193,6 +193,13 @@ async fn main() -> Result<()> {
             .as_ref()
             .and_then(|p| p.web_config_file.as_deref()),
     );
+    for w in &cfg.warnings {
+        if cli.config_check {
+            eprintln!("{}: warning: {w}", cfg.file);
+        } else {
+            tracing::warn!(config = %cfg.file, key = %w.path, "{}", w.message);
+        }
+    }
     if cli.config_check {
         let mut parts = cfg.summary();
         for (what, w) in [("web config", &web), ("proxy web config", &proxy_web)] {

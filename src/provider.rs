@@ -47,6 +47,18 @@ impl ProviderKind {
         }
     }
 
+    /// The profile for a provider named by another system (Nango's `provider`, an app's
+    /// column): its name exactly, or its name followed by `-` (`quickbooks-sandbox`,
+    /// `google-calendar`, `microsoft-teams`), any case. `None` for names the exporter has no
+    /// profile for (never `Custom`).
+    pub fn from_provider_name(name: &str) -> Option<ProviderKind> {
+        let name = name.trim().to_ascii_lowercase();
+        ProviderKind::ALL
+            .into_iter()
+            .filter(|k| *k != ProviderKind::Custom)
+            .find(|k| name == k.as_str() || name.starts_with(&format!("{}-", k.as_str())))
+    }
+
     /// The built-in profile. `Custom` has no lifetimes of its own: the config must give both.
     pub fn profile(self) -> ProviderProfile {
         let p = |access: Duration,

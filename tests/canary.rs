@@ -190,7 +190,7 @@ async fn no_token_secret_or_password_appears_in_metrics_pages_answers_logs_or_er
         "global:\n  poll_interval: 1s\n  poll_timeout: 1s\nsources:\n{sources}\
          event_tables:\n  - {{name: ev, kind: sqlite, dsn: {db}, table: oauth_events, state_file: {state}, start: beginning, interval: 1s, timeout: 1s}}\n\
          ingest:\n  token_env: OTE_CANARY_INGEST\n\
-         nango_webhook:\n  secret_env: OTE_CANARY_NANGO\n\
+         nango_webhook:\n  signing_key_env: OTE_CANARY_NANGO\n\
          proxy:\n  identity_url: {sim_url}\n  api_url: {sim_url}\n",
         db = db.display(),
         state = dir.join("ev.cursor").display(),
@@ -302,7 +302,7 @@ async fn no_token_secret_or_password_appears_in_metrics_pages_answers_logs_or_er
     }
     // A correctly signed Nango webhook carrying a token in its error description.
     let body = format!(
-        r#"{{"type":"auth","operation":"refresh","success":false,"connectionId":"n1","providerConfigKey":"xero","provider":"xero","error":{{"type":"refresh_token_external_error","description":"invalid_grant for {REFRESH}"}}}}"#
+        r#"{{"type":"auth","operation":"refresh","success":false,"connectionId":"n1","providerConfigKey":"xero","provider":"xero","environment":"prod","error":{{"type":"refresh_token_external_error","description":"invalid_grant for {REFRESH}"}}}}"#
     );
     let sig = {
         use hmac::Mac;

@@ -21,7 +21,7 @@ async fn every_family() -> BTreeSet<String> {
         "sources:\n  - name: app\n    kind: sqlite\n    dsn: {db}\n    query: SELECT id, lr FROM t\n    fields: {{connection: id, last_refresh: lr}}\n\
          event_tables:\n  - {{name: ev, kind: sqlite, dsn: {db}, table: oauth_events, state_file: {dir}/ev.json}}\n\
          ingest:\n  source: ing\n  token_env: OTE_DOCS_INGEST\n\
-         nango_webhook:\n  source: nan\n  secret_env: OTE_DOCS_NANGO\n\
+         nango_webhook:\n  source: nan\n  signing_key_env: OTE_DOCS_NANGO\n\
          proxy:\n  source: prx\n\
          persistence:\n  file: {dir}/inlets.json\n",
         db = path.display(),

@@ -6,13 +6,12 @@
 //! no others.
 //!
 //! Time: Prometheus and the exporter run on real time. The shipped rules are used as they are,
-//! except that every `for:` is divided by [`FOR_SCALE`] (promtool's unit tests check the real
-//! durations). "Ten days pass" for an idle tenant is its stored last refresh moving ten days
+//! except that every `for:` is divided by `FOR_SCALE` (promtool's unit tests check the real
+//! durations; the stack is `tests/common/alerting.rs`). "Ten days pass" for an idle tenant is its stored last refresh moving ten days
 //! back, which is all the exporter can see of time passing.
 
 mod common;
-use axum::extract::{Path, State};
-use axum::routing::post;
+use common::alerting::*;
 use common::*;
 use oauth_token_exporter::clock::{SharedClock, SystemClock};
 use oauth_token_exporter::model::StoreKind;
@@ -20,146 +19,10 @@ use oauth_token_exporter::secret::Secret;
 use oauth_token_exporter::sim::host_app::{EventSink, HostApp, HostAppOptions, Synced};
 use oauth_token_exporter::sim::store::SimStore;
 use oauth_token_exporter::sim::xero::SimXero;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::BTreeSet;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-/// Every `for:` of the shipped rules is divided by this (5m becomes 10s).
-const FOR_SCALE: u64 = 30;
-
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-fn yaml_file(path: &std::path::Path) -> Value {
-    serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn seconds(d: &str) -> u64 {
-    let (n, unit) = d.split_at(d.len() - 1);
-    let n: u64 = n.parse().unwrap_or_else(|_| panic!("duration {d}"));
-    n * match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => panic!("duration {d}"),
-    }
-}
-
-/// The shipped rules with every `for:` divided by [`FOR_SCALE`] (JSON is YAML to Prometheus).
-fn scaled_rules() -> String {
-    let mut rules = yaml_file(&root().join("alerts/oauth-token-exporter.rules.yml"));
-    for g in rules["groups"].as_array_mut().unwrap() {
-        for r in g["rules"].as_array_mut().unwrap() {
-            if let Some(f) = r.get("for").and_then(Value::as_str) {
-                r["for"] = format!("{}s", (seconds(f) / FOR_SCALE).max(1)).into();
-            }
-        }
-    }
-    rules.to_string()
-}
-
-/// The shipped Alertmanager config with every receiver posting to `hook/<receiver>` and the
-/// waits shortened; routes and inhibition rules as shipped.
-fn alertmanager_config(hook: &str) -> String {
-    let mut am = yaml_file(&root().join("examples/alertmanager.yml"));
-    for r in am["receivers"].as_array_mut().unwrap() {
-        let name = r["name"].as_str().unwrap().to_string();
-        *r = json!({"name": name, "webhook_configs": [{"url": format!("{hook}/{name}"), "send_resolved": true}]});
-    }
-    am["route"]["group_wait"] = "1s".into();
-    am["route"]["group_interval"] = "1s".into();
-    am["route"]["repeat_interval"] = "1h".into();
-    for r in am["route"]["routes"].as_array_mut().unwrap() {
-        if let Some(o) = r.as_object_mut() {
-            o.remove("repeat_interval");
-        }
-    }
-    am.to_string()
-}
-
-/// One notification as the webhook received it.
-#[derive(Debug, Clone)]
-struct Notification {
-    receiver: String,
-    status: String,
-    alertname: String,
-    labels: Value,
-}
-
-type Hook = Arc<Mutex<Vec<Notification>>>;
-
-async fn receive(State(hook): State<Hook>, Path(receiver): Path<String>, body: String) {
-    let v: Value = serde_json::from_str(&body).unwrap();
-    let mut got = hook.lock().unwrap();
-    for a in v["alerts"].as_array().unwrap() {
-        got.push(Notification {
-            receiver: receiver.clone(),
-            status: a["status"].as_str().unwrap().to_string(),
-            alertname: a["labels"]["alertname"].as_str().unwrap().to_string(),
-            labels: a["labels"].clone(),
-        });
-    }
-}
-
-/// A child process killed when dropped; its output goes to a file kept for failures.
-struct Proc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn start(cmd: &mut Command, log: PathBuf) -> Proc {
-        let out = std::fs::File::create(&log).unwrap();
-        let child = cmd
-            .stdout(Stdio::from(out.try_clone().unwrap()))
-            .stderr(Stdio::from(out))
-            .spawn()
-            .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-        Proc { child, log }
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn wait_ready(http: &reqwest::Client, url: &str, what: &Proc) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = http.get(url).send().await {
-            if r.status().is_success() {
-                return;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{url} never became ready:\n{}",
-            what.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+use std::sync::Arc;
+use std::time::Duration;
 
 /// The store the scenario's host app keeps its tokens in.
 enum Store {
@@ -175,27 +38,28 @@ struct Stack {
     app: HostApp,
     sim: SimXero,
     clock: SharedClock,
-    http: reqwest::Client,
-    exporter_url: String,
-    prom_url: String,
-    hook: Hook,
     store: Store,
-    procs: Vec<Proc>,
-    _dir: tempfile::TempDir,
+    alerting: Alerting,
+}
+
+impl std::ops::Deref for Stack {
+    type Target = Alerting;
+    fn deref(&self) -> &Alerting {
+        &self.alerting
+    }
 }
 
 impl Stack {
     async fn start(test: &str, store: Store) -> Option<Stack> {
-        let prometheus = tool(test, &["prometheus"])?;
-        let alertmanager = tool(test, &["prometheus-alertmanager", "alertmanager"])?;
+        tool(test, &["prometheus"])?;
+        tool(test, &["prometheus-alertmanager", "alertmanager"])?;
         oauth_token_exporter::sources::install_tls_provider();
         let dir = tempfile::tempdir().unwrap();
-        let http = reqwest::Client::new();
         let clock: SharedClock = Arc::new(SystemClock);
         let sim = SimXero::new(clock.clone());
         sim.add_client("app", "s3cret-client");
         let sim_url = serve(sim.router()).await;
-        let (web, proxy_port) = (free_port(), free_port());
+        let proxy_port = free_port();
         let (kind, app_dsn, exporter_dsn, prefix) = match &store {
             Store::Sqlite => {
                 let db = dir.path().join("host.db").display().to_string();
@@ -241,10 +105,7 @@ impl Stack {
         );
         app.create_schema().await.unwrap();
         // The exporter: the app's tokens, its event table and its Xero traffic.
-        let config = dir.path().join("exporter.yml");
-        std::fs::write(
-            &config,
-            format!(
+        let config = format!(
                 "global:\n  poll_interval: 1s\n  poll_timeout: 1s\n\
                  sources:\n  - name: app\n    kind: {kind}\n    dsn: {exporter_dsn}\n\
                  \x20   query: SELECT id, tenant_id, tenant_name, refresh_token, expires_at, refreshed_at, status FROM {prefix}xero_tokens\n\
@@ -256,82 +117,20 @@ impl Stack {
                  persistence:\n  file: {}\n",
                 dir.path().join("events.cursor").display(),
                 dir.path().join("inlets.json").display()
-            ),
+            );
+        let alerting = Alerting::start(
+            test,
+            dir,
+            &config,
+            &[format!("--proxy.listen-address=127.0.0.1:{proxy_port}")],
         )
-        .unwrap();
-        let exporter = Proc::start(
-            Command::new(env!("CARGO_BIN_EXE_oauth-token-exporter"))
-                .arg("--config.file")
-                .arg(&config)
-                .args([
-                    format!("--web.listen-address=127.0.0.1:{web}"),
-                    format!("--proxy.listen-address=127.0.0.1:{proxy_port}"),
-                ]),
-            dir.path().join("exporter.log"),
-        );
-        let exporter_url = format!("http://127.0.0.1:{web}");
-        // The webhook and Alertmanager.
-        let hook: Hook = Arc::default();
-        let hook_url = serve(
-            axum::Router::new()
-                .route("/{receiver}", post(receive))
-                .with_state(hook.clone()),
-        )
-        .await;
-        let am_port = free_port();
-        let am_config = dir.path().join("alertmanager.yml");
-        std::fs::write(&am_config, alertmanager_config(&hook_url)).unwrap();
-        let am = Proc::start(
-            Command::new(alertmanager)
-                .arg(format!("--config.file={}", am_config.display()))
-                .arg(format!(
-                    "--storage.path={}",
-                    dir.path().join("am").display()
-                ))
-                .arg(format!("--web.listen-address=127.0.0.1:{am_port}"))
-                .arg("--cluster.listen-address="),
-            dir.path().join("alertmanager.log"),
-        );
-        // Prometheus with the shipped rules.
-        let prom_port = free_port();
-        std::fs::write(dir.path().join("rules.yml"), scaled_rules()).unwrap();
-        let prom_config = dir.path().join("prometheus.yml");
-        std::fs::write(
-            &prom_config,
-            json!({
-                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                "rule_files": [dir.path().join("rules.yml")],
-                "alerting": {"alertmanagers": [{"static_configs": [{"targets": [format!("127.0.0.1:{am_port}")]}]}]},
-                "scrape_configs": [{"job_name": "oauth-token-exporter", "static_configs": [{"targets": [format!("127.0.0.1:{web}")]}]}]
-            })
-            .to_string(),
-        )
-        .unwrap();
-        let prom = Proc::start(
-            Command::new(prometheus)
-                .arg(format!("--config.file={}", prom_config.display()))
-                .arg(format!(
-                    "--storage.tsdb.path={}",
-                    dir.path().join("prom").display()
-                ))
-                .arg(format!("--web.listen-address=127.0.0.1:{prom_port}")),
-            dir.path().join("prometheus.log"),
-        );
-        let prom_url = format!("http://127.0.0.1:{prom_port}");
-        wait_ready(&http, &format!("{exporter_url}/-/healthy"), &exporter).await;
-        wait_ready(&http, &format!("http://127.0.0.1:{am_port}/-/ready"), &am).await;
-        wait_ready(&http, &format!("{prom_url}/-/ready"), &prom).await;
+        .await?;
         Some(Stack {
             app,
             sim,
             clock,
-            http,
-            exporter_url,
-            prom_url,
-            hook,
             store,
-            procs: vec![exporter, am, prom],
-            _dir: dir,
+            alerting,
         })
     }
 
@@ -357,130 +156,6 @@ impl Stack {
                 == Some(connections)
         })
         .await;
-    }
-
-    async fn query(&self, promql: &str) -> Vec<Value> {
-        let r: Value = self
-            .http
-            .get(format!(
-                "{}/api/v1/query?query={}",
-                self.prom_url,
-                percent_encode(promql)
-            ))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(r["status"], "success", "{promql}: {r}");
-        r["data"]["result"].as_array().cloned().unwrap_or_default()
-    }
-
-    /// Alerts firing in Prometheus (before Alertmanager's inhibition).
-    async fn prometheus_firing(&self) -> BTreeSet<String> {
-        let r: Value = self
-            .http
-            .get(format!("{}/api/v1/alerts", self.prom_url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        r["data"]["alerts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|a| a["state"] == "firing")
-            .map(|a| a["labels"]["alertname"].as_str().unwrap().to_string())
-            .collect()
-    }
-
-    fn notifications(&self) -> Vec<Notification> {
-        self.hook.lock().unwrap().clone()
-    }
-
-    fn delivered(&self, status: &str) -> BTreeSet<String> {
-        self.notifications()
-            .iter()
-            .filter(|n| n.status == status)
-            .map(|n| n.alertname.clone())
-            .collect()
-    }
-
-    async fn until<F, Fut>(&self, what: &str, limit: Duration, mut check: F)
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = bool>,
-    {
-        let deadline = Instant::now() + limit;
-        while !check().await {
-            if Instant::now() > deadline {
-                let firing = self.prometheus_firing().await;
-                panic!(
-                    "{what}: not within {limit:?}\nnotifications: {:#?}\nfiring in Prometheus: {firing:?}\nexporter log:\n{}\nprometheus log:\n{}",
-                    self.notifications(),
-                    self.procs[0].log_tail(),
-                    self.procs[2].log_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-
-    /// Wait for `expected` to be delivered firing, let a few more evaluations pass, and
-    /// check that nothing else was.
-    async fn expect_alerts(&self, expected: &[(&str, &str)]) {
-        let want: BTreeSet<String> = expected.iter().map(|(a, _)| a.to_string()).collect();
-        self.until(
-            &format!("alerts {want:?} delivered"),
-            Duration::from_secs(90),
-            || async { want.is_subset(&self.delivered("firing")) },
-        )
-        .await;
-        // Longer than every scaled `for` of an alert that could wrongly follow.
-        tokio::time::sleep(Duration::from_secs(12)).await;
-        assert_eq!(
-            self.delivered("firing"),
-            want,
-            "the alerts delivered, and no others: {:#?}",
-            self.notifications()
-        );
-        for (alert, receiver) in expected {
-            assert!(
-                self.notifications()
-                    .iter()
-                    .filter(|n| n.alertname == *alert && n.status == "firing")
-                    .all(|n| n.receiver == *receiver),
-                "{alert} goes to {receiver}: {:#?}",
-                self.notifications()
-            );
-        }
-    }
-
-    /// Like [`Stack::expect_alerts`], and each of `inhibited` fired in Prometheus but was
-    /// silenced by the shipped inhibition rules.
-    async fn expect_inhibiting(&self, expected: &[(&str, &str)], inhibited: &[&str]) {
-        self.expect_alerts(expected).await;
-        let firing = self.prometheus_firing().await;
-        for a in inhibited {
-            assert!(
-                firing.contains(*a),
-                "{a} fired in Prometheus (and was inhibited): {firing:?}"
-            );
-        }
-    }
-
-    async fn metrics(&self) -> String {
-        self.http
-            .get(format!("{}/metrics", self.exporter_url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
     }
 }
 

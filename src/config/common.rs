@@ -10,14 +10,26 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Every problem found so far, each with its key path.
+/// Every problem found so far, each with its key path; and warnings (deprecated names,
+/// unsafe choices) that do not make the config invalid.
 pub(crate) struct Problems {
     pub(crate) list: Vec<Problem>,
+    pub(crate) warnings: Vec<Problem>,
 }
 
 impl Problems {
     pub(crate) fn new() -> Self {
-        Problems { list: Vec::new() }
+        Problems {
+            list: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    pub(crate) fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.warnings.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
     }
 
     pub(crate) fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
@@ -222,14 +234,23 @@ pub(crate) fn parse_path(p: &str) -> Option<Vec<String>> {
 /// A provider name as a `&'static str` (label values are static): each distinct name is
 /// allocated once for the life of the process, however often configs are parsed.
 pub(crate) fn intern(name: &str) -> &'static str {
+    intern_within(name, usize::MAX).expect("no bound")
+}
+
+/// Like [`intern`] for names read from a store: `None` once `bound` distinct names exist and
+/// this one is new, so a store cannot grow the process's memory without end.
+pub(crate) fn intern_within(name: &str, bound: usize) -> Option<&'static str> {
     static NAMES: std::sync::Mutex<BTreeSet<&'static str>> = std::sync::Mutex::new(BTreeSet::new());
     let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(n) = names.get(name) {
-        return n;
+        return Some(n);
+    }
+    if names.len() >= bound {
+        return None;
     }
     let n: &'static str = Box::leak(name.to_string().into_boxed_str());
     names.insert(n);
-    n
+    Some(n)
 }
 
 pub(crate) fn to_chrono(d: Duration) -> chrono::Duration {

@@ -37,10 +37,13 @@ pub struct StatusField {
 }
 
 /// How the last refresh is found.
+/// How the last refresh is found: a field, an inference from the access expiry, or both (the
+/// field first, the inference where the field is NULL; Nango sets its last success to NULL on a
+/// failed refresh but keeps the access expiry).
 #[derive(Debug, Clone, PartialEq)]
-pub enum LastRefresh {
-    Field(TimeField),
-    Infer(Inference),
+pub struct LastRefresh {
+    pub field: Option<TimeField>,
+    pub infer: Option<Inference>,
 }
 
 /// Result fields mapped onto the metric contract.
@@ -60,6 +63,9 @@ pub struct Mapping {
     /// The stored refresh token, read only to keep a keyed hash of it in memory (regression
     /// detection); never stored, logged or exported.
     pub refresh_token: Option<FieldRef>,
+    /// The provider of each row (a name like `xero`, `quickbooks-sandbox`, `hubspot`), for
+    /// sources holding several providers' connections.
+    pub provider: Option<FieldRef>,
 }
 
 /// A field as written: a column name, or a map with details.
@@ -88,6 +94,16 @@ struct RawFieldMap {
     map: Option<BTreeMap<String, Status>>,
     /// Status for values missing from `map` (status field only).
     default: Option<Status>,
+}
+
+impl RawField {
+    /// A plain column.
+    pub(crate) fn column(column: &str) -> RawField {
+        RawField {
+            column: column.to_string(),
+            ..RawField::default()
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for RawField {
@@ -133,6 +149,7 @@ pub struct RawFields {
     authorized_at: Option<RawField>,
     status: Option<RawField>,
     refresh_token: Option<RawField>,
+    pub(crate) provider: Option<RawField>,
 }
 
 impl RawFields {
@@ -150,7 +167,8 @@ impl RawFields {
             last_failure,
             authorized_at,
             status,
-            refresh_token
+            refresh_token,
+            provider
         );
         self
     }
@@ -173,6 +191,7 @@ impl RawFields {
                 "authorized_at" => f.authorized_at = field,
                 "refresh_token" => f.refresh_token = field,
                 "status" => f.status = field,
+                "provider" => f.provider = field,
                 other => unreachable!("preset names unknown field {other}"),
             }
         }
@@ -222,6 +241,7 @@ pub(crate) fn mapping(
             .and_then(|f| field_ref(&format!("{fat}.{name}"), f, FieldKind::Plain, problems))
     };
     let tenant = plain("tenant", &fields.tenant, problems);
+    let provider = plain("provider", &fields.provider, problems);
     let refresh_token = plain("refresh_token", &fields.refresh_token, problems);
     let time = |name: &str, f: &Option<RawField>, problems: &mut Problems| {
         f.as_ref()
@@ -231,19 +251,23 @@ pub(crate) fn mapping(
     let refresh_expires = time("refresh_expires", &fields.refresh_expires, problems);
     let last_failure = time("last_failure", &fields.last_failure, problems);
     let authorized_at = time("authorized_at", &fields.authorized_at, problems);
+    if infer == Some(Inference::AccessExpires) && fields.access_expires.is_none() {
+        problems.add(
+            format!("{at}.infer_last_refresh"),
+            "`access_expires` inference needs `fields.access_expires`",
+        );
+    }
     let last_refresh = match (&fields.last_refresh, infer) {
-        (Some(_), _) => {
-            time("last_refresh", &fields.last_refresh, problems).map(LastRefresh::Field)
+        (Some(_), infer) => {
+            time("last_refresh", &fields.last_refresh, problems).map(|f| LastRefresh {
+                field: Some(f),
+                infer,
+            })
         }
-        (None, Some(Inference::AccessExpires)) => {
-            if fields.access_expires.is_none() {
-                problems.add(
-                    format!("{at}.infer_last_refresh"),
-                    "`access_expires` inference needs `fields.access_expires`",
-                );
-            }
-            Some(LastRefresh::Infer(Inference::AccessExpires))
-        }
+        (None, Some(infer)) => Some(LastRefresh {
+            field: None,
+            infer: Some(infer),
+        }),
         (None, None) => {
             if rows {
                 problems.add(
@@ -302,6 +326,7 @@ pub(crate) fn mapping(
         status,
         labels,
         refresh_token,
+        provider,
     })
 }
 

@@ -47,6 +47,9 @@ pub struct Config {
     pub inlets: Inlets,
     /// Where the counters of the push inlets are saved across restarts, when configured.
     pub persistence: Option<Persistence>,
+    /// What is valid but deserves attention (deprecated names, an unsigned webhook inlet):
+    /// printed by `--config.check` and logged at start-up.
+    pub warnings: Vec<Problem>,
 }
 
 /// Settings of the failure detectors.
@@ -392,14 +395,16 @@ pub fn parse(
             interval,
         })
     });
-    let config = Config {
+    let mut config = Config {
         file: file.to_string(),
         detect,
         sources,
         inlets,
         persistence,
+        warnings: Vec::new(),
     };
     config.check_names(&mut problems);
+    config.warnings = problems.warnings;
     if problems.list.is_empty() {
         Ok(config)
     } else {

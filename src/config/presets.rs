@@ -22,7 +22,8 @@ pub enum Preset {
     /// tenant_id, created_at, updated_at)`. Last refresh = `expires_at` − access lifetime
     /// (`updated_at` can move for reasons other than a refresh).
     XeroTokens,
-    /// Nango's `nango._nango_connections` (PostgreSQL only).
+    /// Nango's `nango._nango_connections` (PostgreSQL only), joined with `_nango_configs` for
+    /// each connection's provider and `_nango_environments` for its environment.
     Nango,
     /// A table with a xero-node token set in a JSON column:
     /// `xero_token_sets(id, tenant_id, token_set, updated_at)`; `token_set.expires_at` is epoch
@@ -53,6 +54,8 @@ pub struct Built {
     pub query: String,
     pub fields: RawFields,
     pub infer_last_refresh: Option<Inference>,
+    /// Extra `oauth_connection_info` labels it maps: label name to column.
+    pub labels: Vec<(&'static str, &'static str)>,
 }
 
 /// Build the preset for `kind`, reading `table` (or the preset's default table).
@@ -72,6 +75,7 @@ pub fn build(preset: Preset, kind: StoreKind, table: Option<&str>) -> Result<Bui
                 ("access_expires", "expires_at"),
             ]),
             infer_last_refresh: Some(Inference::AccessExpires),
+            labels: Vec::new(),
         }),
         Preset::TokenSetJson => {
             let expires = match kind {
@@ -90,6 +94,7 @@ pub fn build(preset: Preset, kind: StoreKind, table: Option<&str>) -> Result<Bui
                     ("access_expires", "expires_at"),
                 ]),
                 infer_last_refresh: Some(Inference::AccessExpires),
+                labels: Vec::new(),
             })
         }
         Preset::Nango => {
@@ -99,25 +104,42 @@ pub fn build(preset: Preset, kind: StoreKind, table: Option<&str>) -> Result<Bui
                     kind.as_str()
                 ));
             }
+            // Nango's other tables live beside `_nango_connections`, in its schema.
+            let schema = match table.rsplit_once('.') {
+                Some((schema, _)) => format!("{schema}."),
+                None => String::new(),
+            };
             Ok(Built {
                 query: format!(
-                    "SELECT c.provider_config_key || '/' || c.connection_id AS connection, \
+                    "SELECT COALESCE(e.name, '') || '/' || c.provider_config_key || '/' || c.connection_id AS connection, \
                      c.connection_config ->> 'tenant_id' AS tenant, \
-                     COALESCE(c.last_refresh_success, c.created_at) AS last_refresh, \
+                     e.name AS environment, \
+                     cfg.provider AS provider, \
+                     COALESCE(c.last_refresh_success, CASE WHEN c.credentials_expires_at IS NULL THEN c.created_at END) AS last_refresh, \
                      c.credentials_expires_at AS access_expires, \
                      c.last_refresh_failure AS last_failure, \
-                     CASE WHEN c.refresh_exhausted THEN 'needs_reauth' ELSE 'active' END AS status \
-                     FROM {table} c WHERE c.deleted IS NOT TRUE"
+                     CASE WHEN c.refresh_exhausted THEN 'needs_reauth' \
+                          WHEN c.last_refresh_failure IS NOT NULL \
+                               AND (c.last_refresh_success IS NULL OR c.last_refresh_failure > c.last_refresh_success) THEN 'failing' \
+                          ELSE 'active' END AS status \
+                     FROM {table} c \
+                     LEFT JOIN {schema}_nango_configs cfg ON cfg.id = c.config_id \
+                     LEFT JOIN {schema}_nango_environments e ON e.id = c.environment_id \
+                     WHERE c.deleted IS NOT TRUE"
                 ),
                 fields: RawFields::preset(&[
                     ("connection", "connection"),
                     ("tenant", "tenant"),
+                    ("provider", "provider"),
                     ("last_refresh", "last_refresh"),
                     ("access_expires", "access_expires"),
                     ("last_failure", "last_failure"),
                     ("status", "status"),
                 ]),
-                infer_last_refresh: None,
+                // A failed refresh sets Nango's last success to NULL and keeps the access
+                // expiry: the last refresh is then the expiry minus the provider's lifetime.
+                infer_last_refresh: Some(Inference::AccessExpires),
+                labels: vec![("environment", "environment")],
             })
         }
     }

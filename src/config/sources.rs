@@ -28,6 +28,16 @@ pub struct SourceConfig {
     pub schedule: Schedule,
     /// Cap on exported per-connection series (aggregates always cover every connection).
     pub max_connections: usize,
+    /// With `fields.provider`: rows of providers the exporter has no profile for are exported
+    /// with these lifetimes under their own name; `None`: they are left out.
+    pub unknown_providers: Option<UnknownProviders>,
+}
+
+/// Lifetimes for rows of providers the exporter has no profile for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnknownProviders {
+    pub access_token_lifetime: chrono::Duration,
+    pub refresh_token_lifetime: chrono::Duration,
 }
 
 impl SourceConfig {
@@ -206,9 +216,22 @@ struct RawCommon {
     backoff_max: Option<HumanDuration>,
     /// Cap on per-connection series for this source.
     max_connections: Option<usize>,
+    /// With `fields.provider`: what to do with rows of providers without a profile.
+    unknown_providers: Option<RawUnknownProviders>,
     /// The keys of the store kind.
     #[serde(flatten)]
     rest: serde_json::Map<String, serde_json::Value>,
+}
+
+/// `unknown_providers`: export rows of providers without a profile (with these lifetimes) or
+/// leave them out (the default).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUnknownProviders {
+    /// Export them under their own provider name (default false: left out).
+    export: bool,
+    access_token_lifetime: Option<HumanDuration>,
+    refresh_token_lifetime: Option<HumanDuration>,
 }
 
 /// Keys of the SQL kinds (`sqlite`, `postgres`, `mysql`).
@@ -373,6 +396,8 @@ struct KindParts {
     query: Option<String>,
     fields: RawFields,
     infer: Option<Inference>,
+    /// Extra labels a preset maps (label name, column); the user's `labels` come over them.
+    labels: Vec<(&'static str, &'static str)>,
 }
 
 fn sql_parts(
@@ -389,6 +414,7 @@ fn sql_parts(
         raw.dsn_file.as_ref(),
     )
     .read(at, "dsn", env, problems);
+    let mut labels = Vec::new();
     let (query, fields, infer) = match (raw.preset, &raw.query) {
         (Some(_), Some(_)) => {
             problems.add(
@@ -399,7 +425,10 @@ fn sql_parts(
         }
         (Some(preset), None) => {
             match presets::build(preset, kind.store_kind(), raw.table.as_deref()) {
-                Ok(p) => (Some(p.query), p.fields, p.infer_last_refresh),
+                Ok(p) => {
+                    labels = p.labels;
+                    (Some(p.query), p.fields, p.infer_last_refresh)
+                }
                 Err(msg) => {
                     problems.add(format!("{at}.preset"), msg);
                     (None, RawFields::default(), None)
@@ -431,6 +460,7 @@ fn sql_parts(
         query,
         fields,
         infer,
+        labels,
     }
 }
 
@@ -442,6 +472,7 @@ fn document_parts(store: Option<Store>) -> KindParts {
         query: Some(String::new()),
         fields: RawFields::preset(&[("connection", "_key"), ("access_expires", "expires_at")]),
         infer: Some(Inference::AccessExpires),
+        labels: Vec::new(),
     }
 }
 
@@ -685,7 +716,14 @@ pub(crate) fn validate(
         query,
         mut fields,
         mut infer,
+        labels: preset_labels,
     } = parts;
+    let mut labels = raw.labels.clone();
+    for (name, column) in preset_labels {
+        labels
+            .entry(name.to_string())
+            .or_insert_with(|| RawField::column(column));
+    }
     if let Some(user) = raw.fields.clone() {
         if user.last_refresh.is_some() {
             infer = None;
@@ -694,10 +732,43 @@ pub(crate) fn validate(
     }
     if raw.infer_last_refresh.is_some() {
         infer = raw.infer_last_refresh;
-        fields.last_refresh = None;
+        // Alone, the inference replaces a preset's field; with the user's own field, it is the
+        // fallback where that field is NULL.
+        if raw.fields.as_ref().is_none_or(|f| f.last_refresh.is_none()) {
+            fields.last_refresh = None;
+        }
     }
-    let mapping = fields::mapping(at, &fields, infer, &raw.labels, query.is_some(), problems);
+    let mapping = fields::mapping(at, &fields, infer, &labels, query.is_some(), problems);
     let provider = provider(at, &raw, problems);
+    let unknown_providers = match &raw.unknown_providers {
+        None => None,
+        Some(u) => {
+            let key = format!("{at}.unknown_providers");
+            if fields.provider.is_none() {
+                problems.add(
+                    &key,
+                    "is only used with `fields.provider` (the column naming each row's provider)",
+                );
+            }
+            match (u.export, u.access_token_lifetime, u.refresh_token_lifetime) {
+                (false, None, None) => None,
+                (false, _, _) => {
+                    problems.add(&key, "lifetimes are only used with `export: true`");
+                    None
+                }
+                (true, Some(a), Some(r)) if !a.0.is_zero() && !r.0.is_zero() => {
+                    Some(UnknownProviders {
+                        access_token_lifetime: to_chrono(a.0),
+                        refresh_token_lifetime: to_chrono(r.0),
+                    })
+                }
+                (true, _, _) => {
+                    problems.add(&key, "`export: true` needs `access_token_lifetime` and `refresh_token_lifetime` (greater than 0): the exporter has no profile to take them from");
+                    None
+                }
+            }
+        }
+    };
     let max_connections = raw.max_connections.unwrap_or(global.cap);
     if max_connections == 0 {
         problems.add(format!("{at}.max_connections"), "must be at least 1");
@@ -712,5 +783,6 @@ pub(crate) fn validate(
         provider,
         schedule,
         max_connections,
+        unknown_providers,
     })
 }

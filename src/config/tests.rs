@@ -42,7 +42,7 @@ sources:
     assert_eq!(s.provider.name(), "xero");
     assert_eq!(s.mapping.connection.column, "id");
     assert!(
-        matches!(s.mapping.last_refresh, LastRefresh::Field(ref f) if f.at.column == "updated_at")
+        matches!(s.mapping.last_refresh, LastRefresh { field: Some(ref f), infer: None } if f.at.column == "updated_at")
     );
 }
 
@@ -278,7 +278,7 @@ sources:
     let q = s.store.query().unwrap();
     assert!(q.contains("app_xero_tokens"), "{q}");
     assert!(
-        matches!(s.mapping.last_refresh, LastRefresh::Field(ref f) if f.at.column == "updated_at")
+        matches!(s.mapping.last_refresh, LastRefresh { field: Some(ref f), infer: None } if f.at.column == "updated_at")
     );
 }
 
@@ -369,5 +369,11 @@ fn document_sources_default_to_the_token_set_shape() {
     let m = &c.sources[0].mapping;
     assert_eq!(m.connection.column, "_key");
     assert_eq!(m.access_expires.as_ref().unwrap().at.column, "expires_at");
-    assert_eq!(m.last_refresh, LastRefresh::Infer(Inference::AccessExpires));
+    assert_eq!(
+        m.last_refresh,
+        LastRefresh {
+            field: None,
+            infer: Some(Inference::AccessExpires)
+        }
+    );
 }

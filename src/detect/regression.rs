@@ -7,7 +7,7 @@
 //! 64-bit hashes (about 140 bytes with the map entry); connections gone from the store are
 //! dropped at the next poll, so it never exceeds the source's connections.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 /// Stored refresh-token values remembered per connection.
 pub const TOKEN_HISTORY: usize = 8;
@@ -20,14 +20,14 @@ pub struct TokenHistory {
 }
 
 impl TokenHistory {
-    /// Observe one poll: `(id hash, token hash, connection id)` per connection with a token;
-    /// `present` holds the id hash of every connection the poll saw. Returns the connections
-    /// whose token went back to an earlier value.
-    pub fn observe(
+    /// Observe one poll: `(id hash, token hash, connection)` per connection with a token (the
+    /// connection as the caller wants it back); `present` says whether an id hash was seen by
+    /// the poll. Returns the connections whose token went back to an earlier value.
+    pub fn observe<C>(
         &mut self,
-        tokens: Vec<(u64, u64, String)>,
-        present: &HashSet<u64>,
-    ) -> Vec<String> {
+        tokens: Vec<(u64, u64, C)>,
+        present: impl Fn(&u64) -> bool,
+    ) -> Vec<C> {
         let mut reverted = Vec::new();
         if tokens.is_empty() {
             return reverted;
@@ -45,7 +45,7 @@ impl TokenHistory {
                 history.pop_front();
             }
         }
-        self.history.retain(|id, _| present.contains(id));
+        self.history.retain(|id, _| present(id));
         reverted
     }
 
@@ -66,9 +66,8 @@ mod tests {
     #[test]
     fn a_token_that_comes_back_is_a_regression_and_history_is_bounded() {
         let mut h = TokenHistory::default();
-        let present: HashSet<u64> = [1].into();
         let poll =
-            |h: &mut TokenHistory, token: u64| h.observe(vec![(1, token, "c1".into())], &present);
+            |h: &mut TokenHistory, token: u64| h.observe(vec![(1, token, "c1")], |id| *id == 1);
         assert!(poll(&mut h, 10).is_empty());
         assert!(poll(&mut h, 10).is_empty(), "unchanged is not a regression");
         assert!(poll(&mut h, 11).is_empty());
@@ -78,7 +77,7 @@ mod tests {
         }
         assert_eq!(h.history[&1].len(), TOKEN_HISTORY);
         // A connection gone from the store is forgotten.
-        h.observe(vec![(2, 5, "c2".into())], &[2].into());
+        h.observe(vec![(2, 5, "c2")], |id| *id == 2);
         assert_eq!(h.len(), 1);
     }
 }

@@ -1,10 +1,19 @@
-//! `POST /webhooks/nango`: Nango's auth webhooks. A refresh that failed
-//! (`"operation": "refresh", "success": false`) counts as a refresh failure, classified from
-//! Nango's error (which carries the provider's OAuth error); a successful refresh (the recovery
-//! webhook) counts as a refresh. Other webhooks are acknowledged and not counted. With a secret
-//! configured, `X-Nango-Hmac-Sha256` (HMAC-SHA256 of the body with Nango's secret key) must
-//! match, compared in constant time.
+//! `POST /webhooks/nango`: Nango's auth webhooks, as Nango builds and signs them
+//! (NangoHQ/nango `packages/webhooks/lib/auth.ts` and `utils.ts`, 2026-08): a JSON body with
+//! `type`, `operation`, `connectionId`, `providerConfigKey`, `provider`, `environment`,
+//! `success` and, on failure, `error: {type, description}`; the header `X-Nango-Hmac-Sha256` is
+//! the HMAC-SHA256 of the body keyed with the environment's webhook signing key.
+//!
+//! Counted: a failed refresh (`"type": "auth", "operation": "refresh", "success": false`) as a
+//! refresh failure of its connection (`environment/providerConfigKey/connectionId`, the `nango`
+//! preset's id). Nango's `error.description` for a failed refresh is a fixed sentence and its
+//! `error.type` (`refresh_token_external_error`) does not say which OAuth error the provider
+//! gave, so such a failure counts as `error="other"` unless the error names an OAuth error.
+//! Nango sends no webhook for a successful refresh; one marked `success: true` would count as
+//! a refresh. Webhooks of other types or operations (creation, override, sync) and of
+//! providers the exporter has no profile for are acknowledged and not counted.
 
+use super::classify::MAX_ID;
 use super::{Context, Inlet, Wired};
 use crate::config::NangoWebhook;
 use crate::model::{CollectError, Event};
@@ -51,6 +60,8 @@ impl Inlet for NangoWebhook {
     }
 }
 
+/// The fields of Nango's auth webhook the exporter reads (`NangoAuthWebhookBody` of
+/// `@nangohq/types`); the others (`from`, `authMode`, `tags`, `endUser`) are ignored.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct AuthWebhook {
@@ -61,6 +72,7 @@ struct AuthWebhook {
     provider: Option<String>,
     connection_id: Option<String>,
     provider_config_key: Option<String>,
+    environment: Option<String>,
     error: Option<NangoError>,
 }
 
@@ -71,7 +83,8 @@ struct NangoError {
     description: Option<String>,
 }
 
-/// The provider's OAuth error inside Nango's error, or `other`.
+/// A failed refresh's error: an OAuth error named in Nango's error (none is, in the Nango of
+/// 2026: its `refresh_token_external_error` carries a fixed sentence), else `other`.
 fn classify(e: Option<&NangoError>) -> RefreshError {
     let text = e
         .map(|e| {
@@ -90,24 +103,12 @@ fn classify(e: Option<&NangoError>) -> RefreshError {
         ("unsupported_grant_type", RefreshError::UnsupportedGrantType),
         ("server_error", RefreshError::ServerError),
         ("temporarily_unavailable", RefreshError::ServerError),
-        ("timeout", RefreshError::Network),
-        ("econnrefused", RefreshError::Network),
-        ("network", RefreshError::Network),
     ] {
         if text.contains(needle) {
             return err;
         }
     }
     RefreshError::Other
-}
-
-fn provider(name: Option<&str>, default: ProviderKind) -> ProviderKind {
-    let name = name.unwrap_or("").to_lowercase();
-    ProviderKind::ALL
-        .into_iter()
-        .filter(|k| *k != ProviderKind::Custom)
-        .find(|k| name == k.as_str() || name.starts_with(&format!("{}-", k.as_str())))
-        .unwrap_or(default)
 }
 
 fn signature_ok(secret: &str, body: &[u8], header: Option<&str>) -> bool {
@@ -120,49 +121,77 @@ fn signature_ok(secret: &str, body: &[u8], header: Option<&str>) -> bool {
     mac.verify_slice(&sig).is_ok()
 }
 
+fn refuse(status: StatusCode, message: String) -> Response {
+    (status, format!("{message}\n")).into_response()
+}
+
+/// The connection of a webhook, as the `nango` preset names it: `environment/key/id`. Each
+/// part is required and at most [`MAX_ID`] characters (they feed detector state).
+fn connection(hook: &AuthWebhook) -> Result<String, String> {
+    let mut parts = Vec::with_capacity(3);
+    for (field, value) in [
+        ("environment", &hook.environment),
+        ("providerConfigKey", &hook.provider_config_key),
+        ("connectionId", &hook.connection_id),
+    ] {
+        match value {
+            Some(v) if !v.is_empty() && v.chars().count() <= MAX_ID => parts.push(v.as_str()),
+            _ => {
+                return Err(format!(
+                    "{field} must be a non-empty string of at most {MAX_ID} characters"
+                ))
+            }
+        }
+    }
+    Ok(parts.join("/"))
+}
+
 async fn webhook(State(s): State<NangoState>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Some(secret) = &s.cfg.secret {
+    if let Some(key) = &s.cfg.signing_key {
         let header = headers
             .get("x-nango-hmac-sha256")
             .and_then(|v| v.to_str().ok());
-        if !signature_ok(secret.expose(), &body, header) {
+        if !signature_ok(key.expose(), &body, header) {
             tracing::warn!(source = %s.cfg.source, "Refused a Nango webhook with a missing or wrong signature.");
-            return (
+            return refuse(
                 StatusCode::UNAUTHORIZED,
-                "missing or wrong X-Nango-Hmac-Sha256\n",
-            )
-                .into_response();
+                "missing or wrong X-Nango-Hmac-Sha256".into(),
+            );
         }
     }
     let hook: AuthWebhook = match serde_json::from_slice(&body) {
         Ok(h) => h,
         Err(e) => {
-            return (
+            return refuse(
                 StatusCode::BAD_REQUEST,
                 format!(
-                    "not a Nango webhook: line {}, column {}: {:?}\n",
+                    "not a Nango webhook: line {}, column {}: {:?}",
                     e.line(),
                     e.column(),
                     e.classify()
                 ),
             )
-                .into_response()
         }
     };
     if hook.kind != "auth" || hook.operation.as_deref() != Some("refresh") {
         return (StatusCode::OK, "ignored\n").into_response();
     }
-    let provider = provider(hook.provider.as_deref(), s.cfg.provider);
+    let connection = match connection(&hook) {
+        Ok(c) => c,
+        Err(message) => return refuse(StatusCode::BAD_REQUEST, message),
+    };
+    let Some(provider) = hook
+        .provider
+        .as_deref()
+        .and_then(ProviderKind::from_provider_name)
+    else {
+        tracing::debug!(source = %s.cfg.source, "Ignored a Nango webhook of a provider without a profile.");
+        return (StatusCode::OK, "ignored: no profile for this provider\n").into_response();
+    };
     let failure = match hook.success {
         Some(true) => None,
         _ => Some(classify(hook.error.as_ref())),
     };
-    // The same connection id as the `nango` preset: providerConfigKey/connectionId.
-    let connection = format!(
-        "{}/{}",
-        hook.provider_config_key.as_deref().unwrap_or(""),
-        hook.connection_id.as_deref().unwrap_or("")
-    );
     s.sink.count(
         &s.cfg.source,
         Event::refresh(provider, Some(connection), failure),
@@ -174,40 +203,24 @@ async fn webhook(State(s): State<NangoState>, headers: HeaderMap, body: Bytes) -
 mod tests {
     use super::*;
 
+    /// Nango's refresh failure, as `refresh.ts` and `NangoError` build it.
     #[test]
-    fn nango_errors_are_classified_by_the_oauth_error_they_carry() {
+    fn nangos_refresh_failure_is_other_and_an_oauth_error_it_names_is_read() {
         let e = |t: &str, d: &str| NangoError {
             kind: Some(t.into()),
             description: Some(d.into()),
         };
-        assert_eq!(classify(Some(&e("refresh_token_external_error", "The external API returned an error when trying to refresh the access token. Please try again later. {\"error\":\"invalid_grant\"}"))), RefreshError::InvalidGrant);
         assert_eq!(
             classify(Some(&e(
                 "refresh_token_external_error",
-                "invalid_client: client secret is wrong"
+                "The external API returned an error when trying to refresh the access token. Please try again later."
             ))),
-            RefreshError::InvalidClient
-        );
-        assert_eq!(
-            classify(Some(&e("unknown", "socket hang up"))),
             RefreshError::Other
         );
+        assert_eq!(
+            classify(Some(&e("invalid_client", "client secret is wrong"))),
+            RefreshError::InvalidClient
+        );
         assert_eq!(classify(None), RefreshError::Other);
-    }
-
-    #[test]
-    fn providers_map_to_profiles_or_the_default() {
-        assert_eq!(
-            provider(Some("xero"), ProviderKind::Xero),
-            ProviderKind::Xero
-        );
-        assert_eq!(
-            provider(Some("quickbooks-sandbox"), ProviderKind::Xero),
-            ProviderKind::Quickbooks
-        );
-        assert_eq!(
-            provider(Some("hubspot"), ProviderKind::Xero),
-            ProviderKind::Xero
-        );
     }
 }

@@ -203,19 +203,24 @@ async fn landing(State(s): State<AppState>) -> impl IntoResponse {
     let mut at_risk = Vec::new();
     for src in &s.sources {
         let snap = src.snapshot();
-        let total: u64 = snap.aggregates.by_status.iter().sum();
+        let totals = snap.totals();
+        let total: u64 = totals.by_status.iter().sum();
         let _ = write!(
             h,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&src.name),
             src.kind.as_str(),
-            src.provider,
+            snap.providers
+                .iter()
+                .map(|p| p.provider)
+                .collect::<Vec<_>>()
+                .join(", "),
             if src.is_up() { "" } else { "down" },
             if src.is_up() { "yes" } else { "no" },
             snap.polled_at.map(|t| t.to_rfc3339()).unwrap_or_else(|| "never".into()),
             total,
-            snap.aggregates.by_status[Status::NeedsReauth.index()],
-            snap.aggregates.expiring[1],
+            totals.by_status[Status::NeedsReauth.index()],
+            totals.expiring[1],
             snap.truncated,
         );
         for c in &snap.connections {

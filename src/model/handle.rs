@@ -1,25 +1,20 @@
 //! What the rest of the exporter sees of a source: its identity and its latest snapshot.
 
 use super::reasons::StoreKind;
-use super::snapshot::SourceSnapshot;
+use super::snapshot::{SourceSnapshot, Windows};
 use crate::provider::ProviderProfile;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-/// A source's identity, the provider's windows as configured for it, and its latest snapshot
-/// (replaced whole after each successful poll).
+/// A source's identity and its latest snapshot (replaced whole after each successful poll).
 #[derive(Debug)]
 pub struct SourceHandle {
     pub name: String,
+    /// The source's own provider (rows may name others: see the snapshot's `providers`).
     pub provider: &'static str,
     pub kind: StoreKind,
     /// Names of the extra `oauth_connection_info` labels, in config order.
     pub label_names: Vec<String>,
-    /// The provider's windows as configured for this source, in seconds (exported so that
-    /// alerts and dashboards use each provider's own window).
-    pub refresh_window: f64,
-    pub access_lifetime: f64,
-    pub refresh_max_lifetime: Option<f64>,
     snapshot: RwLock<Arc<SourceSnapshot>>,
     ready: AtomicBool,
     up: AtomicBool,
@@ -37,12 +32,10 @@ impl SourceHandle {
             provider: provider.name(),
             kind,
             label_names,
-            refresh_window: provider.refresh_token_idle_lifetime.num_seconds() as f64,
-            access_lifetime: provider.access_token_lifetime.num_seconds() as f64,
-            refresh_max_lifetime: provider
-                .refresh_token_max_lifetime
-                .map(|d| d.num_seconds() as f64),
-            snapshot: RwLock::new(Arc::new(SourceSnapshot::default())),
+            snapshot: RwLock::new(Arc::new(SourceSnapshot::empty(
+                provider.name(),
+                Windows::of(provider),
+            ))),
             ready: AtomicBool::new(false),
             up: AtomicBool::new(false),
         }

@@ -20,7 +20,10 @@ pub use event::{Event, EventKind};
 pub use handle::SourceHandle;
 pub use outcome::{ApiOutcome, RateLimitProblem, UnauthorizedReason};
 pub use reasons::{RejectReason, SourceErrorReason, StoreKind};
-pub use snapshot::{Connection, MappedConnection, SourceSnapshot, Status, EXPIRING_WINDOWS};
+pub use snapshot::{
+    Aggregates, Connection, MappedConnection, ProviderState, SourceSnapshot, Status, Windows,
+    EXPIRING_WINDOWS,
+};
 
 /// Longest label value exported from the store (connection and tenant ids, extra labels), in
 /// bytes.

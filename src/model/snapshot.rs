@@ -8,14 +8,18 @@ use serde::Deserialize;
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Active,
+    /// The last refresh failed and no later one succeeded; the provider may still accept a
+    /// retry (it has not been marked for re-authorisation yet).
+    Failing,
     NeedsReauth,
     Revoked,
     Unknown,
 }
 
 impl Status {
-    pub const ALL: [Status; 4] = [
+    pub const ALL: [Status; 5] = [
         Status::Active,
+        Status::Failing,
         Status::NeedsReauth,
         Status::Revoked,
         Status::Unknown,
@@ -24,6 +28,7 @@ impl Status {
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Active => "active",
+            Status::Failing => "failing",
             Status::NeedsReauth => "needs_reauth",
             Status::Revoked => "revoked",
             Status::Unknown => "unknown",
@@ -48,6 +53,9 @@ pub const EXPIRING_WINDOWS: [(&str, i64); 4] = [("1d", 1), ("7d", 7), ("14d", 14
 #[derive(Debug, Clone, PartialEq)]
 pub struct MappedConnection {
     pub id: String,
+    /// The `provider` label: the source's provider, or the row's own where the source maps
+    /// one per row.
+    pub provider: &'static str,
     pub tenant: Option<String>,
     /// Values of the configured extra labels, in config order ("" when NULL).
     pub labels: Vec<String>,
@@ -65,6 +73,7 @@ pub struct MappedConnection {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Connection {
     pub id: String,
+    pub provider: &'static str,
     pub tenant: String,
     pub labels: Vec<String>,
     pub last_refresh: f64,
@@ -75,13 +84,40 @@ pub struct Connection {
     pub status: Status,
 }
 
-/// Counts over every connection of a source (not capped).
+/// Counts over every connection of a source and provider (not capped).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Aggregates {
-    pub by_status: [u64; 4],
+    pub by_status: [u64; 5],
     /// Cumulative counts per [`EXPIRING_WINDOWS`] entry (not yet expired, expiring within).
     pub expiring: [u64; 4],
     pub failing: u64,
+}
+
+/// A provider's windows as configured for a source, in seconds (exported so that alerts and
+/// dashboards use each provider's own window).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Windows {
+    pub refresh: f64,
+    pub access: f64,
+    pub max: Option<f64>,
+}
+
+impl Windows {
+    pub fn of(p: &crate::provider::ProviderProfile) -> Windows {
+        Windows {
+            refresh: p.refresh_token_idle_lifetime.num_seconds() as f64,
+            access: p.access_token_lifetime.num_seconds() as f64,
+            max: p.refresh_token_max_lifetime.map(|d| d.num_seconds() as f64),
+        }
+    }
+}
+
+/// One provider of a source: its windows and the counts over its connections.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderState {
+    pub provider: &'static str,
+    pub windows: Windows,
+    pub aggregates: Aggregates,
 }
 
 /// What one successful poll of a source produced.
@@ -90,7 +126,8 @@ pub struct SourceSnapshot {
     pub polled_at: Option<DateTime<Utc>>,
     /// Exported connections: the ones closest to expiry, up to the cap, in query order.
     pub connections: Vec<Connection>,
-    pub aggregates: Aggregates,
+    /// Per provider, by name: the source's own always, and every other one its rows named.
+    pub providers: Vec<ProviderState>,
     /// Connections left out by the cap.
     pub truncated: u64,
 }
@@ -100,15 +137,57 @@ fn epoch(t: DateTime<Utc>) -> f64 {
 }
 
 impl SourceSnapshot {
+    /// The snapshot before the first poll: the source's own provider with no connection.
+    pub fn empty(provider: &'static str, windows: Windows) -> SourceSnapshot {
+        SourceSnapshot {
+            providers: vec![ProviderState {
+                provider,
+                windows,
+                aggregates: Aggregates::default(),
+            }],
+            ..SourceSnapshot::default()
+        }
+    }
+
+    /// Counts over every provider.
+    pub fn totals(&self) -> Aggregates {
+        let mut t = Aggregates::default();
+        for p in &self.providers {
+            for (a, b) in t.by_status.iter_mut().zip(p.aggregates.by_status) {
+                *a += b;
+            }
+            for (a, b) in t.expiring.iter_mut().zip(p.aggregates.expiring) {
+                *a += b;
+            }
+            t.failing += p.aggregates.failing;
+        }
+        t
+    }
+
     /// Build a snapshot as of `now`, keeping at most `cap` connections (those expiring first).
+    /// `providers` are the providers to report (the source's own first) with their windows;
+    /// a row of a provider not listed is counted under the first.
     pub fn build(
         mut rows: Vec<MappedConnection>,
         now: DateTime<Utc>,
         cap: usize,
         failing_window: Duration,
+        providers: Vec<(&'static str, Windows)>,
     ) -> SourceSnapshot {
-        let mut agg = Aggregates::default();
+        let mut states: Vec<ProviderState> = providers
+            .into_iter()
+            .map(|(provider, windows)| ProviderState {
+                provider,
+                windows,
+                aggregates: Aggregates::default(),
+            })
+            .collect();
         for r in &rows {
+            let i = states
+                .iter()
+                .position(|p| p.provider == r.provider)
+                .unwrap_or(0);
+            let agg = &mut states[i].aggregates;
             let expired = r.refresh_expiry <= now;
             agg.by_status[status_of(r, expired).index()] += 1;
             if !expired {
@@ -139,6 +218,7 @@ impl SourceSnapshot {
             .map(|r| {
                 let expired = r.refresh_expiry <= now;
                 Connection {
+                    provider: r.provider,
                     status: status_of(&r, expired),
                     tenant: r.tenant.unwrap_or_default(),
                     labels: r.labels,
@@ -151,20 +231,23 @@ impl SourceSnapshot {
                 }
             })
             .collect();
+        states.sort_by_key(|p| p.provider);
         SourceSnapshot {
             polled_at: Some(now),
             connections,
-            aggregates: agg,
+            providers: states,
             truncated: (total.saturating_sub(cap)) as u64,
         }
     }
 }
 
-/// The store's status when mapped; otherwise derived: expired means re-authorisation is needed.
+/// The store's status when mapped; otherwise derived: expired means re-authorisation is
+/// needed, a failure after the last refresh means failing.
 fn status_of(r: &MappedConnection, expired: bool) -> Status {
     match r.stored_status {
         Some(s) => s,
         None if expired => Status::NeedsReauth,
+        None if r.last_failure.is_some_and(|f| f > r.last_refresh) => Status::Failing,
         None => Status::Active,
     }
 }
@@ -174,10 +257,18 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
 
+    fn xero() -> Vec<(&'static str, Windows)> {
+        vec![(
+            "xero",
+            Windows::of(&crate::provider::ProviderKind::Xero.profile()),
+        )]
+    }
+
     fn conn(id: &str, idle_days: i64, now: DateTime<Utc>) -> MappedConnection {
         let last = now - Duration::days(idle_days);
         MappedConnection {
             id: id.into(),
+            provider: "xero",
             tenant: Some(format!("t-{id}")),
             labels: vec![],
             last_refresh: last,
@@ -198,10 +289,10 @@ mod tests {
             conn("c", 1, now),
             conn("d", 40, now),
         ];
-        let s = SourceSnapshot::build(rows, now, 100, Duration::minutes(15));
-        assert_eq!(s.aggregates.expiring, [1, 1, 1, 2]);
-        assert_eq!(s.aggregates.by_status[Status::Active.index()], 3);
-        assert_eq!(s.aggregates.by_status[Status::NeedsReauth.index()], 1);
+        let s = SourceSnapshot::build(rows, now, 100, Duration::minutes(15), xero());
+        assert_eq!(s.totals().expiring, [1, 1, 1, 2]);
+        assert_eq!(s.totals().by_status[Status::Active.index()], 3);
+        assert_eq!(s.totals().by_status[Status::NeedsReauth.index()], 1);
         let b = s.connections.iter().find(|c| c.id == "b").unwrap();
         assert!(b.expired);
         assert_eq!(b.status, Status::NeedsReauth);
@@ -214,12 +305,12 @@ mod tests {
         let rows = (0..10)
             .map(|i| conn(&format!("c{i}"), i * 5, now))
             .collect();
-        let s = SourceSnapshot::build(rows, now, 3, Duration::minutes(15));
+        let s = SourceSnapshot::build(rows, now, 3, Duration::minutes(15), xero());
         let mut ids: Vec<_> = s.connections.iter().map(|c| c.id.as_str()).collect();
         ids.sort();
         assert_eq!(ids, ["c7", "c8", "c9"]);
         assert_eq!(s.truncated, 7);
-        assert_eq!(s.aggregates.by_status.iter().sum::<u64>(), 10);
+        assert_eq!(s.totals().by_status.iter().sum::<u64>(), 10);
     }
 
     #[test]
@@ -231,8 +322,41 @@ mod tests {
         b.last_failure = Some(now - Duration::hours(5));
         let mut c = conn("c", 0, now);
         c.last_failure = Some(now - Duration::days(1));
-        let s = SourceSnapshot::build(vec![a, b, c], now, 10, Duration::minutes(15));
-        assert_eq!(s.aggregates.failing, 1);
+        let s = SourceSnapshot::build(vec![a, b, c], now, 10, Duration::minutes(15), xero());
+        assert_eq!(s.totals().failing, 1);
+    }
+
+    #[test]
+    fn a_failure_after_the_last_refresh_is_failing_and_counts_per_provider() {
+        let now = Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap();
+        let mut a = conn("a", 2, now);
+        a.last_failure = Some(now - Duration::days(1));
+        let mut b = conn("b", 2, now);
+        b.last_failure = Some(now - Duration::days(3));
+        let mut q = conn("q", 2, now);
+        q.provider = "quickbooks";
+        let windows = Windows::of(&crate::provider::ProviderKind::Quickbooks.profile());
+        let mut providers = xero();
+        providers.push(("quickbooks", windows));
+        let s = SourceSnapshot::build(vec![a, b, q], now, 10, Duration::minutes(15), providers);
+        let status = |id: &str| s.connections.iter().find(|c| c.id == id).unwrap().status;
+        assert_eq!(status("a"), Status::Failing);
+        assert_eq!(
+            status("b"),
+            Status::Active,
+            "failed before the last refresh"
+        );
+        let names: Vec<&str> = s.providers.iter().map(|p| p.provider).collect();
+        assert_eq!(names, ["quickbooks", "xero"]);
+        assert_eq!(
+            s.providers[0].aggregates.by_status[Status::Active.index()],
+            1
+        );
+        assert_eq!(
+            s.providers[1].aggregates.by_status[Status::Failing.index()],
+            1
+        );
+        assert_eq!(s.providers[0].windows.refresh, 100.0 * 86400.0);
     }
 
     #[test]

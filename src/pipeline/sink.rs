@@ -8,7 +8,6 @@ use crate::model::{ApiOutcome, Event, EventKind};
 use crate::provider::ProviderKind;
 use crate::telemetry::catalogue::RateLimitLabels;
 use crate::telemetry::{EventCounter, Live};
-use std::collections::HashSet;
 use std::sync::Arc;
 
 /// Counts events and feeds the detectors.
@@ -118,17 +117,17 @@ impl Sink {
             .init_family(EventCounter::Regressions, provider, source);
     }
 
-    /// Feed one poll's stored refresh-token hashes of `source` to its regression detector and
-    /// count (and log) the regressions it finds. `provider` is the source's provider label.
+    /// Feed one poll's stored refresh-token hashes of `source` (`(id hash, token hash,
+    /// (connection, provider label))`) to its regression detector and count (and log) the
+    /// regressions it finds.
     pub fn stored_tokens(
         &self,
         history: &mut TokenHistory,
-        provider: &'static str,
         source: &str,
-        tokens: Vec<(u64, u64, String)>,
-        present: &HashSet<u64>,
+        tokens: Vec<(u64, u64, (String, &'static str))>,
+        present: impl Fn(&u64) -> bool,
     ) {
-        for connection in history.observe(tokens, present) {
+        for (connection, provider) in history.observe(tokens, present) {
             self.live
                 .events
                 .inc(EventCounter::Regressions, provider, source, None, 1);

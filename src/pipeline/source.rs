@@ -12,7 +12,7 @@ use crate::model::{CollectError, RejectReason, SourceErrorReason, SourceHandle, 
 use crate::sources::mapping::Rejection;
 use crate::sources::{id_hash, map_rows, Backend};
 use crate::telemetry::{Exposition, Generation};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +27,9 @@ pub struct SourcePoller {
     clock: SharedClock,
     generation: Generation,
     failing_window: chrono::Duration,
-    known_ids: Option<HashSet<u64>>,
+    known_ids: Option<HashMap<u64, &'static str>>,
+    /// Rows left out for their provider, as last logged.
+    skipped: u64,
     logged_rejections: HashSet<(String, RejectReason)>,
     tokens: TokenHistory,
 }
@@ -57,6 +59,7 @@ impl SourcePoller {
             failing_window: chrono::Duration::from_std(failing_window)
                 .unwrap_or(chrono::Duration::MAX),
             known_ids: None,
+            skipped: 0,
             logged_rejections: HashSet::new(),
             tokens: TokenHistory::default(),
         })
@@ -73,36 +76,55 @@ impl SourcePoller {
         let now = self.clock.now();
         let cfg = self.cfg.clone();
         let window = self.failing_window;
-        let (snap, rejections, ids, tokens) = tokio::task::spawn_blocking(move || {
+        let (snap, rejections, ids, tokens, skipped) = tokio::task::spawn_blocking(move || {
             let mapped = map_rows(&fetched, &cfg, now);
-            let tokens: Vec<(u64, u64, String)> = mapped
+            let tokens: Vec<(u64, u64, (String, &'static str))> = mapped
                 .connections
                 .iter()
-                .filter_map(|c| c.token_hash.map(|h| (id_hash(&c.id), h, c.id.clone())))
+                .filter_map(|c| {
+                    c.token_hash
+                        .map(|h| (id_hash(&c.id), h, (c.id.clone(), c.provider)))
+                })
                 .collect();
-            let snap = SourceSnapshot::build(mapped.connections, now, cfg.max_connections, window);
-            (snap, mapped.rejections, mapped.ids, tokens)
+            let snap = SourceSnapshot::build(
+                mapped.connections,
+                now,
+                cfg.max_connections,
+                window,
+                mapped.providers,
+            );
+            (snap, mapped.rejections, mapped.ids, tokens, mapped.skipped)
         })
         .await
         .map_err(|e| CollectError::Query(format!("mapping task failed: {e}")))?;
         self.record_rejections(&rejections);
-        self.sink.stored_tokens(
-            &mut self.tokens,
-            self.handle.provider,
-            &self.cfg.name,
-            tokens,
-            &ids,
-        );
+        self.sink
+            .stored_tokens(&mut self.tokens, &self.cfg.name, tokens, |id| {
+                ids.contains_key(id)
+            });
         if let Some(prev) = &self.known_ids {
-            let removed = prev.difference(&ids).count() as u64;
-            if removed > 0 {
-                tracing::info!(source = %self.cfg.name, removed, "Connections disappeared from the store since the last poll.");
-                self.sink
-                    .live()
-                    .removed(self.handle.provider, &self.cfg.name, removed);
+            let mut removed: HashMap<&'static str, u64> = HashMap::new();
+            for (id, provider) in prev {
+                if !ids.contains_key(id) {
+                    *removed.entry(provider).or_default() += 1;
+                }
+            }
+            for (provider, n) in removed {
+                tracing::info!(source = %self.cfg.name, provider, removed = n, "Connections disappeared from the store since the last poll.");
+                self.sink.live().removed(provider, &self.cfg.name, n);
             }
         }
         self.known_ids = Some(ids);
+        for p in &snap.providers {
+            // Every provider of the source has its removal counter from its first poll.
+            self.sink.live().removed(p.provider, &self.cfg.name, 0);
+        }
+        if skipped != self.skipped {
+            self.skipped = skipped;
+            if skipped > 0 {
+                tracing::info!(source = %self.cfg.name, rows = skipped, "Rows of providers the exporter has no profile for are left out (`unknown_providers: {{export: true}}` exports them).");
+            }
+        }
         let outcome = Outcome {
             connections: Some(snap.connections.len()),
             truncated: Some(snap.truncated),

@@ -1,7 +1,7 @@
 //! From result columns to the contract: resolve the configured fields against the columns a
 //! query returned, then map each row to a connection or a rejection.
 
-use crate::config::{FieldRef, Inference, LastRefresh, Mapping, TimeField};
+use crate::config::{FieldRef, Inference, Mapping, TimeField};
 use crate::model::{label_value, MappedConnection, RejectReason, Status};
 use crate::provider::ProviderProfile;
 use crate::timestamp::{self, Cell, TimeError, TimeFormat};
@@ -30,6 +30,7 @@ pub struct Resolved {
     status: Option<Slot>,
     labels: Vec<Slot>,
     refresh_token: Option<Slot>,
+    provider: Option<Slot>,
 }
 
 /// A configured column that the query result does not have.
@@ -87,10 +88,12 @@ pub fn resolve(mapping: &Mapping, columns: &[String]) -> Result<Resolved, Missin
     };
     let connection = r.slot(&mapping.connection)?;
     let tenant = mapping.tenant.as_ref().map(|f| r.slot(f)).transpose()?;
-    let last_refresh = match &mapping.last_refresh {
-        LastRefresh::Field(f) => Some(r.time(f)?),
-        LastRefresh::Infer(_) => None,
-    };
+    let last_refresh = mapping
+        .last_refresh
+        .field
+        .as_ref()
+        .map(|f| r.time(f))
+        .transpose()?;
     let access_expires = mapping
         .access_expires
         .as_ref()
@@ -122,6 +125,7 @@ pub fn resolve(mapping: &Mapping, columns: &[String]) -> Result<Resolved, Missin
         .as_ref()
         .map(|f| r.slot(f))
         .transpose()?;
+    let provider = mapping.provider.as_ref().map(|f| r.slot(f)).transpose()?;
     Ok(Resolved {
         needed: r.needed,
         connection,
@@ -134,6 +138,7 @@ pub fn resolve(mapping: &Mapping, columns: &[String]) -> Result<Resolved, Missin
         status,
         labels,
         refresh_token,
+        provider,
     })
 }
 
@@ -166,10 +171,7 @@ pub fn columns(m: &Mapping) -> Vec<String> {
     };
     add(&m.connection);
     let times = [
-        match &m.last_refresh {
-            LastRefresh::Field(f) => Some(f),
-            LastRefresh::Infer(_) => None,
-        },
+        m.last_refresh.field.as_ref(),
         m.access_expires.as_ref(),
         m.refresh_expires.as_ref(),
         m.last_failure.as_ref(),
@@ -191,6 +193,9 @@ pub fn columns(m: &Mapping) -> Vec<String> {
         add(f);
     }
     if let Some(f) = &m.refresh_token {
+        add(f);
+    }
+    if let Some(f) = &m.provider {
         add(f);
     }
     out
@@ -250,7 +255,17 @@ fn read_time(
     }
 }
 
-/// Map one row of needed cells (in [`Resolved::needed`] order).
+/// The provider a row names, when the mapping has a provider field and the cell holds one.
+pub fn row_provider(r: &Resolved, cells: &[Cell]) -> Option<String> {
+    r.provider
+        .as_ref()
+        .and_then(|s| cell(cells, s).ok())
+        .and_then(|c| c.as_label())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// Map one row of needed cells (in [`Resolved::needed`] order) with the row's provider profile.
 pub fn map_row(
     r: &Resolved,
     m: &Mapping,
@@ -290,11 +305,17 @@ pub fn map_row(
     )?;
     let last_failure = time(&r.last_failure, m.last_failure.as_ref(), "last_failure")?;
     let authorized_at = time(&r.authorized_at, m.authorized_at.as_ref(), "authorized_at")?;
-    let last_refresh = match &m.last_refresh {
-        LastRefresh::Field(tf) => time(&r.last_refresh, Some(tf), "last_refresh")?,
-        LastRefresh::Infer(Inference::AccessExpires) => {
+    let stored_last_refresh = time(
+        &r.last_refresh,
+        m.last_refresh.field.as_ref(),
+        "last_refresh",
+    )?;
+    let last_refresh = match (stored_last_refresh, m.last_refresh.infer) {
+        (Some(t), _) => Some(t),
+        (None, Some(Inference::AccessExpires)) => {
             access_expiry.map(|a| a - provider.access_token_lifetime)
         }
+        (None, None) => None,
     };
     let last_refresh = match last_refresh {
         Some(t) => t,
@@ -357,6 +378,7 @@ pub fn map_row(
         });
     Ok(MappedConnection {
         token_hash,
+        provider: provider.name(),
         id: id_value,
         tenant,
         labels,
@@ -371,7 +393,7 @@ pub fn map_row(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{self, LastRefresh};
+    use crate::config;
     use crate::provider::ProviderKind;
     use chrono::TimeZone;
 
@@ -423,7 +445,7 @@ mod tests {
             c.refresh_expiry,
             Utc.with_ymd_and_hms(2026, 6, 30, 10, 0, 0).unwrap()
         );
-        assert!(matches!(m.last_refresh, LastRefresh::Infer(_)));
+        assert!(m.last_refresh.field.is_none() && m.last_refresh.infer.is_some());
     }
 
     #[test]

@@ -14,10 +14,11 @@ pub mod sql;
 pub mod sqlite;
 
 use crate::config::{Mapping, SourceConfig, Store};
-use crate::model::{CollectError, MappedConnection, RejectReason};
+use crate::model::{CollectError, MappedConnection, RejectReason, Windows};
+use crate::provider::{ProviderKind, ProviderProfile};
 use crate::timestamp::Cell;
 use mapping::{Rejection, Resolved};
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 /// The rows of one poll: the resolved mapping and, per row, the needed cells.
 #[derive(Debug, Default)]
@@ -177,14 +178,83 @@ pub struct Mapped {
     pub connections: Vec<MappedConnection>,
     pub rejections: Vec<(usize, Rejection)>,
     /// Hashes of every connection id seen (including rejected rows whose id could be read),
-    /// to count removals between polls without keeping a copy of every id.
-    pub ids: HashSet<u64>,
+    /// with the row's provider label, to count removals between polls without keeping a copy
+    /// of every id.
+    pub ids: HashMap<u64, &'static str>,
+    /// The providers to report (the source's own first) and their windows.
+    pub providers: Vec<(&'static str, Windows)>,
+    /// Rows left out: their provider has no profile and `unknown_providers` does not export
+    /// them.
+    pub skipped: u64,
 }
 
 /// A 64-bit hash of a connection id (a collision would only hide one removal).
 pub fn id_hash(id: &str) -> u64 {
     use std::hash::{BuildHasher, BuildHasherDefault};
     BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(id)
+}
+
+/// Most distinct provider names taken from stores (`unknown_providers: {export: true}`).
+const MAX_STORE_PROVIDER_NAMES: usize = 256;
+
+/// The profile of each row's provider: the source's own (with its overrides) when the row names
+/// none or names it, a built-in profile for a name the exporter knows (`quickbooks-sandbox` is
+/// QuickBooks), or, with `unknown_providers`, a custom profile under the row's own name.
+struct Providers<'a> {
+    cfg: &'a SourceConfig,
+    /// Index 0 is the source's own.
+    profiles: Vec<ProviderProfile>,
+    by_name: HashMap<String, Option<usize>>,
+}
+
+impl<'a> Providers<'a> {
+    fn new(cfg: &'a SourceConfig) -> Self {
+        Providers {
+            cfg,
+            profiles: vec![cfg.provider.clone()],
+            by_name: HashMap::new(),
+        }
+    }
+
+    fn add(&mut self, p: ProviderProfile) -> usize {
+        match self.profiles.iter().position(|q| q.name == p.name) {
+            Some(i) => i,
+            None => {
+                self.profiles.push(p);
+                self.profiles.len() - 1
+            }
+        }
+    }
+
+    /// The profile index for a row naming `name`; `None`: leave the row out.
+    fn index(&mut self, name: Option<String>) -> Option<usize> {
+        let Some(name) = name else { return Some(0) };
+        if let Some(i) = self.by_name.get(&name) {
+            return *i;
+        }
+        let own = self.cfg.provider.kind;
+        let i = match ProviderKind::from_provider_name(&name) {
+            Some(kind) if kind == own => Some(0),
+            Some(kind) => Some(self.add(kind.profile())),
+            None => self.cfg.unknown_providers.map(|u| {
+                let label: String = name
+                    .to_ascii_lowercase()
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                    .take(32)
+                    .collect();
+                let label = crate::config::common::intern_within(&label, MAX_STORE_PROVIDER_NAMES)
+                    .unwrap_or("custom");
+                let mut p = ProviderKind::Custom.profile();
+                p.name = label;
+                p.access_token_lifetime = u.access_token_lifetime;
+                p.refresh_token_idle_lifetime = u.refresh_token_lifetime;
+                self.add(p)
+            }),
+        };
+        self.by_name.insert(name, i);
+        i
+    }
 }
 
 /// Map every row; a bad row is rejected alone. A second row for the same connection is
@@ -195,38 +265,51 @@ pub fn map_rows(
     now: chrono::DateTime<chrono::Utc>,
 ) -> Mapped {
     let mut out = Mapped::default();
+    let own = cfg.provider.name();
     for (row, rej) in &fetched.rejected {
         if let Some(id) = &rej.connection {
-            out.ids.insert(id_hash(id));
+            out.ids.insert(id_hash(id), own);
         }
         out.rejections.push((*row, rej.clone()));
     }
-    let Some(r) = &fetched.resolved else {
-        return out;
-    };
-    for (i, cells) in fetched.rows.iter().enumerate() {
-        match mapping::map_row(r, &cfg.mapping, cells, &cfg.provider, now) {
-            Ok(c) => {
-                if out.ids.insert(id_hash(&c.id)) {
-                    out.connections.push(c);
-                } else {
-                    out.rejections.push((
-                        i + 1,
-                        Rejection {
-                            connection: Some(c.id),
-                            reason: RejectReason::DuplicateConnection,
-                            field: "connection",
-                        },
-                    ));
+    let mut providers = Providers::new(cfg);
+    if let Some(r) = &fetched.resolved {
+        for (i, cells) in fetched.rows.iter().enumerate() {
+            let Some(p) = providers.index(mapping::row_provider(r, cells)) else {
+                out.skipped += 1;
+                continue;
+            };
+            let profile = &providers.profiles[p];
+            match mapping::map_row(r, &cfg.mapping, cells, profile, now) {
+                Ok(c) => match out.ids.entry(id_hash(&c.id)) {
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(c.provider);
+                        out.connections.push(c);
+                    }
+                    std::collections::hash_map::Entry::Occupied(_) => {
+                        out.rejections.push((
+                            i + 1,
+                            Rejection {
+                                connection: Some(c.id),
+                                reason: RejectReason::DuplicateConnection,
+                                field: "connection",
+                            },
+                        ));
+                    }
+                },
+                Err(rej) => {
+                    if let Some(id) = &rej.connection {
+                        out.ids.insert(id_hash(id), profile.name());
+                    }
+                    out.rejections.push((i + 1, rej));
                 }
-            }
-            Err(rej) => {
-                if let Some(id) = &rej.connection {
-                    out.ids.insert(id_hash(id));
-                }
-                out.rejections.push((i + 1, rej));
             }
         }
     }
+    out.providers = providers
+        .profiles
+        .iter()
+        .map(|p| (p.name(), Windows::of(p)))
+        .collect();
     out
 }

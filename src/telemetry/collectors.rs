@@ -5,7 +5,7 @@
 use super::catalogue::{names, BuildLabels, EventCounter};
 use super::live::Live;
 use crate::detect::Detector;
-use crate::model::{SourceHandle, Status, EXPIRING_WINDOWS};
+use crate::model::{SourceHandle, Status, Windows, EXPIRING_WINDOWS};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::family::Family;
@@ -43,7 +43,7 @@ impl StateCollector {
             for c in &snap.connections {
                 if let Some(v) = value(c) {
                     let labels: [Lbl; 4] = [
-                        ("provider", src.provider),
+                        ("provider", c.provider),
                         ("source", &src.name),
                         ("connection", &c.id),
                         ("tenant", &c.tenant),
@@ -60,23 +60,26 @@ impl StateCollector {
         enc: &mut DescriptorEncoder,
         desc: (&str, &str),
         extra: Option<(&'static str, &[&str])>,
-        value: impl Fn(&crate::model::SourceSnapshot, usize) -> u64,
+        value: impl Fn(&crate::model::Aggregates, usize) -> u64,
     ) -> Result<(), std::fmt::Error> {
         let mut f = family(enc, desc, MetricType::Gauge)?;
         for src in &self.sources {
             let snap = src.snapshot();
-            match extra {
-                Some((key, values)) => {
-                    for (i, v) in values.iter().enumerate() {
-                        let labels: [Lbl; 3] =
-                            [("provider", src.provider), ("source", &src.name), (key, v)];
-                        ConstGauge::new(value(&snap, i) as i64)
+            for p in &snap.providers {
+                match extra {
+                    Some((key, values)) => {
+                        for (i, v) in values.iter().enumerate() {
+                            let labels: [Lbl; 3] =
+                                [("provider", p.provider), ("source", &src.name), (key, v)];
+                            ConstGauge::new(value(&p.aggregates, i) as i64)
+                                .encode(f.encode_family(&labels)?)?;
+                        }
+                    }
+                    None => {
+                        let labels: [Lbl; 2] = [("provider", p.provider), ("source", &src.name)];
+                        ConstGauge::new(value(&p.aggregates, 0) as i64)
                             .encode(f.encode_family(&labels)?)?;
                     }
-                }
-                None => {
-                    let labels: [Lbl; 2] = [("provider", src.provider), ("source", &src.name)];
-                    ConstGauge::new(value(&snap, 0) as i64).encode(f.encode_family(&labels)?)?;
                 }
             }
         }
@@ -101,7 +104,7 @@ impl Collector for StateCollector {
                 for c in &snap.connections {
                     for st in Status::ALL {
                         let labels: [Lbl; 5] = [
-                            ("provider", src.provider),
+                            ("provider", c.provider),
                             ("source", &src.name),
                             ("connection", &c.id),
                             ("tenant", &c.tenant),
@@ -120,7 +123,7 @@ impl Collector for StateCollector {
                 for c in &snap.connections {
                     let mut labels: Vec<(&str, &str)> = Vec::with_capacity(4 + c.labels.len());
                     labels.extend([
-                        ("provider", src.provider),
+                        ("provider", c.provider),
                         ("source", src.name.as_str()),
                         ("connection", c.id.as_str()),
                         ("tenant", c.tenant.as_str()),
@@ -137,25 +140,27 @@ impl Collector for StateCollector {
             &mut enc,
             CONNECTIONS,
             Some(("status", &statuses)),
-            |s, i| s.aggregates.by_status[i],
+            |a, i| a.by_status[i],
         )?;
         let windows: Vec<&str> = EXPIRING_WINDOWS.iter().map(|(w, _)| *w).collect();
-        self.per_source(&mut enc, EXPIRING, Some(("within", &windows)), |s, i| {
-            s.aggregates.expiring[i]
+        self.per_source(&mut enc, EXPIRING, Some(("within", &windows)), |a, i| {
+            a.expiring[i]
         })?;
         for (desc, value) in [
             (
                 REFRESH_WINDOW,
-                (|h: &SourceHandle| Some(h.refresh_window)) as fn(&SourceHandle) -> Option<f64>,
+                (|w: &Windows| Some(w.refresh)) as fn(&Windows) -> Option<f64>,
             ),
-            (ACCESS_LIFETIME, |h: &SourceHandle| Some(h.access_lifetime)),
-            (MAX_LIFETIME, |h: &SourceHandle| h.refresh_max_lifetime),
+            (ACCESS_LIFETIME, |w: &Windows| Some(w.access)),
+            (MAX_LIFETIME, |w: &Windows| w.max),
         ] {
             let mut f = family(&mut enc, desc, MetricType::Gauge)?;
             for src in &self.sources {
-                if let Some(v) = value(src) {
-                    let labels: [Lbl; 2] = [("provider", src.provider), ("source", &src.name)];
-                    ConstGauge::new(v).encode(f.encode_family(&labels)?)?;
+                for p in &src.snapshot().providers {
+                    if let Some(v) = value(&p.windows) {
+                        let labels: [Lbl; 2] = [("provider", p.provider), ("source", &src.name)];
+                        ConstGauge::new(v).encode(f.encode_family(&labels)?)?;
+                    }
                 }
             }
         }
@@ -193,9 +198,11 @@ impl Collector for DetectCollector {
         {
             let mut f = family(&mut enc, FAILING, MetricType::Gauge)?;
             for src in &self.sources {
-                let labels: [Lbl; 2] = [("provider", src.provider), ("source", &src.name)];
-                ConstGauge::new(src.snapshot().aggregates.failing as i64)
-                    .encode(f.encode_family(&labels)?)?;
+                for p in &src.snapshot().providers {
+                    let labels: [Lbl; 2] = [("provider", p.provider), ("source", &src.name)];
+                    ConstGauge::new(p.aggregates.failing as i64)
+                        .encode(f.encode_family(&labels)?)?;
+                }
             }
             for (provider, source, failing, _) in &inlets {
                 let labels: [Lbl; 2] = [("provider", provider), ("source", source)];

@@ -2,6 +2,9 @@
 //! `CI=true`), a fault-injecting TCP proxy, and exposition assertions.
 #![allow(dead_code)]
 
+pub mod alerting;
+pub mod nango;
+
 use chrono::{DateTime, TimeZone, Utc};
 use oauth_token_exporter::clock::{ManualClock, SharedClock};
 use oauth_token_exporter::config::{self, Config};
