@@ -2,9 +2,10 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use oauth_token_exporter::app::listen_address;
+use oauth_token_exporter::app::{listen_address, Reload};
+use oauth_token_exporter::http::server::ReloadRequest;
 use oauth_token_exporter::http::web_config;
-use oauth_token_exporter::{clock::SystemClock, config, ServerOptions};
+use oauth_token_exporter::{clock::SystemClock, config, Exporter, ServerOptions};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -32,9 +33,13 @@ struct Cli {
     /// Validate the configuration file, print the result and exit.
     #[arg(long = "config.check")]
     config_check: bool,
-    /// Address to listen on for the web interface and telemetry.
+    /// Address to listen on for the web interface and telemetry (repeat it to listen on
+    /// several).
     #[arg(long = "web.listen-address", default_value = ":9877", global = true)]
-    listen_address: String,
+    listen_address: Vec<String>,
+    /// Enable `POST /-/reload` (read the config again, as SIGHUP does) and `POST /-/quit`.
+    #[arg(long = "web.enable-lifecycle")]
+    enable_lifecycle: bool,
     /// Address of the reverse proxy in front of Xero (enables it with the defaults when the
     /// config has no `proxy` section).
     #[arg(long = "proxy.listen-address")]
@@ -121,23 +126,53 @@ fn init_logging(level: LogLevel, format: LogFormat) {
     }
 }
 
-fn shutdown_on_signal() -> CancellationToken {
+/// Every signal that would end the process ends it gracefully instead (listeners drained,
+/// the push inlets' counters saved): SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM.
+/// SIGHUP reads the config again.
+fn handle_signals(reload: tokio::sync::mpsc::Sender<ReloadRequest>) -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
-    tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("installing the SIGTERM handler");
-            tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
-        }
-        #[cfg(not(unix))]
-        let _ = ctrl_c.await;
-        tracing::info!("Shutting down.");
-        t.cancel();
-    });
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = signal(SignalKind::hangup()).expect("installing the SIGHUP handler");
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reading the config again.");
+                if reload.send(ReloadRequest(None)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut ends: Vec<(&'static str, tokio::signal::unix::Signal)> = [
+            ("SIGTERM", SignalKind::terminate()),
+            ("SIGINT", SignalKind::interrupt()),
+            ("SIGQUIT", SignalKind::quit()),
+            ("SIGUSR1", SignalKind::user_defined1()),
+            ("SIGUSR2", SignalKind::user_defined2()),
+            ("SIGALRM", SignalKind::alarm()),
+        ]
+        .into_iter()
+        .map(|(name, kind)| (name, signal(kind).expect("installing a signal handler")))
+        .collect();
+        tokio::spawn(async move {
+            let recvs = ends
+                .iter_mut()
+                .map(|(name, s)| Box::pin(async move { s.recv().await.map(|_| *name) }));
+            let (name, _, _) = futures_util::future::select_all(recvs).await;
+            tracing::info!(signal = name.unwrap_or("?"), "Shutting down.");
+            t.cancel();
+        });
+    }
+    #[cfg(not(unix))]
+    {
+        drop(reload);
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("Shutting down.");
+            t.cancel();
+        });
+    }
     token
 }
 
@@ -151,22 +186,24 @@ async fn main() -> Result<()> {
         if !(speed.is_finite() && speed > 0.0) {
             anyhow::bail!("--speed must be a positive number, got {speed}");
         }
-        let listener = tokio::net::TcpListener::bind(listen_address(&cli.listen_address))
+        let address = cli.listen_address.last().cloned().unwrap_or_default();
+        let listener = tokio::net::TcpListener::bind(listen_address(&address))
             .await
-            .with_context(|| format!("cannot listen on {}", cli.listen_address))?;
+            .with_context(|| format!("cannot listen on {address}"))?;
         tracing::info!(address = %listener.local_addr()?, "Demo listening; open it in a browser.");
         let opts = demo::DemoOptions {
             connections,
             speed,
             ..Default::default()
         };
-        return demo::run(listener, opts, shutdown_on_signal())
+        let (reload, _) = tokio::sync::mpsc::channel(1);
+        return demo::run(listener, opts, handle_signals(reload))
             .await
             .map_err(anyhow::Error::msg);
     }
     let overrides = config::Overrides {
-        proxy_listen_address: cli.proxy_listen_address,
-        proxy_web_config_file: cli.proxy_web_config_file,
+        proxy_listen_address: cli.proxy_listen_address.clone(),
+        proxy_web_config_file: cli.proxy_web_config_file.clone(),
     };
     let cfg = match config::load(&cli.config_file, &overrides) {
         Ok(c) => c,
@@ -210,23 +247,33 @@ async fn main() -> Result<()> {
         println!("{}: OK, {}", cfg.file, parts.join("; "));
         return Ok(());
     }
-    let listener = tokio::net::TcpListener::bind(listen_address(&cli.listen_address))
-        .await
-        .with_context(|| format!("cannot listen on {}", cli.listen_address))?;
-    tracing::info!(address = %listener.local_addr()?, config = %cfg.file, sources = cfg.sources.len(), version = env!("CARGO_PKG_VERSION"), "Starting oauth-token-exporter.");
+    let mut listeners = Vec::new();
+    for a in &cli.listen_address {
+        let l = tokio::net::TcpListener::bind(listen_address(a))
+            .await
+            .with_context(|| format!("cannot listen on {a}"))?;
+        tracing::info!(address = %l.local_addr()?, "Listening.");
+        listeners.push(l);
+    }
+    tracing::info!(config = %cfg.file, sources = cfg.sources.len(), version = env!("CARGO_PKG_VERSION"), lifecycle = cli.enable_lifecycle, "Starting oauth-token-exporter.");
     let opts = ServerOptions {
         telemetry_path: cli.telemetry_path,
         web_config: web,
-        proxy_web_config: proxy_web,
+        // The proxy's web config is opened from its section (where --proxy.web-config.file
+        // puts it) when its listener starts, and again by a reload that changes it.
+        proxy_web_config: None,
         ..Default::default()
     };
-    oauth_token_exporter::run(
-        cfg,
-        listener,
-        opts,
-        Arc::new(SystemClock),
-        shutdown_on_signal(),
-    )
-    .await
-    .map_err(anyhow::Error::from)
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let shutdown = handle_signals(tx.clone());
+    let path = cli.config_file.clone();
+    let reload = Reload {
+        load: Box::new(move || config::load(&path, &overrides)),
+        requests: rx,
+        lifecycle: cli.enable_lifecycle.then_some(tx),
+    };
+    Exporter::new(&cfg, Arc::new(SystemClock))?
+        .serve(listeners, opts, shutdown, Some(reload))
+        .await
+        .map_err(anyhow::Error::from)
 }

@@ -6,7 +6,8 @@ use common::*;
 
 const GOLDEN: &str = "tests/golden/metrics.txt";
 
-/// Poll durations vary run to run, the build's revision and rustc commit to commit, and
+/// Poll durations and the process's own figures vary run to run, the build's revision and
+/// rustc commit to commit, and
 /// prometheus-client orders the series of a family by hash; fix the first two and sort the
 /// series within each family.
 fn normalise(text: &str) -> String {
@@ -22,6 +23,9 @@ fn normalise(text: &str) -> String {
                 "oauth_exporter_build_info{{version=\"{}\",revision=\"REVISION\",rustversion=\"RUSTC\"}} 1",
                 env!("CARGO_PKG_VERSION")
             ));
+        } else if l.starts_with("process_") {
+            // The exporter's own process: its memory, CPU, threads and start time vary.
+            run.push(format!("{} 0", l.rsplit_once(' ').unwrap().0));
         } else if l.starts_with("oauth_exporter_source_duration_seconds{") {
             run.push(format!("{} 0.0", l.rsplit_once(' ').unwrap().0));
         } else {

@@ -373,7 +373,18 @@ async fn exported_names() -> BTreeSet<String> {
     scrape(&e)
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
-        .map(|l| l.split(' ').next().unwrap().to_string())
+        .flat_map(|l| {
+            let (name, kind) = l.split_once(' ').unwrap();
+            // A histogram is queried by its series.
+            let series: &[&str] = match kind {
+                "histogram" => &["", "_bucket", "_sum", "_count"],
+                _ => &[""],
+            };
+            series
+                .iter()
+                .map(|s| format!("{name}{s}"))
+                .collect::<Vec<_>>()
+        })
         .collect()
 }
 

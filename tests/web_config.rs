@@ -343,7 +343,8 @@ async fn the_proxy_listener_has_its_own_basic_auth_by_proxy_authorization_which_
 }
 
 #[tokio::test]
-async fn a_changed_web_config_is_reloaded_and_a_broken_one_keeps_the_last_good() {
+async fn a_changed_web_config_is_reloaded_by_content_and_an_empty_or_broken_one_never_lowers_protection(
+) {
     let d = tempfile::tempdir().unwrap();
     let web = d.path().join("web.yml");
     let users = |u: &str, pw: &str| {
@@ -359,26 +360,68 @@ async fn a_changed_web_config_is_reloaded_and_a_broken_one_keeps_the_last_good()
         let http = http.clone();
         let url = url.clone();
         async move {
-            http.get(format!("{url}/-/healthy"))
-                .header("authorization", basic(u, pw))
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
+            let mut req = http.get(format!("{url}/-/healthy"));
+            if !u.is_empty() {
+                req = req.header("authorization", basic(u, pw));
+            }
+            req.send().await.unwrap().status().as_u16()
+        }
+    };
+    // The file is read again at most once a second: wait for what a change should bring.
+    let eventually = |u: &'static str, pw: &'static str, want: u16| {
+        let status = &status;
+        async move {
+            for _ in 0..30 {
+                if status(u, pw).await == want {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            panic!("{u}:{pw} never got {want}");
         }
     };
     assert_eq!(status("first", "one").await, 200);
-    // A different size makes the change visible even within the file system's time resolution.
-    std::fs::write(&web, users("second-user", "two")).unwrap();
+    std::fs::write(&web, users("secnd-user", "two")).unwrap();
+    eventually("secnd-user", "two", 200).await;
     assert_eq!(status("first", "one").await, 401);
-    assert_eq!(status("second-user", "two").await, 200);
-    std::fs::write(&web, "basic_auth_users: [this is not a map]\n").unwrap();
+    // A password rotated with `cp -p`: same size, same modification time. Content counts.
+    let mtime = std::fs::metadata(&web).unwrap().modified().unwrap();
+    let before = std::fs::metadata(&web).unwrap().len();
+    std::fs::write(&web, users("third-user", "333")).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&web)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    assert_eq!(std::fs::metadata(&web).unwrap().len(), before, "same size");
+    eventually("third-user", "333", 200).await;
+    assert_eq!(status("secnd-user", "two").await, 401);
+    // Truncated to 0 bytes, then broken: the last good config stays, authentication with it.
+    std::fs::write(&web, "").unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(status("", "").await, 401, "no credentials after truncation");
     assert_eq!(
-        status("second-user", "two").await,
+        status("intruder", "x").await,
+        401,
+        "wrong credentials after truncation"
+    );
+    assert_eq!(status("third-user", "333").await, 200);
+    std::fs::write(&web, "basic_auth_users: [this is not a map]\n").unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(
+        status("", "").await,
+        401,
+        "no credentials with a broken file"
+    );
+    assert_eq!(
+        status("third-user", "333").await,
         200,
         "the last good config stays"
     );
+    // A valid file that says so switches authentication off.
+    std::fs::write(&web, "basic_auth_users: {}\n").unwrap();
+    eventually("", "", 200).await;
     stop.cancel();
 }
 

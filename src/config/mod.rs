@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// A validated configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Where it was read from (for messages).
     pub file: String,
@@ -53,7 +53,7 @@ pub struct Config {
 }
 
 /// Settings of the failure detectors.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Detect {
     /// A connection whose last failure is younger than this counts in `oauth_connections_failing`.
     pub window: Duration,

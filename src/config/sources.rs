@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// One validated source.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SourceConfig {
     pub name: String,
     /// What to read and how, per store kind.
@@ -74,7 +74,7 @@ impl SqlKind {
 }
 
 /// A connection to an SQL store (sources and event tables).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SqlConnection {
     pub kind: SqlKind,
     /// Connection string; for SQLite a path or a `sqlite:` URL.
@@ -122,7 +122,7 @@ impl FileLayout {
 }
 
 /// Where and how a source reads, per store kind.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Store {
     Sql {
         connection: SqlConnection,
@@ -133,7 +133,7 @@ pub enum Store {
     Http(HttpStore),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RedisStore {
     /// `redis://` or `rediss://` URL, with the password or ACL user.
     pub url: Secret,
@@ -146,13 +146,13 @@ pub struct RedisStore {
     pub ca_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FileStore {
     pub path: PathBuf,
     pub layout: FileLayout,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HttpStore {
     pub url: String,
     /// Path of the list of token sets inside the answer (empty: the answer itself).

@@ -24,7 +24,12 @@ use crate::provider::{ProviderKind, RefreshError};
 use chrono::{DateTime, Duration, Utc};
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Mutex;
+
+fn window_ms(window: std::time::Duration) -> i64 {
+    i64::try_from(window.as_millis()).unwrap_or(15 * 60 * 1000)
+}
 
 /// Most connections tracked per inlet.
 pub const MAX_TRACKED: usize = 1_000_000;
@@ -63,8 +68,10 @@ impl Inlet {
 #[derive(Debug)]
 pub struct Detector {
     clock: SharedClock,
-    window: Duration,
-    retry_loop: usize,
+    /// `detect.window` in milliseconds and `detect.retry_loop_failures` (a reload may change
+    /// them).
+    window_ms: AtomicI64,
+    retry_loop: AtomicUsize,
     inlets: Mutex<HashMap<(&'static str, String), Inlet>>,
     /// Keys the connection-id hashes (random per process).
     hasher: std::collections::hash_map::RandomState,
@@ -90,11 +97,25 @@ impl Detector {
     pub fn new(window: std::time::Duration, retry_loop: usize, clock: SharedClock) -> Self {
         Detector {
             clock,
-            window: Duration::from_std(window).unwrap_or(Duration::minutes(15)),
-            retry_loop: retry_loop.max(2),
+            window_ms: AtomicI64::new(window_ms(window)),
+            retry_loop: AtomicUsize::new(retry_loop.max(2)),
             inlets: Mutex::new(HashMap::new()),
             hasher: std::collections::hash_map::RandomState::new(),
         }
+    }
+
+    /// Take new settings (a config reload); what is tracked stays.
+    pub fn reconfigure(&self, window: std::time::Duration, retry_loop: usize) {
+        self.window_ms.store(window_ms(window), Ordering::Relaxed);
+        self.retry_loop.store(retry_loop.max(2), Ordering::Relaxed);
+    }
+
+    fn window(&self) -> Duration {
+        Duration::milliseconds(self.window_ms.load(Ordering::Relaxed))
+    }
+
+    fn retry_loop(&self) -> usize {
+        self.retry_loop.load(Ordering::Relaxed)
     }
 
     /// Observe a refresh; returns whether it reveals a race.
@@ -110,7 +131,7 @@ impl Detector {
         let key = self.hasher.hash_one(connection);
         let mut inlets = self.inlets.lock().unwrap_or_else(|e| e.into_inner());
         let inlet = inlets.entry((provider, source.to_string())).or_default();
-        let Some(c) = inlet.entry(key, at - self.window) else {
+        let Some(c) = inlet.entry(key, at - self.window()) else {
             return false;
         };
         let recent_success = c
@@ -128,7 +149,7 @@ impl Detector {
                     // The latest `retry_loop` are all a loop needs: memory stays bounded
                     // however many failures arrive within the window.
                     c.invalid_grants.push_back(at);
-                    while c.invalid_grants.len() > self.retry_loop {
+                    while c.invalid_grants.len() > self.retry_loop() {
                         c.invalid_grants.pop_front();
                     }
                 }
@@ -149,7 +170,7 @@ impl Detector {
         let key = self.hasher.hash_one(connection);
         let mut inlets = self.inlets.lock().unwrap_or_else(|e| e.into_inner());
         let inlet = inlets.entry((provider, source.to_string())).or_default();
-        if let Some(c) = inlet.entry(key, at - self.window) {
+        if let Some(c) = inlet.entry(key, at - self.window()) {
             c.last_failure = c.last_failure.max(Some(at));
         }
     }
@@ -167,7 +188,8 @@ impl Detector {
     /// loop). Drops what has left the window.
     pub fn snapshot(&self) -> Vec<(&'static str, String, u64, u64)> {
         let now = self.clock.now();
-        let since = now - self.window;
+        let since = now - self.window();
+        let (window, retry_loop) = (self.window(), self.retry_loop());
         let mut inlets = self.inlets.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = Vec::new();
         for ((provider, source), inlet) in inlets.iter_mut() {
@@ -180,12 +202,12 @@ impl Detector {
                 if c.last_failure.is_some() {
                     failing += 1;
                 }
-                if c.invalid_grants.len() >= self.retry_loop {
+                if c.invalid_grants.len() >= retry_loop {
                     looping += 1;
                 }
                 c.last_failure.is_some()
                     || c.last_success
-                        .is_some_and(|t| now - t <= race_window(provider).max(self.window))
+                        .is_some_and(|t| now - t <= race_window(provider).max(window))
             });
             out.push((*provider, source.clone(), failing, looping));
         }

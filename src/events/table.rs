@@ -244,11 +244,12 @@ impl TablePoller {
                     }
                     .into());
                 }
-                // The counters continue from where they were when the cursor was written.
-                self.sink
-                    .live()
-                    .events
-                    .restore(&self.cfg.name, &state.counters);
+                // The counters continue from where they were when the cursor was written (once
+                // per process: a reload that restarts the table finds them counted already).
+                let live = self.sink.live();
+                if live.restore_once(&self.cfg.name) {
+                    live.events.restore(&self.cfg.name, &state.counters);
+                }
                 return Ok(c);
             }
             Err(cause) if cause.kind() != std::io::ErrorKind::NotFound => {

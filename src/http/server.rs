@@ -2,13 +2,13 @@
 //! `/-/ready`.
 
 use crate::clock::SharedClock;
-use crate::model::{SourceHandle, Status};
+use crate::model::{SourceSet, Status};
 use crate::telemetry::{Exposition, OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use bytes::Bytes;
 use std::convert::Infallible;
@@ -19,15 +19,31 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct AppState {
     pub exposition: Arc<Exposition>,
-    pub sources: Vec<Arc<SourceHandle>>,
+    pub sources: SourceSet,
     pub clock: SharedClock,
     /// Encodings of `/metrics` running at once (they use a CPU each; more scrapes wait).
     pub encoders: Arc<tokio::sync::Semaphore>,
     /// Where the metrics are served (`--web.telemetry-path`); the landing page links to it.
     pub telemetry_path: String,
-    /// The event inlets configured, one line each, for the landing page.
-    pub inlets: Vec<String>,
+    /// The event inlets configured, one line each, for the landing page (replaced by a
+    /// reload).
+    pub inlets: Arc<std::sync::RwLock<Vec<String>>>,
+    /// `--web.enable-lifecycle`: where `POST /-/reload` asks for a reload, and what
+    /// `POST /-/quit` cancels. `None`: both answer 403.
+    pub lifecycle: Option<Lifecycle>,
 }
+
+/// The lifecycle API's ends: reload requests and the shutdown.
+#[derive(Clone)]
+pub struct Lifecycle {
+    pub reload: tokio::sync::mpsc::Sender<ReloadRequest>,
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+/// A request to read the config again; the answer (an error names every problem) goes back
+/// on the channel when there is one.
+#[derive(Debug)]
+pub struct ReloadRequest(pub Option<tokio::sync::oneshot::Sender<Result<(), String>>>);
 
 /// Encodings of `/metrics` allowed at once: one per core, at least two. Hundreds of scrapes at
 /// once then queue instead of each taking a thread and its buffers.
@@ -45,6 +61,8 @@ pub fn router(state: AppState, telemetry_path: &str) -> Router {
         .route("/", get(landing))
         .route("/-/healthy", get(healthy))
         .route("/-/ready", get(ready))
+        .route("/-/reload", post(reload).put(reload))
+        .route("/-/quit", post(quit).put(quit))
         .route(telemetry_path, get(metrics))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -92,13 +110,19 @@ async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
         TEXT_CONTENT_TYPE
     };
     let exposition = s.exposition.clone();
+    let started = std::time::Instant::now();
     let Ok(permit) = s.encoders.clone().acquire_owned().await else {
         return failed("the encoder pool is closed");
     };
     if accepts_gzip(&headers) {
         let chunks = match tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            exposition.gzip_body(openmetrics)
+            let body = exposition.gzip_body(openmetrics);
+            exposition
+                .live
+                .scrape_duration
+                .observe(started.elapsed().as_secs_f64());
+            body
         })
         .await
         {
@@ -121,7 +145,11 @@ async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        exposition.plain_body(openmetrics, |b| tx.blocking_send(b).is_ok())
+        exposition.plain_body(openmetrics, |b| tx.blocking_send(b).is_ok());
+        exposition
+            .live
+            .scrape_duration
+            .observe(started.elapsed().as_secs_f64());
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
@@ -136,13 +164,45 @@ async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
         .into_response()
 }
 
+const LIFECYCLE_OFF: &str = "Lifecycle API is not enabled (--web.enable-lifecycle).\n";
+
+/// `POST /-/reload`: read the config again; 200 when it was applied, 500 naming its problems.
+async fn reload(State(s): State<AppState>) -> Response {
+    let Some(l) = &s.lifecycle else {
+        return (StatusCode::FORBIDDEN, LIFECYCLE_OFF).into_response();
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if l.reload.send(ReloadRequest(Some(tx))).await.is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    match rx.await {
+        Ok(Ok(())) => (StatusCode::OK, "Reloaded\n").into_response(),
+        Ok(Err(e)) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("failed to reload config: {e}\n"),
+        )
+            .into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response(),
+    }
+}
+
+/// `POST /-/quit`: a graceful shutdown, as SIGTERM.
+async fn quit(State(s): State<AppState>) -> Response {
+    let Some(l) = &s.lifecycle else {
+        return (StatusCode::FORBIDDEN, LIFECYCLE_OFF).into_response();
+    };
+    tracing::info!("Shutting down (POST /-/quit).");
+    l.shutdown.cancel();
+    (StatusCode::OK, "Requesting termination... Goodbye!\n").into_response()
+}
+
 async fn healthy() -> &'static str {
     "Healthy\n"
 }
 
 async fn ready(State(s): State<AppState>) -> Response {
-    let waiting: Vec<&str> = s
-        .sources
+    let sources = s.sources.get();
+    let waiting: Vec<&str> = sources
         .iter()
         .filter(|h| !h.is_ready())
         .map(|h| h.name.as_str())
@@ -201,7 +261,7 @@ async fn landing(State(s): State<AppState>) -> impl IntoResponse {
         esc(s.telemetry_path.trim_start_matches('/'))
     );
     let mut at_risk = Vec::new();
-    for src in &s.sources {
+    for src in s.sources.get().iter() {
         let snap = src.snapshot();
         let totals = snap.totals();
         let total: u64 = totals.by_status.iter().sum();
@@ -230,11 +290,12 @@ async fn landing(State(s): State<AppState>) -> impl IntoResponse {
         }
     }
     h.push_str("</table><h2>Event inlets</h2>");
-    if s.inlets.is_empty() {
+    let inlets = s.inlets.read().unwrap_or_else(|e| e.into_inner()).clone();
+    if inlets.is_empty() {
         h.push_str("<p>None configured: refresh outcomes and API 401s are not counted.</p>");
     } else {
         h.push_str("<ul>");
-        for i in &s.inlets {
+        for i in &inlets {
             let _ = write!(h, "<li>{}</li>", esc(i));
         }
         h.push_str("</ul>");

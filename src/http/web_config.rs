@@ -36,7 +36,6 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 /// Security headers the format allows, as exporter-toolkit does.
 const ALLOWED_HEADERS: [&str; 5] = [
@@ -90,6 +89,9 @@ pub struct WebConfig {
     /// A hash of the highest cost among the users', checked for unknown users so that they
     /// take as long as known ones.
     pub dummy_hash: Option<Secret>,
+    /// The files it read besides itself (certificate, key, client CAs): a change to any of
+    /// them reloads it.
+    pub files: Vec<PathBuf>,
 }
 
 impl WebConfig {
@@ -362,9 +364,22 @@ pub fn parse(text: &str, dir: &Path, file: &str) -> Result<WebConfig, WebConfigE
         .then(|| bcrypt::hash("oauth-token-exporter unknown user", max_cost).ok())
         .flatten()
         .map(Secret::new);
+    let mut files = Vec::new();
     let tls = match raw.tls_server_config {
         None => None,
-        Some(t) => tls(t, dir, http2, &mut problems),
+        Some(t) => {
+            for p in [&t.cert_file, &t.key_file, &t.client_ca_file]
+                .into_iter()
+                .flatten()
+            {
+                files.push(if p.is_absolute() {
+                    p.clone()
+                } else {
+                    dir.join(p)
+                });
+            }
+            tls(t, dir, http2, &mut problems)
+        }
     };
     if !problems.is_empty() {
         return Err(fail(problems));
@@ -375,6 +390,7 @@ pub fn parse(text: &str, dir: &Path, file: &str) -> Result<WebConfig, WebConfigE
         headers,
         users,
         dummy_hash,
+        files,
     })
 }
 
@@ -616,49 +632,103 @@ fn tls(
     Some(Arc::new(config))
 }
 
-/// What identifies a version of a file: modification time and length.
-type Stamp = Option<(SystemTime, u64)>;
+/// How often the files are read again to see whether they changed.
+const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// A web config file, read again when it changes.
+/// SHA-256 of the web config's bytes and of every file it read (`None` where a file cannot be
+/// read): a change of content is a change, whatever the modification time and size say (a
+/// password rotated with `cp -p` keeps both).
+fn fingerprint(path: &Path, files: &[PathBuf]) -> Option<[u8; 32]> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(std::fs::read(path).ok()?);
+    for f in files {
+        h.update(f.as_os_str().as_encoded_bytes());
+        match std::fs::read(f) {
+            Ok(b) => h.update(b),
+            Err(_) => h.update(b"\0unreadable"),
+        }
+    }
+    Some(h.finalize().into())
+}
+
+struct State {
+    fingerprint: Option<[u8; 32]>,
+    checked: std::time::Instant,
+    config: Arc<WebConfig>,
+}
+
+/// A web config file, read again when its content (or a file it names) changes. A file that
+/// becomes unreadable, empty or invalid never replaces the config in force: protection is only
+/// lowered by a valid file that says so.
 pub struct WebConfigHandle {
     path: PathBuf,
-    state: Mutex<(Stamp, Arc<WebConfig>)>,
+    state: Mutex<State>,
 }
 
 impl WebConfigHandle {
     /// Load the file; fails (with every problem) when it does not load.
     pub fn open(path: &Path) -> Result<Arc<WebConfigHandle>, WebConfigError> {
-        let stamp = Self::stamp(path);
         let cfg = load(path)?;
         Ok(Arc::new(WebConfigHandle {
             path: path.to_path_buf(),
-            state: Mutex::new((stamp, Arc::new(cfg))),
+            state: Mutex::new(State {
+                fingerprint: fingerprint(path, &cfg.files),
+                checked: std::time::Instant::now(),
+                config: Arc::new(cfg),
+            }),
         }))
     }
 
-    fn stamp(path: &Path) -> Stamp {
-        std::fs::metadata(path)
-            .ok()
-            .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
-    }
-
-    /// The config in force, reloaded first if the file changed.
+    /// The config in force, reloaded first if its content changed (checked at most once a
+    /// second).
     pub fn current(&self) -> Arc<WebConfig> {
-        let stamp = Self::stamp(&self.path);
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if stamp.is_some() && stamp != state.0 {
-            state.0 = stamp;
-            match load(&self.path) {
-                Ok(c) => {
-                    tracing::info!(file = %self.path.display(), "Web config reloaded.");
-                    state.1 = Arc::new(c);
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "The changed web config does not load; the previous one stays in force.");
-                }
+        if state.checked.elapsed() >= RECHECK {
+            state.checked = std::time::Instant::now();
+            let now = fingerprint(&self.path, &state.config.files);
+            if now != state.fingerprint {
+                state.fingerprint = now;
+                self.reload(&mut state);
             }
         }
-        state.1.clone()
+        state.config.clone()
+    }
+
+    fn reload(&self, state: &mut State) {
+        let file = self.path.display().to_string();
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(file, error = %e, "The web config cannot be read; the previous one stays in force.");
+                return;
+            }
+        };
+        if text.trim().is_empty() {
+            tracing::error!(file, "The web config became empty; the previous one stays in force (to turn TLS and authentication off, write a valid file that says so).");
+            return;
+        }
+        match parse(&text, self.path.parent().unwrap_or(Path::new(".")), &file) {
+            Ok(c) => {
+                let old = &state.config;
+                if !old.users.is_empty() && c.users.is_empty() {
+                    tracing::warn!(
+                        file,
+                        "Basic authentication is switched off by the new web config."
+                    );
+                }
+                if old.tls.is_some() && c.tls.is_none() {
+                    tracing::warn!(file, "TLS is switched off by the new web config.");
+                }
+                tracing::info!(file, "Web config reloaded.");
+                // The files it reads now are the ones watched.
+                state.fingerprint = fingerprint(&self.path, &c.files);
+                state.config = Arc::new(c);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "The changed web config does not load; the previous one stays in force.");
+            }
+        }
     }
 }
 

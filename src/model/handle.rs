@@ -71,3 +71,23 @@ impl SourceHandle {
         self.up.load(Ordering::Acquire)
     }
 }
+
+/// The sources being polled, in config order: replaced whole when a config reload adds, changes
+/// or removes one (readers take the list as it is at that moment).
+#[derive(Debug, Clone, Default)]
+pub struct SourceSet(Arc<RwLock<Arc<Vec<Arc<SourceHandle>>>>>);
+
+impl SourceSet {
+    pub fn new(handles: Vec<Arc<SourceHandle>>) -> Self {
+        SourceSet(Arc::new(RwLock::new(Arc::new(handles))))
+    }
+
+    /// The current list (cheap: a reference count).
+    pub fn get(&self) -> Arc<Vec<Arc<SourceHandle>>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set(&self, handles: Vec<Arc<SourceHandle>>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(handles);
+    }
+}

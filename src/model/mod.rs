@@ -17,7 +17,7 @@ pub mod snapshot;
 
 pub use error::{CollectError, CursorError, DocumentError};
 pub use event::{Event, EventKind};
-pub use handle::SourceHandle;
+pub use handle::{SourceHandle, SourceSet};
 pub use outcome::{ApiOutcome, RateLimitProblem, UnauthorizedReason};
 pub use reasons::{RejectReason, SourceErrorReason, StoreKind};
 pub use snapshot::{

@@ -22,6 +22,11 @@ impl Sink {
         Sink { live, detector }
     }
 
+    /// New detector settings (a config reload).
+    pub fn reconfigure(&self, window: std::time::Duration, retry_loop: usize) {
+        self.detector.reconfigure(window, retry_loop);
+    }
+
     /// The counters (self-health, persistence).
     pub fn live(&self) -> &Arc<Live> {
         &self.live

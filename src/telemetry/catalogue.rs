@@ -123,6 +123,15 @@ pub mod names {
         "Rows the source returned that could not be exported, by reason",
     );
     pub const RATE_LIMIT_REMAINING: Desc = ("oauth_api_rate_limit_remaining", "Last X-DayLimit-Remaining (window day), X-MinLimit-Remaining (minute) or X-AppMinLimit-Remaining (app_minute) seen per tenant, through the proxy");
+    pub const SCRAPE_DURATION: Desc = ("oauth_exporter_scrape_duration_seconds", "How long serving /metrics took, encoding and compression included (a plain scrape streams: until its last chunk was handed to the connection)");
+    pub const CONFIG_RELOAD_OK: Desc = (
+        "oauth_exporter_config_last_reload_successful",
+        "1 when the last configuration reload succeeded",
+    );
+    pub const CONFIG_RELOAD_TIME: Desc = (
+        "oauth_exporter_config_last_reload_success_timestamp_seconds",
+        "When the configuration was last loaded successfully",
+    );
     pub const BUILD_INFO: Desc = (
         "oauth_exporter_build_info",
         "Build information of the exporter; value 1",

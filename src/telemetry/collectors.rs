@@ -5,7 +5,7 @@
 use super::catalogue::{names, BuildLabels, EventCounter};
 use super::live::Live;
 use crate::detect::Detector;
-use crate::model::{SourceHandle, Status, Windows, EXPIRING_WINDOWS};
+use crate::model::{SourceSet, Status, Windows, EXPIRING_WINDOWS};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::family::Family;
@@ -17,7 +17,7 @@ use std::sync::Arc;
 /// Encodes the snapshots of every source.
 #[derive(Debug)]
 pub struct StateCollector {
-    pub sources: Vec<Arc<SourceHandle>>,
+    pub sources: SourceSet,
 }
 
 type Lbl<'a> = (&'static str, &'a str);
@@ -38,7 +38,7 @@ impl StateCollector {
         value: impl Fn(&crate::model::Connection) -> Option<f64>,
     ) -> Result<(), std::fmt::Error> {
         let mut f = family(enc, desc, MetricType::Gauge)?;
-        for src in &self.sources {
+        for src in self.sources.get().iter() {
             let snap = src.snapshot();
             for c in &snap.connections {
                 if let Some(v) = value(c) {
@@ -63,7 +63,7 @@ impl StateCollector {
         value: impl Fn(&crate::model::Aggregates, usize) -> u64,
     ) -> Result<(), std::fmt::Error> {
         let mut f = family(enc, desc, MetricType::Gauge)?;
-        for src in &self.sources {
+        for src in self.sources.get().iter() {
             let snap = src.snapshot();
             for p in &snap.providers {
                 match extra {
@@ -99,7 +99,7 @@ impl Collector for StateCollector {
         self.per_connection(&mut enc, ACCESS_EXPIRY, |c| c.access_expiry)?;
         {
             let mut f = family(&mut enc, STATUS, MetricType::Gauge)?;
-            for src in &self.sources {
+            for src in self.sources.get().iter() {
                 let snap = src.snapshot();
                 for c in &snap.connections {
                     for st in Status::ALL {
@@ -118,7 +118,7 @@ impl Collector for StateCollector {
         }
         {
             let mut f = family(&mut enc, INFO, MetricType::Gauge)?;
-            for src in &self.sources {
+            for src in self.sources.get().iter() {
                 let snap = src.snapshot();
                 for c in &snap.connections {
                     let mut labels: Vec<(&str, &str)> = Vec::with_capacity(4 + c.labels.len());
@@ -155,7 +155,7 @@ impl Collector for StateCollector {
             (MAX_LIFETIME, |w: &Windows| w.max),
         ] {
             let mut f = family(&mut enc, desc, MetricType::Gauge)?;
-            for src in &self.sources {
+            for src in self.sources.get().iter() {
                 for p in &src.snapshot().providers {
                     if let Some(v) = value(&p.windows) {
                         let labels: [Lbl; 2] = [("provider", p.provider), ("source", &src.name)];
@@ -166,7 +166,7 @@ impl Collector for StateCollector {
         }
         {
             let mut f = family(&mut enc, TRUNCATED, MetricType::Gauge)?;
-            for src in &self.sources {
+            for src in self.sources.get().iter() {
                 let labels: [Lbl; 1] = [("source", &src.name)];
                 ConstGauge::new(src.snapshot().truncated as i64)
                     .encode(f.encode_family(&labels)?)?;
@@ -177,7 +177,7 @@ impl Collector for StateCollector {
 }
 
 /// The state registry: one collector over every source's snapshot.
-pub fn state_registry(sources: Vec<Arc<SourceHandle>>) -> Registry {
+pub fn state_registry(sources: SourceSet) -> Registry {
     let mut state = Registry::default();
     state.register_collector(Box::new(StateCollector { sources }));
     state
@@ -187,7 +187,7 @@ pub fn state_registry(sources: Vec<Arc<SourceHandle>>) -> Registry {
 /// inlets from the detector over the window as of now) and retry loops.
 #[derive(Debug)]
 pub struct DetectCollector {
-    sources: Vec<Arc<SourceHandle>>,
+    sources: SourceSet,
     detector: Arc<Detector>,
 }
 
@@ -197,7 +197,7 @@ impl Collector for DetectCollector {
         let inlets = self.detector.snapshot();
         {
             let mut f = family(&mut enc, FAILING, MetricType::Gauge)?;
-            for src in &self.sources {
+            for src in self.sources.get().iter() {
                 for p in &src.snapshot().providers {
                     let labels: [Lbl; 2] = [("provider", p.provider), ("source", &src.name)];
                     ConstGauge::new(p.aggregates.failing as i64)
@@ -223,7 +223,7 @@ impl Collector for DetectCollector {
 /// `persistence` adds the persistence file's write errors.
 pub fn live_registry(
     live: &Arc<Live>,
-    sources: &[Arc<SourceHandle>],
+    sources: &SourceSet,
     detector: Arc<Detector>,
     persistence: bool,
 ) -> Registry {
@@ -254,9 +254,25 @@ pub fn live_registry(
         .set(1);
     r.register(BUILD_INFO.0, BUILD_INFO.1, build);
     r.register_collector(Box::new(DetectCollector {
-        sources: sources.to_vec(),
+        sources: sources.clone(),
         detector,
     }));
+    r.register(
+        CONFIG_RELOAD_OK.0,
+        CONFIG_RELOAD_OK.1,
+        live.config_reload_ok.clone(),
+    );
+    r.register(
+        CONFIG_RELOAD_TIME.0,
+        CONFIG_RELOAD_TIME.1,
+        live.config_reload_time.clone(),
+    );
+    r.register(
+        SCRAPE_DURATION.0,
+        SCRAPE_DURATION.1,
+        live.scrape_duration.clone(),
+    );
+    r.register_collector(Box::new(super::process::ProcessCollector));
     if persistence {
         let (name, help) = STATE_WRITE_ERRORS;
         r.register(name, help, live.state_write_errors.clone());

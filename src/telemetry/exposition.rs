@@ -19,7 +19,7 @@ use super::catalogue::openmetrics_to_text;
 use super::collectors;
 use super::live::Live;
 use crate::detect::Detector;
-use crate::model::SourceHandle;
+use crate::model::SourceSet;
 use bytes::Bytes;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 use prometheus_client::registry::Registry;
@@ -122,7 +122,7 @@ impl Exposition {
     /// The exposition of `sources` and `live`; `persistence` exports the persistence file's
     /// write errors.
     pub fn new(
-        sources: Vec<Arc<SourceHandle>>,
+        sources: SourceSet,
         live: Arc<Live>,
         detector: Arc<Detector>,
         persistence: bool,

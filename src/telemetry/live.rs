@@ -11,6 +11,7 @@ use crate::provider::ProviderKind;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
@@ -165,7 +166,10 @@ impl Events {
                 },
                 (None, _) => continue,
             };
-            self.inc(*c, provider, source, value, *n);
+            // Saturating: a counter restored at the top of its range stays there, never wraps
+            // to 0 (a reset that rate() would read as a huge increase).
+            let now = self.get(*c, provider, source, value);
+            self.inc(*c, provider, source, value, (*n).min(u64::MAX - now));
         }
     }
 
@@ -188,7 +192,7 @@ impl Events {
 }
 
 /// Self-health and counters, updated by the pipeline.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Live {
     pub up: Family<SourceLabels, Gauge>,
     pub last_success: Family<SourceLabels, FloatGauge>,
@@ -199,6 +203,35 @@ pub struct Live {
     pub events: Events,
     /// Failed writes of the push inlets' persistence file (exported when it is configured).
     pub state_write_errors: Counter,
+    /// How long serving `/metrics` takes.
+    pub scrape_duration: Histogram,
+    /// 1 when the last config reload succeeded (or none was asked for).
+    pub config_reload_ok: Gauge,
+    /// When the config was last loaded successfully (at start or by a reload).
+    pub config_reload_time: FloatGauge,
+    /// Sources whose saved counters were already added back in this process: a source is
+    /// restored at most once, however often a reload restarts its inlet.
+    restored: Mutex<HashSet<String>>,
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Live {
+            up: Family::default(),
+            last_success: Family::default(),
+            duration: Family::default(),
+            errors: Family::default(),
+            rejected: Family::default(),
+            removed: Family::default(),
+            events: Events::default(),
+            state_write_errors: Counter::default(),
+            // 1 ms to ~16 s.
+            scrape_duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            config_reload_ok: Gauge::default(),
+            config_reload_time: FloatGauge::default(),
+            restored: Mutex::new(HashSet::new()),
+        }
+    }
 }
 
 fn reason(source: &str, reason: &'static str) -> SourceReasonLabels {
@@ -255,6 +288,48 @@ impl Live {
                 source: source.to_string(),
             })
             .set(i64::from(up));
+    }
+
+    /// Whether `source`'s saved counters may be added back now: true the first time only.
+    pub fn restore_once(&self, source: &str) -> bool {
+        self.restored
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(source.to_string())
+    }
+
+    /// Stop exporting every series of `source` (a source or inlet a config reload removed).
+    pub fn forget(&self, source: &str) {
+        let s = SourceLabels {
+            source: source.to_string(),
+        };
+        self.up.remove(&s);
+        self.last_success.remove(&s);
+        self.duration.remove(&s);
+        for r in SourceErrorReason::ALL {
+            self.errors.remove(&reason(source, r.as_str()));
+        }
+        for r in RejectReason::ALL {
+            self.rejected.remove(&reason(source, r.as_str()));
+        }
+        for kind in ProviderKind::ALL {
+            let provider = kind.as_str();
+            self.removed.remove(&ProviderSourceLabels {
+                provider,
+                source: source.to_string(),
+            });
+            for c in EventCounter::ALL {
+                let values: Vec<Option<&'static str>> = match c.values() {
+                    v if v.is_empty() => vec![None],
+                    v => v.into_iter().map(Some).collect(),
+                };
+                for v in values {
+                    self.events
+                        .family(*c)
+                        .remove(&labels(*c, provider, source, v));
+                }
+            }
+        }
     }
 
     pub fn removed(&self, provider: &'static str, source: &str, n: u64) {
@@ -322,6 +397,16 @@ mod tests {
         let c = Events::default();
         c.restore("app", &odd);
         assert!(c.snapshot("app").is_empty());
+    }
+
+    #[test]
+    fn a_restored_counter_at_the_top_of_its_range_saturates_instead_of_wrapping() {
+        let e = Events::default();
+        let mut c = Counts::new();
+        c.insert("refreshes|xero".into(), u64::MAX);
+        e.restore("s", &c);
+        e.restore("s", &c);
+        assert_eq!(e.get(EventCounter::Refreshes, "xero", "s", None), u64::MAX);
     }
 
     /// The keys saved before the catalogue existed still restore (state files outlive versions).

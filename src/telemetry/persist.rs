@@ -76,11 +76,22 @@ impl CounterFile {
         };
         for source in &sources {
             if let Some(counts) = saved.sources.get(source) {
-                live.events.restore(source, counts);
+                // Once per process: after a reload the counters hold these counts already.
+                if live.restore_once(source) {
+                    live.events.restore(source, counts);
+                }
             }
         }
-        let restored: u64 = saved.sources.values().flat_map(|c| c.values()).sum();
+        let restored: u64 = sources
+            .iter()
+            .filter_map(|s| saved.sources.get(s))
+            .flat_map(|c| c.values())
+            .fold(0u64, |a, b| a.saturating_add(*b));
         tracing::info!(file = %path, events = restored, "Counters of the push inlets restored.");
+        for (gone, counts) in saved.sources.iter().filter(|(s, _)| !sources.contains(s)) {
+            let events = counts.values().fold(0u64, |a, b| a.saturating_add(*b));
+            tracing::warn!(file = %path, source = %gone, events, "Counters saved under a source no inlet has now are not restored (renamed? name the inlet's source as before to keep them); they are dropped at the next save.");
+        }
         Ok(CounterFile {
             cfg: cfg.clone(),
             sources,

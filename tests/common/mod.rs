@@ -81,7 +81,7 @@ pub fn exporter(yaml: &str, now: DateTime<Utc>) -> (Exporter, Arc<ManualClock>) 
 
 /// Poll every source once (not the event tables); returns whether each succeeded.
 pub async fn poll(e: &mut Exporter) -> Vec<bool> {
-    let sources: Vec<String> = e.sources.iter().map(|s| s.name.clone()).collect();
+    let sources: Vec<String> = e.sources.get().iter().map(|s| s.name.clone()).collect();
     let mut out = Vec::new();
     for p in &mut e.pollers {
         if sources.iter().any(|s| s == p.source()) {

@@ -68,7 +68,7 @@ impl EventField {
 
 /// An event table: rows the host app writes for each refresh and API call, tailed by an
 /// increasing id (or a timestamp and an id) kept in a state file.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EventTable {
     /// The `source` label of its events (also its self-health series).
     pub name: String,

@@ -32,7 +32,7 @@ pub struct InletInfo {
 }
 
 /// The inlets configured, by section.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Inlets {
     /// Event tables tailed with a cursor.
     pub event_tables: Vec<EventTable>,

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use std::path::PathBuf;
 
 /// Settings of the Nango webhook inlet.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NangoWebhook {
     /// The `source` label of its events.
     pub source: String,
