@@ -115,7 +115,13 @@ fn init_logging(level: LogLevel, format: LogFormat) {
     use tracing_subscriber::prelude::*;
     let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Logfmt => registry.with(tracing_logfmt::layer()).init(),
+        LogFormat::Logfmt => registry
+            .with(
+                tracing_logfmt::builder()
+                    .layer()
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
         LogFormat::Json => registry
             .with(
                 tracing_subscriber::fmt::layer()

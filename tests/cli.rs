@@ -84,7 +84,16 @@ fn dsn_from_the_environment_never_appears_in_errors() {
 }
 
 #[test]
-fn sigterm_stops_the_exporter_gracefully() {
+fn sigterm_stops_the_exporter_gracefully_and_logs_only_to_stderr() {
+    for (format, reason) in [
+        ("json", "\"reason\":\"connect\""),
+        ("logfmt", "reason=connect"),
+    ] {
+        sigterm_and_logs(format, reason);
+    }
+}
+
+fn sigterm_and_logs(format: &str, reason: &str) {
     let d = tempfile::tempdir().unwrap();
     let p = write(
         &d,
@@ -101,9 +110,9 @@ fn sigterm_stops_the_exporter_gracefully() {
             "--web.listen-address",
             &format!("127.0.0.1:{port}"),
             "--log.format",
-            "json",
+            format,
         ])
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -136,7 +145,11 @@ fn sigterm_stops_the_exporter_gracefully() {
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert!(stderr.contains("Shutting down"), "{stderr}");
     // The store is missing: the poll failed, was logged with its reason, and the process kept serving.
-    assert!(stderr.contains("\"reason\":\"connect\""), "{stderr}");
+    assert!(stderr.contains(reason), "{format}: {stderr}");
+    // Standard output stays free for a supervisor's other uses: no log line goes there.
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    assert_eq!(stdout, "", "{format}: log lines on standard output");
 }
 
 #[test]

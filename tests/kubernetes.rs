@@ -1,18 +1,69 @@
-//! `examples/kubernetes/sidecar.yaml` is a working example: every flag the container passes is
-//! one the binary has, the ConfigMap's config passes `--config.check` with the container's
-//! environment, the probes and the Service point at the port the exporter listens on, the
-//! Prometheus Operator scrape keeps the job name the shipped alerts use, and the container is
-//! locked down (read-only root, non-root, no capabilities, read-only config mount).
+//! The Kustomize manifests (`packaging/kubernetes`), rendered by `kubectl kustomize` for each
+//! overlay (standalone, sidecar), run the real binary as configured: every flag the container
+//! passes is one the binary has, the ConfigMap's config passes `--config.check` with the
+//! container's environment, the probes and the Service point at the port the exporter listens
+//! on, the Prometheus Operator scrape keeps the job name the shipped alerts use, the container
+//! is locked down (read-only root, non-root, no capabilities, read-only config mount), and the
+//! shipped rules and dashboards in the base are the ones in alerts/ and dashboards/ (UPDATE_GENERATED=1
+//! rewrites them). `packaging/kubernetes/check.sh` validates the rendered manifests against the
+//! Kubernetes and Prometheus Operator schemas.
 
 mod common;
 use common::*;
 use serde_json::Value;
 
-fn documents() -> Vec<Value> {
-    let text = std::fs::read_to_string(root().join("examples/kubernetes/sidecar.yaml")).unwrap();
-    text.split("\n---\n")
-        .map(|d| serde_saphyr::from_str::<Value>(d).unwrap_or_else(|e| panic!("{e}\n{d}")))
-        .collect()
+/// The rendered documents of an overlay; `None` (skipped) without kubectl.
+fn documents(test: &str, overlay: &str) -> Option<Vec<Value>> {
+    let kubectl = tool(test, &["kubectl"])?;
+    let out = std::process::Command::new(kubectl)
+        .arg("kustomize")
+        .arg(root().join(format!("packaging/kubernetes/overlays/{overlay}")))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    Some(
+        text.split("\n---\n")
+            .map(|d| serde_saphyr::from_str::<Value>(d).unwrap_or_else(|e| panic!("{e}\n{d}")))
+            .collect(),
+    )
+}
+
+/// The base carries the shipped rules and dashboards as they are in alerts/ and dashboards/.
+#[test]
+fn the_kustomize_base_carries_the_shipped_rules_and_dashboards() {
+    let base = root().join("packaging/kubernetes/base");
+    let mut pairs = vec![(
+        root().join("alerts/kubernetes/prometheusrule.yaml"),
+        base.join("prometheusrule.yaml"),
+    )];
+    for e in std::fs::read_dir(root().join("dashboards")).unwrap() {
+        let p = e.unwrap().path();
+        pairs.push((
+            p.clone(),
+            base.join("dashboards").join(p.file_name().unwrap()),
+        ));
+    }
+    for (source, copy) in pairs {
+        let want = std::fs::read_to_string(&source).unwrap();
+        if std::env::var("UPDATE_GENERATED").is_ok_and(|v| v == "1") {
+            std::fs::write(&copy, &want).unwrap();
+        }
+        let got = std::fs::read_to_string(&copy).unwrap_or_default();
+        assert!(
+            got == want,
+            "{} differs from {}: UPDATE_GENERATED=1 cargo test --test kubernetes",
+            copy.display(),
+            source.display()
+        );
+        let listed = std::fs::read_to_string(base.join("kustomization.yaml")).unwrap();
+        let name = copy.file_name().unwrap().to_string_lossy().to_string();
+        assert!(listed.contains(&name), "{name} is not in the kustomization");
+    }
 }
 
 fn kind<'a>(docs: &'a [Value], k: &str) -> &'a Value {
@@ -22,9 +73,28 @@ fn kind<'a>(docs: &'a [Value], k: &str) -> &'a Value {
 }
 
 #[test]
-fn the_kubernetes_sidecar_example_runs_the_real_binary_as_configured() {
-    let docs = documents();
-    let pod = &kind(&docs, "Deployment")["spec"]["template"]["spec"];
+fn both_kustomize_overlays_run_the_real_binary_as_configured() {
+    for overlay in ["standalone", "sidecar"] {
+        let Some(docs) = documents(
+            "both_kustomize_overlays_run_the_real_binary_as_configured",
+            overlay,
+        ) else {
+            return;
+        };
+        check_overlay(overlay, &docs);
+    }
+}
+
+fn check_overlay(overlay: &str, docs: &[Value]) {
+    let cm = docs
+        .iter()
+        .find(|d| {
+            d["kind"] == "ConfigMap" && d["metadata"]["name"] == "oauth-token-exporter-dashboards"
+        })
+        .unwrap_or_else(|| panic!("{overlay}: the dashboards ConfigMap"));
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+    assert_eq!(cm["data"].as_object().unwrap().len(), 3);
+    let pod = &kind(docs, "Deployment")["spec"]["template"]["spec"];
     let c = pod["containers"]
         .as_array()
         .unwrap()
@@ -59,7 +129,10 @@ fn the_kubernetes_sidecar_example_runs_the_real_binary_as_configured() {
         .iter()
         .find(|v| v["name"] == mount["name"])
         .unwrap();
-    let cm = kind(&docs, "ConfigMap");
+    let cm = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "oauth-token-exporter")
+        .unwrap();
     assert_eq!(volume["configMap"]["name"], cm["metadata"]["name"]);
     let file_name = config_path.rsplit('/').next().unwrap();
     let config = cm["data"][file_name]
@@ -90,7 +163,9 @@ fn the_kubernetes_sidecar_example_runs_the_real_binary_as_configured() {
         String::from_utf8_lossy(&out.stderr)
     );
     let said = String::from_utf8_lossy(&out.stdout);
-    assert!(said.contains("Reverse proxy on 127.0.0.1:9878"), "{said}");
+    if overlay == "sidecar" {
+        assert!(said.contains("Reverse proxy on 127.0.0.1:9878"), "{said}");
+    }
     // The persistence file is on a writable volume, not the read-only root.
     let persisted = config
         .lines()
@@ -119,17 +194,27 @@ fn the_kubernetes_sidecar_example_runs_the_real_binary_as_configured() {
     for probe in ["livenessProbe", "readinessProbe"] {
         assert_eq!(&c[probe]["httpGet"]["port"], port_name);
     }
-    let svc = kind(&docs, "Service");
+    let svc = kind(docs, "Service");
     assert_eq!(&svc["spec"]["ports"][0]["targetPort"], port_name);
-    let sm = kind(&docs, "ServiceMonitor");
+    let sm = kind(docs, "ServiceMonitor");
     assert_eq!(
         sm["spec"]["endpoints"][0]["port"],
         svc["spec"]["ports"][0]["name"]
     );
-    assert_eq!(
-        sm["spec"]["selector"]["matchLabels"],
-        svc["metadata"]["labels"]
-    );
+    for (k, v) in sm["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(
+            &svc["metadata"]["labels"][k], v,
+            "the ServiceMonitor selects the Service"
+        );
+    }
+    // The Service selects the pods the exporter runs in.
+    let pod_labels = &kind(docs, "Deployment")["spec"]["template"]["metadata"]["labels"];
+    for (k, v) in svc["spec"]["selector"].as_object().unwrap() {
+        assert_eq!(
+            &pod_labels[k], v,
+            "{overlay}: the Service selects the exporter's pods"
+        );
+    }
     let job = sm["spec"]["endpoints"][0]["relabelings"]
         .as_array()
         .unwrap()
