@@ -25,6 +25,7 @@ refresh)
     echo "url=https://github.com/rustsec/advisory-db"
     echo "commit=$(git -C "$src" rev-parse HEAD)"
     echo "date=$(git -C "$src" show -s --format=%cI HEAD)"
+    echo "license=CC0-1.0 (rustsec/advisory-db)"
   } >"$snap/SOURCE"
   echo "snapshot: $(ls "$snap/crates" | wc -l) crates with advisories, $(find "$snap/crates" -name '*.md' | wc -l) advisories"
   ;;
