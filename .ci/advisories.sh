@@ -25,7 +25,7 @@ refresh)
     echo "url=https://github.com/rustsec/advisory-db"
     echo "commit=$(git -C "$src" rev-parse HEAD)"
     echo "date=$(git -C "$src" show -s --format=%cI HEAD)"
-    echo "license=CC0-1.0 (rustsec/advisory-db)"
+    echo "license=CC0-1.0"
   } >"$snap/SOURCE"
   echo "snapshot: $(ls "$snap/crates" | wc -l) crates with advisories, $(find "$snap/crates" -name '*.md' | wc -l) advisories"
   ;;
@@ -36,8 +36,10 @@ check)
     echo "refresh it: $0 refresh PATH-TO-a-clone-of-rustsec/advisory-db" >&2
     exit 1
   fi
-  # shellcheck disable=SC1090
-  . "$snap/SOURCE"
+  # SOURCE is key=value lines; read it, never source it.
+  field() { sed -n "s/^$1=//p" "$snap/SOURCE"; }
+  commit=$(field commit)
+  date=$(field date)
   age=$(( ($(date +%s) - $(date -d "$date" +%s)) / 86400 ))
   echo "advisory snapshot: rustsec/advisory-db $commit of $date ($age days old)"
   if [ "$age" -gt 90 ]; then
