@@ -1,25 +1,47 @@
-//! Benchmark: one poll and one scrape for N connections in PostgreSQL, side by side with the
-//! Debian package `prometheus-sql-exporter` (0.4.5) on the same table and an equivalent query,
-//! and with `psql \copy` of the raw query.
+//! Benchmark of the real binary polling a store and serving `/metrics`, side by side with the
+//! raw query in the same run and with the Debian package `prometheus-sql-exporter` (0.4.5).
 //!
-//! Run: `cargo bench --bench poll_scrape -- 1000 10000 100000` (needs PostgreSQL on
-//! 127.0.0.1:5432, `psql`, and optionally `prometheus-sql-exporter` on PATH).
-//! Prints a table; figures are medians of `RUNS` runs.
+//! Run: `cargo bench --bench poll_scrape -- [scenario ...]` with scenarios
+//! `pg-100k` (100,000 connections, uncapped), `pg-1m` (1,000,000, cap 10,000), `sqlite-1m`
+//! (1,000,000 in SQLite, cap 10,000), `pg-1m-uncapped` (the scrape that arrives during an
+//! encode) and `peer-100k` (prometheus-sql-exporter on the 100,000 table); default: all. Needs
+//! PostgreSQL on 127.0.0.1:5432, `psql`, `sqlite3`, and for the peer
+//! `apt-get install prometheus-sql-exporter`. `OTE_BENCH_BIN` runs another build of the
+//! exporter (an earlier commit's, for before/after figures; it implies `OTE_BENCH_WATCH=scrape`,
+//! which sees poll ends by scraping, for builds without the "Source polled." line: compare
+//! two builds both that way, as the scrapes cost CPU too); `OTE_BENCH_RUNS` sets the runs.
+//!
+//! For each scenario and run the exporter polls every few seconds; at each poll's end (its
+//! "Source polled." debug line, or for builds without it sqlx's statement line) the harness
+//! reads the process's CPU time and memory from /proc. Between two poll ends lies exactly one
+//! poll and the encode + deflate it caused: that is the *CPU per poll cycle*. *Steady RSS* is
+//! the resident memory at the end of the 6th poll (after 5 full cycles), *high-water* the
+//! process's peak (VmHWM) at the end. Figures are medians over the cycles of a run, then over
+//! runs; the raw query is timed in the same run, by psql's own `\timing` (and `sqlite3`'s
+//! `.timer`) and as a whole `psql \copy` process.
 
-use oauth_token_exporter::clock::{SharedClock, SystemClock};
-use oauth_token_exporter::config;
-use oauth_token_exporter::Exporter;
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const RUNS: usize = 5;
 const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
 const SCHEMA: &str = "ote_bench";
+/// Poll cycles measured per run (the first poll is not one: it opens the connection).
+const CYCLES: usize = 6;
+
+fn runs() -> usize {
+    std::env::var("OTE_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+}
 
 fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
@@ -28,9 +50,10 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn psql(sql: &str) {
+fn psql_out(args: &[&str], sql: &str) -> String {
     let out = Command::new("psql")
         .args([
+            "-X",
             "-h",
             "127.0.0.1",
             "-U",
@@ -38,11 +61,11 @@ fn psql(sql: &str) {
             "-d",
             "test",
             "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-c",
-            sql,
         ])
+        .args(["-v", "ON_ERROR_STOP=1"])
+        .args(args)
+        .arg("-c")
+        .arg(sql)
         .output()
         .expect("psql");
     assert!(
@@ -50,16 +73,22 @@ fn psql(sql: &str) {
         "{sql}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn load(n: usize) {
+fn psql(sql: &str) {
+    psql_out(&[], sql);
+}
+
+/// `n` rows of the flat table of XERO.md, ages spread over 0..70 days, realistic token lengths
+/// (Xero access tokens are ~1.2 kB JWTs).
+fn load_pg(n: usize) {
     psql(&format!("DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"));
     psql(&format!("CREATE SCHEMA {SCHEMA}"));
     psql(&format!(
         "CREATE TABLE {SCHEMA}.xero_tokens (id bigserial PRIMARY KEY, access_token text, refresh_token text, \
          expires_at timestamptz, tenant_id uuid, created_at timestamptz, updated_at timestamptz)"
     ));
-    // Ages spread over 0..70 days; realistic token lengths (Xero access tokens are ~1.2 kB JWTs).
     psql(&format!(
         "INSERT INTO {SCHEMA}.xero_tokens (access_token, refresh_token, expires_at, tenant_id, created_at, updated_at) \
          SELECT repeat(md5(g::text), 36), md5(g::text || 'r'), now() - (g % 70) * interval '1 day' - (g % 1440) * interval '1 minute' + interval '30 minutes', \
@@ -68,12 +97,82 @@ fn load(n: usize) {
     psql(&format!("VACUUM ANALYZE {SCHEMA}.xero_tokens"));
 }
 
-fn raw_copy() -> f64 {
+const QUERY: &str = "SELECT id, tenant_id, expires_at FROM";
+
+/// The preset's query, timed by psql's `\timing` (the query and the transfer of its rows; not
+/// psql's start or its printing), in ms.
+fn raw_pg_timing() -> f64 {
+    let out = psql_out(
+        &["-c", "\\timing on", "-c", "\\o /dev/null"],
+        &format!("{QUERY} {SCHEMA}.xero_tokens"),
+    );
+    out.lines()
+        .find_map(|l| l.strip_prefix("Time: "))
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .expect("psql printed its timing")
+}
+
+/// The preset's query as a whole `psql \copy` to /dev/null (process start included), in ms.
+fn raw_pg_copy() -> f64 {
     let t = Instant::now();
     psql(&format!(
-        "\\copy (SELECT id, tenant_id, expires_at FROM {SCHEMA}.xero_tokens) TO '/dev/null'"
+        "\\copy ({QUERY} {SCHEMA}.xero_tokens) TO '/dev/null'"
     ));
     ms(t.elapsed())
+}
+
+/// `n` rows in SQLite as an app writes them: text timestamps, text tenant ids.
+fn load_sqlite(path: &std::path::Path, n: usize) {
+    let _ = std::fs::remove_file(path);
+    let sql = format!(
+        "PRAGMA journal_mode=WAL;\n\
+         CREATE TABLE xero_tokens (id INTEGER PRIMARY KEY, access_token TEXT, refresh_token TEXT, expires_at DATETIME, tenant_id TEXT, created_at DATETIME, updated_at DATETIME);\n\
+         WITH RECURSIVE g(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM g WHERE i < {n})\n\
+         INSERT INTO xero_tokens SELECT i, printf('%.1200c', 'a'), hex(randomblob(16)), \
+         strftime('%Y-%m-%d %H:%M:%S', 'now', '-' || (i % 70) || ' days', '-' || (i % 1440) || ' minutes', '+30 minutes'), \
+         lower(hex(randomblob(16))), datetime('now', '-100 days'), datetime('now') FROM g;\n"
+    );
+    let mut child = Command::new("sqlite3")
+        .arg(path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("sqlite3 (apt-get install sqlite3)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(sql.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+/// The preset's query by `sqlite3`'s own `.timer` (output to /dev/null), and as a whole
+/// process, in ms.
+fn raw_sqlite(path: &std::path::Path) -> (f64, f64) {
+    let t = Instant::now();
+    let mut child = Command::new("sqlite3")
+        .arg(path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!(".timer on\n.output /dev/null\n{QUERY} xero_tokens;\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let wall = ms(t.elapsed());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let real = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Run Time: real "))
+        .and_then(|t| t.split_whitespace().next()?.parse::<f64>().ok())
+        .expect("sqlite3 printed its timer")
+        * 1000.0;
+    (real, wall)
 }
 
 /// GET a path, reading the whole body; returns (milliseconds, body bytes).
@@ -90,6 +189,8 @@ fn http_get(port: u16, path: &str, headers: &str) -> (f64, usize) {
     (ms(t.elapsed()), buf.len())
 }
 
+const GZIP: &str = "Accept-Encoding: gzip\r\nAccept: application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.4\r\n";
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -98,7 +199,8 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn rss_mib(pid: u32) -> (f64, f64) {
+/// (VmRSS, VmHWM) in MiB.
+fn memory(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kb = |key: &str| {
         status
@@ -110,6 +212,27 @@ fn rss_mib(pid: u32) -> (f64, f64) {
             / 1024.0
     };
     (kb("VmRSS:"), kb("VmHWM:"))
+}
+
+/// User + system CPU time of a process and its threads, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at state (field 3).
+    let rest = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime is field 14, stime 15: indexes 11 and 12 after the state.
+    (ticks(11) + ticks(12)) / clock_ticks()
+}
+
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        let out = Command::new("getconf").arg("CLK_TCK").output();
+        out.ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 fn wait_for(port: u16, path: &str, needle: &str, limit: Duration) -> bool {
@@ -139,110 +262,268 @@ impl Drop for Killed {
     }
 }
 
-fn config_yaml(n: usize) -> String {
+fn binary() -> String {
+    std::env::var("OTE_BENCH_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_oauth-token-exporter").into())
+}
+
+/// One run of the exporter as a process.
+#[derive(Default)]
+struct Run {
+    /// The exporter's own poll durations (fetch + map + swap), ms.
+    polls: Vec<f64>,
+    /// CPU per poll cycle (a poll and the encode it caused), ms.
+    cycles: Vec<f64>,
+    /// Resident memory at each poll's end, MiB.
+    rss: Vec<f64>,
+    hwm: f64,
+    warm_gzip: f64,
+    gzip_bytes: usize,
+    /// A gzip scrape sent the moment a poll ended (its encode running), ms.
+    during_encode: Option<f64>,
+}
+
+/// A poll's end in the log: the "Source polled." debug line, with its duration.
+fn poll_end(line: &str) -> Option<Option<f64>> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    let fields = &v["fields"];
+    (fields["message"] == "Source polled.").then(|| fields["seconds"].as_f64().map(|s| s * 1000.0))
+}
+
+/// A gauge of source `bench` in an exposition.
+fn gauge(text: &str, name: &str) -> Option<f64> {
+    let prefix = format!("{name}{{source=\"bench\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// For builds without the "Source polled." line (`OTE_BENCH_BIN`): a poll's end is seen by
+/// scraping (gzip, as Prometheus does) every 100 ms until the last-success time moves; the
+/// poll's duration is the exported one. Sends (poll ms, scrape ms) per poll end.
+fn watch_by_scraping(port: u16, tx: mpsc::Sender<(Option<f64>, f64)>) {
+    let mut last = None;
+    loop {
+        let t = Instant::now();
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+            return;
+        };
+        let _ = write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n{GZIP}\r\n"
+        );
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        let took = ms(t.elapsed());
+        let Some(split) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        };
+        let mut text = String::new();
+        let _ = flate2::read::GzDecoder::new(&buf[split + 4..]).read_to_string(&mut text);
+        let success = gauge(
+            &text,
+            "oauth_exporter_source_last_success_timestamp_seconds",
+        );
+        if success.is_some() && success != last {
+            last = success;
+            let poll = gauge(&text, "oauth_exporter_source_duration_seconds").map(|s| s * 1000.0);
+            if tx.send((poll, took)).is_err() {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn run_exporter(
+    config: &str,
+    dir: &std::path::Path,
+    interval: Duration,
+    scrape_during: bool,
+) -> Run {
+    let path = dir.join("ote.yml");
+    std::fs::write(&path, config).unwrap();
+    let port = free_port();
+    let mut child = Command::new(binary())
+        .args(["--config.file", path.to_str().unwrap()])
+        .args(["--web.listen-address", &format!("127.0.0.1:{port}")])
+        .args(["--log.level", "debug", "--log.format", "json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let child = Killed(child);
+    let pid = child.0.id();
+    let (tx, rx) = mpsc::channel();
+    let by_scraping = std::env::var("OTE_BENCH_BIN").is_ok()
+        || std::env::var("OTE_BENCH_WATCH").is_ok_and(|v| v == "scrape");
+    if by_scraping {
+        assert!(wait_for(
+            port,
+            "/-/healthy",
+            "200 OK",
+            Duration::from_secs(60)
+        ));
+        std::thread::spawn(move || watch_by_scraping(port, tx));
+        std::thread::spawn(move || {
+            std::io::copy(&mut BufReader::new(stderr), &mut std::io::sink())
+        });
+    } else {
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(took) = poll_end(&line) {
+                    if tx.send((took, 0.0)).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+    }
+    let mut run = Run::default();
+    let mut last_cpu = None;
+    let mut slowest_watch: f64 = 0.0;
+    for n in 0..=CYCLES {
+        let (took, watch_scrape) = rx
+            .recv_timeout(interval * 4 + Duration::from_secs(600))
+            .expect("the exporter polls");
+        let cpu = cpu_seconds(pid);
+        let (rss, _) = memory(pid);
+        if n >= 1 {
+            if let Some(t) = took {
+                run.polls.push(t);
+            }
+            slowest_watch = slowest_watch.max(watch_scrape);
+        }
+        if let Some(prev) = last_cpu {
+            run.cycles.push((cpu - prev) * 1000.0);
+        }
+        last_cpu = Some(cpu);
+        run.rss.push(rss);
+        if scrape_during && n == 2 && !by_scraping {
+            run.during_encode = Some(http_get(port, "/metrics", GZIP).0);
+        }
+    }
+    if scrape_during && by_scraping {
+        // The watcher's scrape that saw a poll's end arrived during its encode.
+        run.during_encode = Some(slowest_watch);
+    }
+    let (mut warm, mut bytes) = (vec![], 0);
+    for _ in 0..5 {
+        let (t, b) = http_get(port, "/metrics", GZIP);
+        warm.push(t);
+        bytes = b;
+    }
+    run.warm_gzip = median(warm);
+    run.gzip_bytes = bytes;
+    run.hwm = memory(pid).1;
+    run
+}
+
+fn exporter_config(kind: &str, dsn: &str, table: &str, cap: usize, interval: Duration) -> String {
     format!(
-        "global:\n  poll_interval: 1h\n  poll_timeout: 60s\nsources:\n  - name: bench\n    kind: postgres\n    dsn: {PG}\n    preset: xero_tokens\n    table: {SCHEMA}.xero_tokens\n    max_connections: {n}\n"
+        "global:\n  poll_interval: {0}s\n  poll_timeout: {0}s\nsources:\n  - name: bench\n    kind: {kind}\n    dsn: {dsn}\n    preset: xero_tokens\n    table: {table}\n    max_connections: {cap}\n",
+        interval.as_secs()
     )
 }
 
+/// Medians over runs of each run's median (or single value).
 struct Figures {
-    fetch: f64,
+    raw_timing: f64,
+    raw_wall: f64,
     poll: f64,
-    encode_cold: f64,
-    scrape_plain: f64,
-    scrape_gzip: f64,
-    bytes: usize,
-    rss: (f64, f64),
+    cycle_cpu: f64,
+    rss_steady: f64,
+    hwm: f64,
+    warm_gzip: f64,
+    gzip_mib: f64,
+    during_encode: Option<f64>,
 }
 
-async fn ours(n: usize, dir: &std::path::Path) -> Figures {
-    // In process: poll and encode.
-    let cfg = config::parse(&config_yaml(n), "bench.yml", &|_| None).unwrap();
-    let clock: SharedClock = Arc::new(SystemClock);
-    let mut e = Exporter::new(&cfg, clock).unwrap_or_else(|e| panic!("{e}"));
-    let (mut polls, mut encodes, mut fetches) = (vec![], vec![], vec![]);
-    let source = &cfg.sources[0];
-    let backend = oauth_token_exporter::sources::Backend::connect(&source.store).expect("connect");
-    for _ in 0..RUNS {
-        let t = Instant::now();
-        let fetched = backend.fetch(&source.mapping).await.expect("fetch");
-        fetches.push(ms(t.elapsed()));
-        drop(fetched);
-        let t = Instant::now();
-        assert!(e.pollers[0].poll_once().await, "poll failed");
-        polls.push(ms(t.elapsed()));
-        let t = Instant::now();
-        let _ = e.exposition.state();
-        encodes.push(ms(t.elapsed()));
-    }
-    drop(e);
-    // As a process: HTTP scrapes and memory.
-    let path = dir.join(format!("ote-{n}.yml"));
-    std::fs::write(&path, config_yaml(n)).unwrap();
-    let port = free_port();
-    let child = Killed(
-        Command::new(env!("CARGO_BIN_EXE_oauth-token-exporter"))
-            .args([
-                "--config.file",
-                path.to_str().unwrap(),
-                "--web.listen-address",
-                &format!("127.0.0.1:{port}"),
-                "--log.level",
-                "warn",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+fn measure(
+    runs: usize,
+    raw: &dyn Fn() -> (f64, f64),
+    config: &str,
+    dir: &std::path::Path,
+    interval: Duration,
+    scrape_during: bool,
+) -> Figures {
+    let (mut rt, mut rw, mut poll, mut cyc, mut rss, mut hwm, mut warm, mut during) = (
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
     );
-    assert!(
-        wait_for(port, "/-/ready", "200 OK", Duration::from_secs(120)),
-        "exporter not ready"
-    );
-    let (mut plain, mut gz) = (vec![], vec![]);
     let mut bytes = 0;
-    for _ in 0..RUNS {
-        let (t, b) = http_get(port, "/metrics", "");
-        plain.push(t);
-        bytes = b;
-        gz.push(http_get(port, "/metrics", GZIP).0);
+    for r in 0..runs {
+        let (t, w) = raw();
+        rt.push(t);
+        rw.push(w);
+        let run = run_exporter(config, dir, interval, scrape_during);
+        eprintln!(
+            "  run {}: polls {:?} ms, cycle CPU {:?} ms, RSS at poll ends {:?} MiB, high-water {:.0} MiB, raw {t:.0} ms",
+            r + 1,
+            run.polls.iter().map(|v| v.round()).collect::<Vec<_>>(),
+            run.cycles.iter().map(|v| v.round()).collect::<Vec<_>>(),
+            run.rss.iter().map(|v| v.round()).collect::<Vec<_>>(),
+            run.hwm
+        );
+        poll.push(median(run.polls.clone()));
+        cyc.push(median(run.cycles.clone()));
+        rss.push(*run.rss.get(CYCLES).unwrap_or(&f64::NAN));
+        hwm.push(run.hwm);
+        warm.push(run.warm_gzip);
+        bytes = run.gzip_bytes;
+        if let Some(d) = run.during_encode {
+            during.push(d);
+        }
     }
-    let rss = rss_mib(child.0.id());
     Figures {
-        fetch: median(fetches),
-        poll: median(polls),
-        encode_cold: median(encodes),
-        scrape_plain: median(plain),
-        scrape_gzip: median(gz),
-        bytes,
-        rss,
+        raw_timing: median(rt),
+        raw_wall: median(rw),
+        poll: median(poll),
+        cycle_cpu: median(cyc),
+        rss_steady: median(rss),
+        hwm: median(hwm),
+        warm_gzip: median(warm),
+        gzip_mib: bytes as f64 / 1048576.0,
+        during_encode: (!during.is_empty()).then(|| median(during)),
     }
 }
 
-const GZIP: &str = "Accept-Encoding: gzip\r\nAccept: application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.4\r\n";
-
-/// The peer's query: `age` only (1 series per connection), or every value we export per
-/// connection that SQL can express (5 series per connection).
-fn peer_query(full: bool) -> String {
-    if full {
-        format!("    labels: [connection, tenant]\n    values: [last_refresh, age, expiry, expired, access_expiry]\n    query: |\n      SELECT id::text AS connection, tenant_id::text AS tenant, extract(epoch from expires_at - interval '30 minutes')::float8 AS last_refresh, extract(epoch from now() - (expires_at - interval '30 minutes'))::float8 AS age, extract(epoch from expires_at - interval '30 minutes' + interval '60 days')::float8 AS expiry, (expires_at - interval '30 minutes' + interval '60 days' < now())::int::float8 AS expired, extract(epoch from expires_at)::float8 AS access_expiry FROM {SCHEMA}.xero_tokens\n")
-    } else {
-        format!("    labels: [connection, tenant]\n    values: [age]\n    query: |\n      SELECT id::text AS connection, tenant_id::text AS tenant, extract(epoch from now() - (expires_at - interval '30 minutes'))::float8 AS age FROM {SCHEMA}.xero_tokens\n")
-    }
+fn print_row(name: &str, f: &Figures) {
+    println!(
+        "| {name} | {:.0} ms | {:.0} ms | {:.0} ms | {:.2}x | {:.0} ms | {:.2}x | {:.0} MiB | {:.0} MiB | {:.1} ms | {:.1} MiB | {} |",
+        f.raw_timing,
+        f.raw_wall,
+        f.poll,
+        f.poll / f.raw_timing,
+        f.cycle_cpu,
+        f.cycle_cpu / f.raw_timing,
+        f.rss_steady,
+        f.hwm,
+        f.warm_gzip,
+        f.gzip_mib,
+        f.during_encode
+            .map(|d| format!("{d:.1} ms ({:.2}x warm)", d / f.warm_gzip))
+            .unwrap_or_else(|| "-".into()),
+    );
 }
 
-struct Peer {
-    plain: f64,
-    gzip: f64,
-    bytes: usize,
-    rss: (f64, f64),
+/// The peer's query: every value we export per connection that SQL can express (5 series per
+/// connection).
+fn peer_query() -> String {
+    format!("    labels: [connection, tenant]\n    values: [last_refresh, age, expiry, expired, access_expiry]\n    query: |\n      SELECT id::text AS connection, tenant_id::text AS tenant, extract(epoch from expires_at - interval '30 minutes')::float8 AS last_refresh, extract(epoch from now() - (expires_at - interval '30 minutes'))::float8 AS age, extract(epoch from expires_at - interval '30 minutes' + interval '60 days')::float8 AS expiry, (expires_at - interval '30 minutes' + interval '60 days' < now())::int::float8 AS expired, extract(epoch from expires_at)::float8 AS access_expiry FROM {SCHEMA}.xero_tokens\n")
 }
 
-/// prometheus-sql-exporter on the same table.
-fn peer(n: usize, dir: &std::path::Path, full: bool) -> Option<Peer> {
-    if std::env::var("OTE_BENCH_PEER").is_ok_and(|v| v == "0") {
-        return None;
-    }
+/// prometheus-sql-exporter on the same table: (gzip scrape ms, RSS MiB).
+fn peer(dir: &std::path::Path) -> Option<(f64, f64)> {
     if Command::new("prometheus-sql-exporter")
         .arg("-version")
         .output()
@@ -251,24 +532,20 @@ fn peer(n: usize, dir: &std::path::Path, full: bool) -> Option<Peer> {
         eprintln!("prometheus-sql-exporter not installed (apt-get install prometheus-sql-exporter); skipping the peer");
         return None;
     }
-    let path = dir.join(format!("sql-{n}.yml"));
+    let path = dir.join("sql.yml");
     std::fs::write(
         &path,
         format!(
             "jobs:\n- name: xero\n  interval: 1h\n  connections:\n  - '{PG}?sslmode=disable'\n  queries:\n  - name: refresh_token\n    help: Refresh-token state\n{}",
-            peer_query(full)
+            peer_query()
         ),
     )
     .unwrap();
     let port = free_port();
     let child = Killed(
         Command::new("prometheus-sql-exporter")
-            .args([
-                "-config.file",
-                path.to_str().unwrap(),
-                "-web.listen-address",
-                &format!("127.0.0.1:{port}"),
-            ])
+            .args(["-config.file", path.to_str().unwrap()])
+            .args(["-web.listen-address", &format!("127.0.0.1:{port}")])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -283,73 +560,105 @@ fn peer(n: usize, dir: &std::path::Path, full: bool) -> Option<Peer> {
         eprintln!("prometheus-sql-exporter never exported the query");
         return None;
     }
-    let (mut plain, mut gzip) = (vec![], vec![]);
-    let mut bytes = 0;
-    for _ in 0..RUNS {
-        let (t, b) = http_get(port, "/metrics", "");
-        plain.push(t);
-        bytes = b;
-        gzip.push(http_get(port, "/metrics", GZIP).0);
-    }
-    Some(Peer {
-        plain: median(plain),
-        gzip: median(gzip),
-        bytes,
-        rss: rss_mib(child.0.id()),
-    })
+    let gzip = median((0..5).map(|_| http_get(port, "/metrics", GZIP).0).collect());
+    Some((gzip, memory(child.0.id()).0))
 }
 
-#[tokio::main]
-async fn main() {
-    let sizes: Vec<usize> = std::env::args()
+fn main() {
+    let all = [
+        "pg-100k",
+        "pg-1m",
+        "sqlite-1m",
+        "pg-1m-uncapped",
+        "peer-100k",
+    ];
+    let mut wanted: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
-        .filter_map(|a| a.parse().ok())
         .collect();
-    let sizes = if sizes.is_empty() {
-        vec![1_000, 10_000, 100_000]
-    } else {
-        sizes
-    };
+    if wanted.is_empty() {
+        wanted = all.iter().map(|s| s.to_string()).collect();
+    }
+    for w in &wanted {
+        assert!(
+            all.contains(&w.as_str()),
+            "unknown scenario {w}; one of {all:?}"
+        );
+    }
+    let runs = runs();
     let dir = tempfile::tempdir().unwrap();
-    println!("oauth-token-exporter benchmark: PostgreSQL, preset xero_tokens, medians of {RUNS} runs, {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
-    println!("Scrapes are Prometheus-like (gzip, OpenMetrics accepted) unless marked plain.");
-    let mut ours_rows = vec![];
-    let mut peer_rows = vec![];
-    for n in sizes {
-        load(n);
-        let raw = median((0..RUNS).map(|_| raw_copy()).collect());
-        let o = ours(n, dir.path()).await;
-        ours_rows.push(format!(
-            "| {n} | {raw:.0} ms | {:.0} ms | {:.0} ms | {:.2}x | {:.0} ms | {:.1} ms | {:.1} ms | {:.1} MiB | {:.0} MiB ({:.0}) |",
-            o.fetch, o.poll, o.poll / raw, o.encode_cold, o.scrape_gzip, o.scrape_plain,
-            o.bytes as f64 / 1048576.0, o.rss.0, o.rss.1,
-        ));
-        for (full, what) in [(false, "1 series/conn (age)"), (true, "5 series/conn")] {
-            if let Some(p) = peer(n, dir.path(), full) {
-                peer_rows.push(format!(
-                    "| {n} | {what} | {:.0} ms | {:.0} ms | {:.1} MiB | {:.0} MiB ({:.0}) | {:.0}x | {:.0}x | 1/{:.1} |",
-                    p.gzip, p.plain, p.bytes as f64 / 1048576.0, p.rss.0, p.rss.1,
-                    p.gzip / o.scrape_gzip, p.plain / o.scrape_plain, p.rss.0 / o.rss.0,
-                ));
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    println!("oauth-token-exporter poll_scrape benchmark: {} ({runs} runs, {CYCLES} poll cycles each, {cores} cores)", binary());
+    let mut rows = vec![];
+    let mut loaded = 0;
+    let pg = |n: usize, loaded: &mut usize| {
+        if *loaded != n {
+            load_pg(n);
+            *loaded = n;
+        }
+    };
+    let table = format!("{SCHEMA}.xero_tokens");
+    let raw_pg = || (raw_pg_timing(), raw_pg_copy());
+    let mut ours_100k = None;
+    for w in &wanted {
+        eprintln!("{w}:");
+        match w.as_str() {
+            "pg-100k" => {
+                pg(100_000, &mut loaded);
+                let interval = Duration::from_secs(3);
+                let cfg = exporter_config("postgres", PG, &table, 100_000, interval);
+                let f = measure(runs, &raw_pg, &cfg, dir.path(), interval, false);
+                ours_100k = Some(f.warm_gzip);
+                rows.push(("PostgreSQL, 100,000, uncapped".to_string(), f));
             }
+            "pg-1m" => {
+                pg(1_000_000, &mut loaded);
+                let interval = Duration::from_secs(6);
+                let cfg = exporter_config("postgres", PG, &table, 10_000, interval);
+                let f = measure(runs, &raw_pg, &cfg, dir.path(), interval, false);
+                rows.push(("PostgreSQL, 1,000,000, cap 10,000".to_string(), f));
+            }
+            "sqlite-1m" => {
+                let db = dir.path().join("bench.db");
+                load_sqlite(&db, 1_000_000);
+                let interval = Duration::from_secs(4);
+                let cfg = exporter_config(
+                    "sqlite",
+                    db.to_str().unwrap(),
+                    "xero_tokens",
+                    10_000,
+                    interval,
+                );
+                let raw = || raw_sqlite(&db);
+                let f = measure(runs, &raw, &cfg, dir.path(), interval, false);
+                rows.push(("SQLite, 1,000,000, cap 10,000".to_string(), f));
+            }
+            "pg-1m-uncapped" => {
+                pg(1_000_000, &mut loaded);
+                let interval = Duration::from_secs(30);
+                let cfg = exporter_config("postgres", PG, &table, 1_000_000, interval);
+                let f = measure(1, &raw_pg, &cfg, dir.path(), interval, true);
+                rows.push(("PostgreSQL, 1,000,000, uncapped".to_string(), f));
+            }
+            "peer-100k" => {
+                pg(100_000, &mut loaded);
+                if let Some((gzip, rss)) = peer(dir.path()) {
+                    let ours = ours_100k
+                        .map(|o| format!("{:.0}x faster", gzip / o))
+                        .unwrap_or_else(|| "(run pg-100k too)".into());
+                    println!("\nprometheus-sql-exporter 0.4.5, 100,000 connections, 5 series per connection: gzip scrape {gzip:.0} ms, RSS {rss:.0} MiB; our gzip scrape: {ours}");
+                }
+            }
+            _ => unreachable!(),
         }
     }
     println!();
-    println!("oauth-token-exporter (10 series per connection):");
-    println!();
-    println!("| connections | raw psql \\copy | fetch (rows decoded) | poll (fetch + map + swap) | poll / raw | encode+deflate per poll | scrape | scrape plain | plain body | RSS (peak) |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
-    for r in ours_rows {
-        println!("{r}");
-    }
-    println!();
-    println!("prometheus-sql-exporter 0.4.5 on the same table, and our advantage:");
-    println!();
-    println!("| connections | query | scrape | scrape plain | plain body | RSS (peak) | scrape: ours faster | plain: ours faster | our RSS |");
-    println!("|---|---|---|---|---|---|---|---|---|");
-    for r in peer_rows {
-        println!("{r}");
+    println!("| scenario | raw query (own timer) | raw query (whole psql/sqlite3) | our poll | poll / raw | CPU per poll cycle (poll + encode) | CPU / raw | steady RSS (after 5 polls) | high-water | warm gzip scrape | gzip body | gzip scrape during an encode |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (name, f) in &rows {
+        print_row(name, f);
     }
     psql(&format!("DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"));
 }

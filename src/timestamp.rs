@@ -12,7 +12,7 @@
 //! A value outside 2000-01-01 .. 2200-01-01 is *impossible* (an epoch 0 default, a
 //! milliseconds value read as seconds, a year typed wrong) and its row is rejected.
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use serde::Deserialize;
 
 /// One value read from a store, before mapping.
@@ -170,9 +170,42 @@ fn from_epoch(v: f64, format: TimeFormat) -> Result<DateTime<Utc>, TimeError> {
 const NAIVE_FORMATS: &[&str] = &["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"];
 const OFFSET_FORMATS: &[&str] = &["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M:%S%.f%#z"];
 
+/// A strftime format compiled once (parsing the format string on every value cost more than
+/// parsing the value: a million rows of text timestamps are a million parses).
+struct Compiled(std::sync::OnceLock<Vec<Vec<chrono::format::Item<'static>>>>);
+
+impl Compiled {
+    const fn new() -> Self {
+        Compiled(std::sync::OnceLock::new())
+    }
+
+    fn get(&self, formats: &[&str]) -> &[Vec<chrono::format::Item<'static>>] {
+        self.0.get_or_init(|| {
+            formats
+                .iter()
+                .map(|f| {
+                    chrono::format::StrftimeItems::new(f)
+                        .parse_to_owned()
+                        .expect("a valid format")
+                })
+                .collect()
+        })
+    }
+}
+
+static NAIVE: Compiled = Compiled::new();
+static OFFSET: Compiled = Compiled::new();
+
+/// Parse `s` with one compiled format.
+fn parsed(s: &str, items: &[chrono::format::Item<'static>]) -> Option<chrono::format::Parsed> {
+    let mut p = chrono::format::Parsed::new();
+    chrono::format::parse(&mut p, s, items.iter()).ok()?;
+    Some(p)
+}
+
 fn parse_naive(s: &str) -> Option<DateTime<Utc>> {
-    for f in NAIVE_FORMATS {
-        if let Ok(n) = NaiveDateTime::parse_from_str(s, f) {
+    for items in NAIVE.get(NAIVE_FORMATS) {
+        if let Some(n) = parsed(s, items).and_then(|p| p.to_naive_datetime_with_offset(0).ok()) {
             return Some(n.and_utc());
         }
     }
@@ -186,12 +219,20 @@ fn parse_offset(s: &str) -> Option<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.with_timezone(&Utc));
     }
-    for f in OFFSET_FORMATS {
-        if let Ok(t) = DateTime::parse_from_str(s, f) {
+    for items in OFFSET.get(OFFSET_FORMATS) {
+        if let Some(t) = parsed(s, items).and_then(|p| p.to_datetime().ok()) {
             return Some(t.with_timezone(&Utc));
         }
     }
     None
+}
+
+/// Whether a date-time string carries a zone after its date (`Z` or a numeric offset): such
+/// strings are read by [`parse_offset`], the others by [`parse_naive`] (each would refuse the
+/// other's shape, after parsing all of it).
+fn has_offset(s: &str) -> bool {
+    let tail = s.get(10..).unwrap_or("");
+    tail.ends_with(['Z', 'z']) || tail.contains(['+', '-'])
 }
 
 /// `/Date(1767322000000+0000)/`: milliseconds since the epoch, offset informational.
@@ -216,9 +257,12 @@ fn parse_text(s: &str, format: TimeFormat) -> Result<DateTime<Utc>, TimeError> {
             if let Some(ms) = parse_ms_json_date(s) {
                 return from_epoch(ms, TimeFormat::EpochMillis);
             }
-            let t = parse_offset(s)
-                .or_else(|| parse_naive(s))
-                .ok_or(TimeError::Unparseable)?;
+            let t = if has_offset(s) {
+                parse_offset(s)
+            } else {
+                parse_naive(s)
+            }
+            .ok_or(TimeError::Unparseable)?;
             plausible(t)
         }
         TimeFormat::EpochSeconds | TimeFormat::EpochMillis => {

@@ -17,7 +17,6 @@ use crate::pipeline::{Poll, Sink};
 use crate::telemetry::persist::{CounterFile, PersistError};
 use crate::telemetry::{Exposition, Live};
 use parts::{Core, InletConfig};
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -130,7 +129,6 @@ impl Exporter {
     /// Build the exporter for a config. Fails on a store the driver cannot open (a DSN it cannot
     /// parse, an unreadable CA file) or a persistence file that is not ours, naming the part.
     pub fn new(config: &Config, clock: SharedClock) -> Result<Exporter, BuildError> {
-        let generation = Arc::new(AtomicU64::new(0));
         let detector = Arc::new(Detector::new(
             config.detect.window,
             config.detect.retry_loop_failures,
@@ -146,12 +144,10 @@ impl Exporter {
             live.clone(),
             detector.clone(),
             config.persistence.is_some(),
-            generation.clone(),
         ));
         let core = Core {
             sink: Sink::new(live.clone(), detector),
             exposition: exposition.clone(),
-            generation,
             clock: clock.clone(),
         };
         // The push inlets' counters continue from the file before anything is counted.

@@ -8,7 +8,7 @@ use crate::config::{Config, EventTable, Ingest, NangoWebhook, Proxy, SourceConfi
 use crate::events::{Context, Inlet, Listener};
 use crate::model::SourceHandle;
 use crate::pipeline::{Health, Poll, Runner, Sink, SourcePoller, Subject};
-use crate::telemetry::{Exposition, Generation};
+use crate::telemetry::Exposition;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,7 +74,6 @@ pub(crate) fn inlets(c: &Config) -> Vec<InletConfig> {
 pub(crate) struct Core {
     pub(crate) sink: Sink,
     pub(crate) exposition: Arc<Exposition>,
-    pub(crate) generation: Generation,
     pub(crate) clock: SharedClock,
 }
 
@@ -110,7 +109,6 @@ pub(crate) fn source(
         core.exposition.clone(),
         core.sink.clone(),
         core.clock.clone(),
-        core.generation.clone(),
         window,
     )
     .map_err(|cause| BuildError::Source {

@@ -23,7 +23,6 @@ use crate::pipeline::Poll;
 use crate::telemetry::persist::CounterFile;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -539,7 +538,7 @@ impl Running {
         self.sources = sources;
         self.inlets = inlets;
         self.config = new;
-        self.core.generation.fetch_add(1, Ordering::AcqRel);
+        self.core.exposition.advance_in_background();
         tracing::info!(kept, started, stopped, "Config reloaded.");
         Ok(())
     }

@@ -21,8 +21,8 @@ pub use handle::{SourceHandle, SourceSet};
 pub use outcome::{ApiOutcome, RateLimitProblem, UnauthorizedReason};
 pub use reasons::{RejectReason, SourceErrorReason, StoreKind};
 pub use snapshot::{
-    Aggregates, Connection, MappedConnection, ProviderState, SourceSnapshot, Status, Windows,
-    EXPIRING_WINDOWS,
+    Accumulator, Aggregates, Connection, MappedConnection, ProviderState, SourceSnapshot, Status,
+    Windows, EXPIRING_WINDOWS,
 };
 
 /// Longest label value exported from the store (connection and tenant ids, extra labels), in

@@ -164,79 +164,165 @@ impl SourceSnapshot {
         t
     }
 
-    /// Build a snapshot as of `now`, keeping at most `cap` connections (those expiring first).
-    /// `providers` are the providers to report (the source's own first) with their windows;
-    /// a row of a provider not listed is counted under the first.
+    /// Build a snapshot as of `now` from every row at once (see [`Accumulator`], which builds
+    /// it row by row).
     pub fn build(
-        mut rows: Vec<MappedConnection>,
+        rows: Vec<MappedConnection>,
         now: DateTime<Utc>,
         cap: usize,
         failing_window: Duration,
         providers: Vec<(&'static str, Windows)>,
     ) -> SourceSnapshot {
+        let mut acc = Accumulator::new(now, cap, failing_window);
+        for (row, r) in rows.into_iter().enumerate() {
+            let i = providers
+                .iter()
+                .position(|p| p.0 == r.provider)
+                .unwrap_or(0);
+            acc.add(i, row, r);
+        }
+        acc.finish(providers)
+    }
+}
+
+/// Builds a [`SourceSnapshot`] one row at a time, holding only what is exported: the
+/// aggregates of every row, and the `cap` connections closest to expiry (a bounded heap), so
+/// that memory follows the cap, not the fleet.
+#[derive(Debug)]
+pub struct Accumulator {
+    now: DateTime<Utc>,
+    cap: usize,
+    failing_window: Duration,
+    /// Aggregates per provider index (as the caller numbers its providers).
+    aggregates: Vec<Aggregates>,
+    /// The kept connections; the top is the one expiring last, the first to leave.
+    kept: std::collections::BinaryHeap<Kept>,
+    total: u64,
+}
+
+/// A kept connection, ordered by expiry then id (the order the cap keeps by), with its row.
+#[derive(Debug)]
+struct Kept {
+    expiry: DateTime<Utc>,
+    row: usize,
+    connection: Connection,
+}
+
+impl PartialEq for Kept {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == std::cmp::Ordering::Equal
+    }
+}
+impl Eq for Kept {}
+impl PartialOrd for Kept {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Kept {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.expiry
+            .cmp(&other.expiry)
+            .then_with(|| self.connection.id.cmp(&other.connection.id))
+    }
+}
+
+impl Accumulator {
+    pub fn new(now: DateTime<Utc>, cap: usize, failing_window: Duration) -> Self {
+        Accumulator {
+            now,
+            cap,
+            failing_window,
+            aggregates: Vec::new(),
+            kept: std::collections::BinaryHeap::with_capacity(cap.min(1 << 16) + 1),
+            total: 0,
+        }
+    }
+
+    /// Add row number `row` (its query order) of provider index `provider`.
+    pub fn add(&mut self, provider: usize, row: usize, r: MappedConnection) {
+        let now = self.now;
+        if self.aggregates.len() <= provider {
+            self.aggregates.resize(provider + 1, Aggregates::default());
+        }
+        let agg = &mut self.aggregates[provider];
+        let expired = r.refresh_expiry <= now;
+        let status = status_of(&r, expired);
+        agg.by_status[status.index()] += 1;
+        if !expired {
+            let left = r.refresh_expiry - now;
+            for (i, (_, days)) in EXPIRING_WINDOWS.iter().enumerate() {
+                if left <= Duration::days(*days) {
+                    agg.expiring[i] += 1;
+                }
+            }
+        }
+        if let Some(f) = r.last_failure {
+            if f > r.last_refresh && now - f <= self.failing_window {
+                agg.failing += 1;
+            }
+        }
+        self.total += 1;
+        if self.kept.len() >= self.cap {
+            // Full: keep it only if it expires before the last kept one.
+            match self.kept.peek() {
+                Some(last)
+                    if (r.refresh_expiry, r.id.as_str())
+                        < (last.expiry, last.connection.id.as_str()) =>
+                {
+                    self.kept.pop();
+                }
+                _ => return,
+            }
+        }
+        self.kept.push(Kept {
+            expiry: r.refresh_expiry,
+            row,
+            connection: Connection {
+                provider: r.provider,
+                status,
+                tenant: r.tenant.unwrap_or_default(),
+                labels: r.labels,
+                last_refresh: epoch(r.last_refresh),
+                age: (now - r.last_refresh).num_milliseconds() as f64 / 1000.0,
+                refresh_expiry: epoch(r.refresh_expiry),
+                expired,
+                access_expiry: r.access_expiry.map(epoch),
+                id: r.id,
+            },
+        });
+    }
+
+    /// Connections added so far.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// The snapshot: the kept connections in query order, and per provider (`providers`, in
+    /// the caller's numbering, the source's own first) its windows and aggregates.
+    pub fn finish(self, providers: Vec<(&'static str, Windows)>) -> SourceSnapshot {
+        let mut kept = self.kept.into_vec();
+        kept.sort_unstable_by_key(|k| k.row);
+        let connections: Vec<Connection> = kept.into_iter().map(|k| k.connection).collect();
+        let mut aggregates = self.aggregates;
         let mut states: Vec<ProviderState> = providers
             .into_iter()
-            .map(|(provider, windows)| ProviderState {
+            .enumerate()
+            .map(|(i, (provider, windows))| ProviderState {
                 provider,
                 windows,
-                aggregates: Aggregates::default(),
-            })
-            .collect();
-        for r in &rows {
-            let i = states
-                .iter()
-                .position(|p| p.provider == r.provider)
-                .unwrap_or(0);
-            let agg = &mut states[i].aggregates;
-            let expired = r.refresh_expiry <= now;
-            agg.by_status[status_of(r, expired).index()] += 1;
-            if !expired {
-                let left = r.refresh_expiry - now;
-                for (i, (_, days)) in EXPIRING_WINDOWS.iter().enumerate() {
-                    if left <= Duration::days(*days) {
-                        agg.expiring[i] += 1;
-                    }
-                }
-            }
-            if let Some(f) = r.last_failure {
-                if f > r.last_refresh && now - f <= failing_window {
-                    agg.failing += 1;
-                }
-            }
-        }
-        let total = rows.len();
-        if total > cap {
-            rows.select_nth_unstable_by(cap, |a, b| {
-                a.refresh_expiry
-                    .cmp(&b.refresh_expiry)
-                    .then_with(|| a.id.cmp(&b.id))
-            });
-            rows.truncate(cap);
-        }
-        let connections = rows
-            .into_iter()
-            .map(|r| {
-                let expired = r.refresh_expiry <= now;
-                Connection {
-                    provider: r.provider,
-                    status: status_of(&r, expired),
-                    tenant: r.tenant.unwrap_or_default(),
-                    labels: r.labels,
-                    last_refresh: epoch(r.last_refresh),
-                    age: (now - r.last_refresh).num_milliseconds() as f64 / 1000.0,
-                    refresh_expiry: epoch(r.refresh_expiry),
-                    expired,
-                    access_expiry: r.access_expiry.map(epoch),
-                    id: r.id,
-                }
+                aggregates: aggregates
+                    .get_mut(i)
+                    .map(std::mem::take)
+                    .unwrap_or_default(),
             })
             .collect();
         states.sort_by_key(|p| p.provider);
         SourceSnapshot {
-            polled_at: Some(now),
+            polled_at: Some(self.now),
+            truncated: self.total - connections.len() as u64,
             connections,
             providers: states,
-            truncated: (total.saturating_sub(cap)) as u64,
         }
     }
 }

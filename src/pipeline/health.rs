@@ -84,6 +84,15 @@ impl Health {
     /// A poll (or a call through the proxy) succeeded at `at`.
     pub fn succeeded(&mut self, at: DateTime<Utc>, took: Option<Duration>, o: Outcome) {
         let source = self.source.as_str();
+        if self.subject == Subject::Source {
+            tracing::debug!(
+                source,
+                connections = o.connections,
+                truncated = o.truncated,
+                seconds = took.map(|t| t.as_secs_f64()),
+                "Source polled."
+            );
+        }
         if let Some(t) = took {
             self.duration(t);
         }

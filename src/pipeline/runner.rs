@@ -31,6 +31,8 @@ pub struct Runner<P> {
     polled: P,
     health: Health,
     clock: SharedClock,
+    /// The last poll took over half its timeout (logged when that starts and ends).
+    slow: bool,
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -51,6 +53,7 @@ impl<P: Polled> Runner<P> {
             polled,
             health,
             clock,
+            slow: false,
         }
     }
 
@@ -66,7 +69,9 @@ impl<P: Polled> Runner<P> {
             Ok(r) => r,
             Err(_) => Err(CollectError::Timeout(timeout)),
         };
-        let took = Some(started.elapsed());
+        let took = started.elapsed();
+        self.slow_poll(took, timeout);
+        let took = Some(took);
         match result {
             Ok(outcome) => {
                 self.health.succeeded(self.clock.now(), took, outcome);
@@ -78,6 +83,22 @@ impl<P: Polled> Runner<P> {
                 false
             }
         }
+    }
+
+    /// Warn when polls start taking over half their timeout (they are at risk of failing), and
+    /// say when they no longer do; the duration of every poll is exported.
+    fn slow_poll(&mut self, took: std::time::Duration, timeout: std::time::Duration) {
+        let slow = took > timeout / 2;
+        if slow && !self.slow {
+            tracing::warn!(source = self.polled.source(), seconds = took.as_secs_f64(), timeout_seconds = timeout.as_secs_f64(), "A poll took over half its timeout; raise the timeout or narrow the query before polls fail.");
+        } else if !slow && self.slow {
+            tracing::info!(
+                source = self.polled.source(),
+                seconds = took.as_secs_f64(),
+                "Polls take less than half their timeout again."
+            );
+        }
+        self.slow = slow;
     }
 
     /// Poll until `shutdown`; after a failure wait the interval doubled per consecutive

@@ -122,17 +122,19 @@ impl Sink {
             .init_family(EventCounter::Regressions, provider, source);
     }
 
-    /// Feed one poll's stored refresh-token hashes of `source` (`(id hash, token hash,
-    /// (connection, provider label))`) to its regression detector and count (and log) the
-    /// regressions it finds.
+    /// Record one poll's stored refresh-token changes of `source` in its regression history
+    /// (`changed`: `(connection key, token hash)`; `present`: whether a key was seen by the
+    /// poll) and count (and log) the `reverted` connections (`(connection, provider label)`).
     pub fn stored_tokens(
         &self,
         history: &mut TokenHistory,
         source: &str,
-        tokens: Vec<(u64, u64, (String, &'static str))>,
+        changed: Vec<(u64, u64)>,
+        reverted: Vec<(String, &'static str)>,
         present: impl Fn(&u64) -> bool,
     ) {
-        for (connection, provider) in history.observe(tokens, present) {
+        history.record(changed, present);
+        for (connection, provider) in reverted {
             self.live
                 .events
                 .inc(EventCounter::Regressions, provider, source, None, 1);

@@ -1,19 +1,19 @@
-//! One poll of a source: fetch, map every row (a bad row is rejected alone), build the
-//! snapshot, count removals and rejections, feed the stored refresh tokens to the sink, publish
-//! the snapshot and encode the new state off the async threads.
+//! One poll of a source: stream the rows through mapping into the snapshot (a bad row is
+//! rejected alone; only the capped connections and the aggregates are kept), count removals
+//! and rejections, feed the stored refresh tokens to the sink, publish the snapshot and encode
+//! the new state off the async threads.
 
 use super::health::Outcome;
 use super::runner::Polled;
 use super::sink::Sink;
 use crate::clock::SharedClock;
 use crate::config::{Schedule, SourceConfig};
-use crate::detect::regression::TokenHistory;
-use crate::model::{CollectError, RejectReason, SourceErrorReason, SourceHandle, SourceSnapshot};
-use crate::sources::mapping::Rejection;
-use crate::sources::{id_hash, map_rows, Backend};
-use crate::telemetry::{Exposition, Generation};
+use crate::detect::regression::{TokenHistory, TokenSeen};
+use crate::model::{CollectError, MappedConnection, RejectReason, SourceErrorReason, SourceHandle};
+use crate::sources::collect::{key_provider, Collected, PollRows, Rejections, TokenObserver};
+use crate::sources::Backend;
+use crate::telemetry::Exposition;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,9 +25,9 @@ pub struct SourcePoller {
     exposition: Arc<Exposition>,
     sink: Sink,
     clock: SharedClock,
-    generation: Generation,
     failing_window: chrono::Duration,
-    known_ids: Option<HashMap<u64, &'static str>>,
+    /// The previous poll's connection keys and the provider of each key's index.
+    known: Option<(HashSet<u64>, Vec<&'static str>)>,
     /// Rows left out for their provider, as last logged.
     skipped: u64,
     logged_rejections: HashSet<(String, RejectReason)>,
@@ -41,7 +41,6 @@ impl SourcePoller {
         exposition: Arc<Exposition>,
         sink: Sink,
         clock: SharedClock,
-        generation: Generation,
         failing_window: Duration,
     ) -> Result<SourcePoller, CollectError> {
         let backend = Backend::connect(&cfg.store)?;
@@ -55,10 +54,9 @@ impl SourcePoller {
             exposition,
             sink,
             clock,
-            generation,
             failing_window: chrono::Duration::from_std(failing_window)
                 .unwrap_or(chrono::Duration::MAX),
-            known_ids: None,
+            known: None,
             skipped: 0,
             logged_rejections: HashSet::new(),
             tokens: TokenHistory::default(),
@@ -71,50 +69,51 @@ impl SourcePoller {
     }
 
     async fn poll_source(&mut self) -> Result<Outcome, CollectError> {
-        let fetched = self.backend.fetch(&self.cfg.mapping).await?;
-        let limit_hit = fetched.limit_hit;
         let now = self.clock.now();
-        let cfg = self.cfg.clone();
-        let window = self.failing_window;
-        let (snap, rejections, ids, tokens, skipped) = tokio::task::spawn_blocking(move || {
-            let mapped = map_rows(&fetched, &cfg, now);
-            let tokens: Vec<(u64, u64, (String, &'static str))> = mapped
-                .connections
-                .iter()
-                .filter_map(|c| {
-                    c.token_hash
-                        .map(|h| (id_hash(&c.id), h, (c.id.clone(), c.provider)))
-                })
-                .collect();
-            let snap = SourceSnapshot::build(
-                mapped.connections,
-                now,
-                cfg.max_connections,
-                window,
-                mapped.providers,
-            );
-            (snap, mapped.rejections, mapped.ids, tokens, mapped.skipped)
-        })
-        .await
-        .map_err(|e| CollectError::Query(format!("mapping task failed: {e}")))?;
+        let expected = self.known.as_ref().map_or(0, |k| k.0.len());
+        let mut changed: Vec<(u64, u64)> = Vec::new();
+        let mut reverted: Vec<(String, &'static str)> = Vec::new();
+        let history = &self.tokens;
+        let mut observe = |key: u64, h: u64, c: &MappedConnection| match history.classify(key, h) {
+            TokenSeen::Same => {}
+            TokenSeen::New => changed.push((key, h)),
+            TokenSeen::Reverted => {
+                changed.push((key, h));
+                reverted.push((c.id.clone(), c.provider));
+            }
+        };
+        let tokens: Option<Box<TokenObserver>> = self
+            .cfg
+            .mapping
+            .refresh_token
+            .is_some()
+            .then(|| Box::new(&mut observe) as Box<TokenObserver>);
+        let mut rows = PollRows::new(&self.cfg, now, self.failing_window, expected, tokens);
+        let limit_hit = self.backend.fetch(&self.cfg.mapping, &mut rows).await?;
+        let Collected {
+            snapshot: snap,
+            rejections,
+            keys,
+            providers,
+            skipped,
+        } = rows.finish();
         self.record_rejections(&rejections);
         self.sink
-            .stored_tokens(&mut self.tokens, &self.cfg.name, tokens, |id| {
-                ids.contains_key(id)
+            .stored_tokens(&mut self.tokens, &self.cfg.name, changed, reverted, |k| {
+                keys.contains(k)
             });
-        if let Some(prev) = &self.known_ids {
+        if let Some((prev, names)) = &self.known {
             let mut removed: HashMap<&'static str, u64> = HashMap::new();
-            for (id, provider) in prev {
-                if !ids.contains_key(id) {
-                    *removed.entry(provider).or_default() += 1;
-                }
+            for key in prev.iter().filter(|k| !keys.contains(k)) {
+                let provider = names.get(key_provider(*key)).copied().unwrap_or(names[0]);
+                *removed.entry(provider).or_default() += 1;
             }
             for (provider, n) in removed {
                 tracing::info!(source = %self.cfg.name, provider, removed = n, "Connections disappeared from the store since the last poll.");
                 self.sink.live().removed(provider, &self.cfg.name, n);
             }
         }
-        self.known_ids = Some(ids);
+        self.known = Some((keys, providers));
         for p in &snap.providers {
             // Every provider of the source has its removal counter from its first poll.
             self.sink.live().removed(p.provider, &self.cfg.name, 0);
@@ -132,21 +131,19 @@ impl SourcePoller {
             partial: limit_hit.then_some(SourceErrorReason::KeyLimit),
         };
         self.handle.publish(snap);
-        self.generation.fetch_add(1, Ordering::AcqRel);
         // Encode the new state now, off the async threads, so scrapes find it ready.
-        let exposition = self.exposition.clone();
-        tokio::task::spawn_blocking(move || {
-            exposition.state();
-        });
+        self.exposition.advance_in_background();
         Ok(outcome)
     }
 
     /// The one place rejected rows are counted and logged; each (connection, reason) is
-    /// logged once while it persists.
-    fn record_rejections(&mut self, rejections: &[(usize, Rejection)]) {
+    /// logged once while it persists (up to the details a poll keeps; the rest are summed up).
+    fn record_rejections(&mut self, rejections: &Rejections) {
+        for (reason, n) in &rejections.counts {
+            self.sink.live().row_rejected(&self.cfg.name, *reason, *n);
+        }
         let mut seen = HashSet::new();
-        for (row, rej) in rejections {
-            self.sink.live().row_rejected(&self.cfg.name, rej.reason, 1);
+        for (row, rej) in &rejections.details {
             let key = (
                 rej.connection
                     .clone()
@@ -164,6 +161,15 @@ impl SourcePoller {
                 );
             }
             seen.insert(key);
+        }
+        let more = rejections.total() - rejections.details.len() as u64;
+        if more > 0 {
+            let by_reason: Vec<String> = rejections
+                .counts
+                .iter()
+                .map(|(r, n)| format!("{}={n}", r.as_str()))
+                .collect();
+            tracing::warn!(source = %self.cfg.name, rejected = rejections.total(), by_reason = %by_reason.join(","), "{more} more rows rejected than are logged one by one; the other rows are exported.");
         }
         self.logged_rejections = seen;
     }

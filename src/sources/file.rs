@@ -4,7 +4,7 @@
 //! being written) fails the poll, so the last good values stay exported and the next poll
 //! reads it again. Writers should still replace the file atomically (write, then rename).
 
-use super::{DocumentRows, Fetched};
+use super::{DocumentRows, RowSink};
 use crate::config::{FileLayout, FileStore, Mapping};
 use crate::model::{CollectError, DocumentError};
 use std::path::{Path, PathBuf};
@@ -117,9 +117,13 @@ impl FileSource {
         Ok(doc)
     }
 
-    pub async fn fetch(&self, mapping: &Mapping) -> Result<Fetched, CollectError> {
+    pub async fn fetch(
+        &self,
+        mapping: &Mapping,
+        sink: &mut dyn RowSink,
+    ) -> Result<(), CollectError> {
         let doc = self.read().await?;
-        let mut rows = DocumentRows::new(mapping);
+        let mut rows = DocumentRows::new(mapping, sink);
         let stem = self
             .path
             .file_stem()
@@ -158,6 +162,6 @@ impl FileSource {
                 .into())
             }
         }
-        Ok(rows.finish(false))
+        Ok(())
     }
 }

@@ -2,7 +2,7 @@
 //! with a timeout, an optional bearer token and TLS (rustls; extra CA from `ca_file`); the
 //! list is found by `items_path` and mapped like any other document.
 
-use super::{DocumentRows, Fetched};
+use super::{DocumentRows, RowSink};
 use crate::config::{HttpStore, Mapping};
 use crate::model::{CollectError, DocumentError};
 use crate::secret::Secret;
@@ -45,7 +45,11 @@ impl HttpSource {
         })
     }
 
-    pub async fn fetch(&self, mapping: &Mapping) -> Result<Fetched, CollectError> {
+    pub async fn fetch(
+        &self,
+        mapping: &Mapping,
+        sink: &mut dyn RowSink,
+    ) -> Result<(), CollectError> {
         let mut req = self.client.get(&self.url);
         for (k, v) in &self.headers {
             req = req.header(k, v);
@@ -89,7 +93,7 @@ impl HttpSource {
                 .get(key.as_str())
                 .ok_or_else(|| DocumentError::NoItems(self.items_path.join(".")))?;
         }
-        let mut rows = DocumentRows::new(mapping);
+        let mut rows = DocumentRows::new(mapping, sink);
         match items {
             serde_json::Value::Array(list) => {
                 for (i, item) in list.iter().enumerate() {
@@ -103,6 +107,6 @@ impl HttpSource {
             }
             _ => return Err(DocumentError::NotTokenSets.into()),
         }
-        Ok(rows.finish(false))
+        Ok(())
     }
 }

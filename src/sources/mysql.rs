@@ -1,19 +1,22 @@
 //! MySQL and MariaDB. Sessions are set `TRANSACTION READ ONLY` on connect and every poll runs
 //! in a transaction that is rolled back, so a configured statement that writes fails.
 
-use super::sql::{decode_by_type, read_rows, sql_error, Columns, Rows};
+use super::sql::{decode_by_type, read_rows, sql_error, Columns};
 use crate::config::SqlConnection;
 use crate::model::CollectError;
 use crate::timestamp::Cell;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use rust_decimal::prelude::ToPrimitive;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow};
-use sqlx::Executor;
+use sqlx::{ConnectOptions, Executor};
 use std::str::FromStr;
 
 pub fn connect(cfg: &SqlConnection) -> Result<MySqlPool, CollectError> {
     let opts = MySqlConnectOptions::from_str(cfg.dsn.expose())
-        .map_err(|_| CollectError::Connect("the MySQL DSN cannot be parsed".into()))?;
+        .map_err(|_| CollectError::Connect("the MySQL DSN cannot be parsed".into()))?
+        // Polls log their own duration (see the poll loop); sqlx's per-statement log would
+        // warn on every large poll as "slow".
+        .disable_statement_logging();
     Ok(MySqlPoolOptions::new()
         .max_connections(1)
         .min_connections(0)
@@ -27,13 +30,14 @@ pub fn connect(cfg: &SqlConnection) -> Result<MySqlPool, CollectError> {
         .connect_lazy_with(opts))
 }
 
-pub async fn fetch<S: Columns>(
+pub async fn stream<S: Columns>(
     pool: &MySqlPool,
     query: &str,
     select: impl FnOnce(&[String]) -> Result<S, CollectError>,
-) -> Result<Rows<S>, CollectError> {
+    on_row: &mut (dyn FnMut(&S, &[Cell]) + Send),
+) -> Result<Option<S>, CollectError> {
     let mut tx = pool.begin().await.map_err(sql_error)?;
-    let out = read_rows(&mut *tx, query, select, decode).await;
+    let out = read_rows(&mut *tx, query, select, decode, on_row).await;
     tx.rollback().await.map_err(sql_error)?;
     out
 }

@@ -1,13 +1,14 @@
 //! PostgreSQL. Sessions start with `default_transaction_read_only=on` and every poll runs in a
 //! `READ ONLY` transaction that is rolled back, so a configured statement that writes fails.
 
-use super::sql::{decode_by_type, read_rows, sql_error, Columns, Rows};
+use super::sql::{decode_by_type, read_rows, sql_error, Columns};
 use crate::config::SqlConnection;
 use crate::model::CollectError;
 use crate::timestamp::Cell;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use rust_decimal::prelude::ToPrimitive;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::ConnectOptions;
 use std::str::FromStr;
 
 pub fn connect(cfg: &SqlConnection) -> Result<PgPool, CollectError> {
@@ -18,7 +19,10 @@ pub fn connect(cfg: &SqlConnection) -> Result<PgPool, CollectError> {
         .options([
             ("default_transaction_read_only", "on"),
             ("statement_timeout", timeout_ms.as_str()),
-        ]);
+        ])
+        // Polls log their own duration (see the poll loop); sqlx's per-statement log would
+        // warn on every large poll as "slow".
+        .disable_statement_logging();
     Ok(PgPoolOptions::new()
         .max_connections(1)
         .min_connections(0)
@@ -26,17 +30,18 @@ pub fn connect(cfg: &SqlConnection) -> Result<PgPool, CollectError> {
         .connect_lazy_with(opts))
 }
 
-pub async fn fetch<S: Columns>(
+pub async fn stream<S: Columns>(
     pool: &PgPool,
     query: &str,
     select: impl FnOnce(&[String]) -> Result<S, CollectError>,
-) -> Result<Rows<S>, CollectError> {
+    on_row: &mut (dyn FnMut(&S, &[Cell]) + Send),
+) -> Result<Option<S>, CollectError> {
     let mut tx = pool.begin().await.map_err(sql_error)?;
     sqlx::query("SET TRANSACTION READ ONLY")
         .execute(&mut *tx)
         .await
         .map_err(sql_error)?;
-    let out = read_rows(&mut *tx, query, select, decode).await;
+    let out = read_rows(&mut *tx, query, select, decode, on_row).await;
     tx.rollback().await.map_err(sql_error)?;
     out
 }

@@ -3,7 +3,7 @@
 //! ever sends `SCAN`, `TYPE`, `HGETALL` and `GET`. `rediss://` URLs use TLS (rustls; the
 //! system roots, or the CA bundle of `ca_file`) and the URL carries the password or ACL user.
 
-use super::{DocumentRows, Fetched};
+use super::{DocumentRows, RowSink};
 use crate::config::{Mapping, RedisStore, RedisValue};
 use crate::model::{CollectError, RejectReason};
 use crate::timestamp::Cell;
@@ -86,8 +86,13 @@ impl RedisSource {
         Ok(c)
     }
 
-    pub async fn fetch(&self, mapping: &Mapping) -> Result<Fetched, CollectError> {
-        let result = self.read(mapping).await;
+    /// Returns whether the per-poll key limit was hit.
+    pub async fn fetch(
+        &self,
+        mapping: &Mapping,
+        sink: &mut dyn RowSink,
+    ) -> Result<bool, CollectError> {
+        let result = self.read(mapping, sink).await;
         if let Err(CollectError::Connect(_)) = &result {
             // Reconnect at the next poll.
             *self.conn.lock().await = None;
@@ -95,7 +100,7 @@ impl RedisSource {
         result
     }
 
-    async fn read(&self, mapping: &Mapping) -> Result<Fetched, CollectError> {
+    async fn read(&self, mapping: &Mapping, sink: &mut dyn RowSink) -> Result<bool, CollectError> {
         let mut conn = self.connection().await?;
         let mut keys: Vec<String> = Vec::new();
         let mut seen = HashSet::new();
@@ -126,7 +131,7 @@ impl RedisSource {
                 break;
             }
         }
-        let mut rows = DocumentRows::new(mapping);
+        let mut rows = DocumentRows::new(mapping, sink);
         let want = match self.value {
             RedisValue::Hash => "hash",
             RedisValue::Json => "string",
@@ -183,6 +188,6 @@ impl RedisSource {
                 }
             }
         }
-        Ok(rows.finish(limit_hit))
+        Ok(limit_hit)
     }
 }

@@ -36,17 +36,35 @@ impl SqlPool {
         })
     }
 
-    /// Run `query` without writing anything. `select` sees the result's column names at the
-    /// first row and says which columns to decode, in which order.
+    /// Run `query` without writing anything and collect its rows. `select` sees the result's
+    /// column names at the first row and says which columns to decode, in which order.
     pub async fn fetch<S: Columns>(
         &self,
         query: &str,
         select: impl FnOnce(&[String]) -> Result<S, CollectError> + Send,
     ) -> Result<Rows<S>, CollectError> {
+        let mut rows = Vec::new();
+        let selected = self
+            .stream(query, select, &mut |_, cells: &[Cell]| {
+                rows.push(cells.to_vec())
+            })
+            .await?;
+        Ok(Rows { selected, rows })
+    }
+
+    /// Run `query` without writing anything, handing each row's decoded cells to `on_row` as
+    /// the store yields them (nothing is collected: memory stays flat whatever the row count).
+    /// Returns what `select` made of the column names, `None` when the result had no row.
+    pub async fn stream<S: Columns>(
+        &self,
+        query: &str,
+        select: impl FnOnce(&[String]) -> Result<S, CollectError> + Send,
+        on_row: &mut (dyn FnMut(&S, &[Cell]) + Send),
+    ) -> Result<Option<S>, CollectError> {
         match self {
-            SqlPool::Sqlite(p) => sqlite::fetch(p, query, select).await,
-            SqlPool::Postgres(p) => postgres::fetch(p, query, select).await,
-            SqlPool::Mysql(p) => mysql::fetch(p, query, select).await,
+            SqlPool::Sqlite(p) => sqlite::stream(p, query, select, on_row).await,
+            SqlPool::Postgres(p) => postgres::stream(p, query, select, on_row).await,
+            SqlPool::Mysql(p) => mysql::stream(p, query, select, on_row).await,
         }
     }
 
@@ -80,14 +98,15 @@ impl AllColumns {
     }
 }
 
-/// Stream a query's rows, calling `select` on the first row's column names and decoding only
-/// the columns it needs.
+/// Stream a query's rows, calling `select` on the first row's column names, decoding only
+/// the columns it needs into one reused buffer and handing each row to `on_row`.
 pub(crate) async fn read_rows<'c, DB, E, S>(
     executor: E,
     query: &'c str,
     select: impl FnOnce(&[String]) -> Result<S, CollectError>,
     decode: fn(&DB::Row, usize) -> Result<Cell, CollectError>,
-) -> Result<Rows<S>, CollectError>
+    on_row: &mut (dyn FnMut(&S, &[Cell]) + Send),
+) -> Result<Option<S>, CollectError>
 where
     DB: sqlx::Database,
     E: sqlx::Executor<'c, Database = DB> + 'c,
@@ -96,25 +115,22 @@ where
 {
     use sqlx::{Column, Row};
     let mut stream = sqlx::query::<DB>(query).fetch(executor);
-    let mut out = Rows {
-        selected: None,
-        rows: Vec::new(),
-    };
+    let mut selected = None;
     let mut select = Some(select);
+    let mut cells: Vec<Cell> = Vec::new();
     while let Some(row) = stream.try_next().await.map_err(sql_error)? {
         if let Some(select) = select.take() {
             let names: Vec<String> = row.columns().iter().map(|c| c.name().to_string()).collect();
-            out.selected = Some(select(&names)?);
+            selected = Some(select(&names)?);
         }
-        let s = out.selected.as_ref().expect("selected at the first row");
-        let cells = s
-            .needed()
-            .iter()
-            .map(|&i| decode(&row, i))
-            .collect::<Result<Vec<_>, _>>()?;
-        out.rows.push(cells);
+        let s = selected.as_ref().expect("selected at the first row");
+        cells.clear();
+        for &i in s.needed() {
+            cells.push(decode(&row, i)?);
+        }
+        on_row(s, &cells);
     }
-    Ok(out)
+    Ok(selected)
 }
 
 /// Decode column `i` of `row` by its SQL type name: `decode_by_type!(row, i, |ty, get| match

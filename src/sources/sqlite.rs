@@ -1,11 +1,11 @@
 //! SQLite, the embedded default. Opened with `mode=ro`: the driver refuses every write.
 
-use super::sql::{read_rows, sql_error, Columns, Rows};
+use super::sql::{read_rows, sql_error, Columns};
 use crate::config::SqlConnection;
 use crate::model::CollectError;
 use crate::timestamp::Cell;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteRow};
-use sqlx::{Row, TypeInfo, ValueRef};
+use sqlx::{ConnectOptions, Row, TypeInfo, ValueRef};
 use std::str::FromStr;
 
 pub fn connect(cfg: &SqlConnection) -> Result<SqlitePool, CollectError> {
@@ -18,7 +18,10 @@ pub fn connect(cfg: &SqlConnection) -> Result<SqlitePool, CollectError> {
     let opts = opts
         .read_only(true)
         .create_if_missing(false)
-        .busy_timeout(cfg.timeout);
+        .busy_timeout(cfg.timeout)
+        // Polls log their own duration (see the poll loop); sqlx's per-statement log would
+        // warn on every large poll as "slow".
+        .disable_statement_logging();
     Ok(SqlitePoolOptions::new()
         .max_connections(1)
         .min_connections(0)
@@ -26,13 +29,14 @@ pub fn connect(cfg: &SqlConnection) -> Result<SqlitePool, CollectError> {
         .connect_lazy_with(opts))
 }
 
-pub async fn fetch<S: Columns>(
+pub async fn stream<S: Columns>(
     pool: &SqlitePool,
     query: &str,
     select: impl FnOnce(&[String]) -> Result<S, CollectError>,
-) -> Result<Rows<S>, CollectError> {
+    on_row: &mut (dyn FnMut(&S, &[Cell]) + Send),
+) -> Result<Option<S>, CollectError> {
     let mut conn = pool.acquire().await.map_err(sql_error)?;
-    read_rows(&mut *conn, query, select, decode).await
+    read_rows(&mut *conn, query, select, decode, on_row).await
 }
 
 /// SQLite types values, not columns: decode by each value's storage class.

@@ -2,7 +2,9 @@
 //!
 //! - the *state* part (per-connection gauges and aggregates, by far the largest) is encoded
 //!   once per snapshot generation, streamed straight into a raw deflate stream that is
-//!   sync-flushed and kept; the plain text is never held whole;
+//!   sync-flushed and kept; the plain text is never held whole. The encode runs aside, on a
+//!   blocking thread, and the finished one is swapped in: a scrape that arrives meanwhile is
+//!   served the previous one and never waits for it;
 //! - the *live* part (self-health, counters) is encoded on every scrape.
 //!
 //! A gzip scrape (what Prometheus asks for) sends the cached deflate bytes as they are, then
@@ -24,16 +26,16 @@ use bytes::Bytes;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 use prometheus_client::registry::Registry;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-
-/// Shared counter of snapshot replacements; the exposition re-encodes when it moves.
-pub type Generation = Arc<AtomicU64>;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 /// gzip member header: magic, deflate, no flags, no mtime, no extra flags, OS unknown (RFC 1952).
 const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
 /// Input gathered before it is handed to the compressor.
 const CHUNK: usize = 64 * 1024;
+/// Deflate level of the state part (see the README's performance section for the measured
+/// trade-off of size against encode CPU).
+const STATE_LEVEL: u32 = 1;
 
 /// The state part of one generation, deflated.
 #[derive(Debug, Clone)]
@@ -57,8 +59,14 @@ struct DeflateWriter {
 
 impl DeflateWriter {
     fn new(out: Vec<u8>) -> Self {
+        Self::with(Compress::new(Compression::fast(), false), out)
+    }
+
+    /// A writer reusing a compressor (reset first) and its allocations.
+    fn with(mut comp: Compress, out: Vec<u8>) -> Self {
+        comp.reset();
         DeflateWriter {
-            comp: Compress::new(Compression::fast(), false),
+            comp,
             out,
             pending: Vec::with_capacity(CHUNK),
             crc: crc32fast::Hasher::new(),
@@ -67,6 +75,8 @@ impl DeflateWriter {
     }
 
     fn drain(&mut self, flush: FlushCompress) {
+        self.crc.update(&self.pending);
+        self.len += self.pending.len() as u64;
         let mut input: &[u8] = &self.pending;
         loop {
             if self.out.capacity() - self.out.len() < CHUNK / 4 {
@@ -94,12 +104,18 @@ impl DeflateWriter {
         self.drain(flush);
         (self.out, self.crc, self.len)
     }
+
+    /// Like [`Self::finish`], giving the compressor back for the next encode.
+    fn finish_keep(mut self, flush: FlushCompress) -> (Vec<u8>, crc32fast::Hasher, u64, Compress) {
+        self.drain(flush);
+        (self.out, self.crc, self.len, self.comp)
+    }
 }
 
 impl fmt::Write for DeflateWriter {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        self.crc.update(s.as_bytes());
-        self.len += s.len() as u64;
+        // The CRC and length are taken per chunk in `drain` (the encoder writes in pieces of
+        // a few bytes; one CRC call per piece cost more than the deflate).
         self.pending.extend_from_slice(s.as_bytes());
         if self.pending.len() >= CHUNK {
             self.drain(FlushCompress::None);
@@ -114,8 +130,29 @@ pub struct Exposition {
     state: Registry,
     live_registry: Registry,
     pub live: Arc<Live>,
-    generation: Generation,
+    /// Moves when a snapshot or the set of sources changed; the state part is re-encoded.
+    generation: AtomicU64,
+    /// Encodes scheduled by [`Exposition::advance_in_background`] and not yet done.
+    pending: AtomicUsize,
+    /// The latest encoded state part; locked only to read or swap it.
     cache: Mutex<Option<Arc<StateCache>>>,
+    /// Held by the one encode at a time; keeps the compressor between encodes.
+    encoder: Mutex<Encoder>,
+}
+
+/// What one encode leaves for the next.
+struct Encoder {
+    comp: Compress,
+    /// Compressed size of the last encode (the next one starts with room for it).
+    last_len: usize,
+}
+
+impl fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Encoder")
+            .field("last_len", &self.last_len)
+            .finish()
+    }
 }
 
 impl Exposition {
@@ -126,32 +163,102 @@ impl Exposition {
         live: Arc<Live>,
         detector: Arc<Detector>,
         persistence: bool,
-        generation: Generation,
     ) -> Self {
         let live_registry = collectors::live_registry(&live, &sources, detector, persistence);
         Exposition {
             state: collectors::state_registry(sources),
             live_registry,
             live,
-            generation,
+            generation: AtomicU64::new(0),
+            pending: AtomicUsize::new(0),
             cache: Mutex::new(None),
+            encoder: Mutex::new(Encoder {
+                comp: Compress::new(Compression::new(STATE_LEVEL), false),
+                last_len: 0,
+            }),
         }
     }
 
-    /// The state part of the current generation, encoded and deflated at most once per
-    /// generation (callers that arrive meanwhile wait for it rather than repeat it).
+    fn cached(&self) -> Option<Arc<StateCache>> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The state part for a scrape: the current generation's, or, while it is being encoded,
+    /// the previous one (a scrape never waits for an encode when there is one to serve).
     pub fn state(&self) -> Arc<StateCache> {
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        let generation = self.generation.load(Ordering::Acquire);
-        if let Some(c) = cache.as_ref() {
-            if c.generation == generation {
+        let cached = self.cached();
+        if let Some(c) = &cached {
+            if c.generation == self.generation.load(Ordering::Acquire) {
                 return c.clone();
             }
         }
-        let mut w = DeflateWriter::new(GZIP_HEADER.to_vec());
+        if cached.is_some() && self.pending.load(Ordering::Acquire) > 0 {
+            return cached.expect("checked");
+        }
+        let encoder = match (self.encoder.try_lock(), cached) {
+            (Ok(e), _) => e,
+            (Err(TryLockError::Poisoned(e)), _) => e.into_inner(),
+            (Err(TryLockError::WouldBlock), Some(c)) => return c,
+            (Err(TryLockError::WouldBlock), None) => self.lock_encoder(),
+        };
+        self.encode(encoder)
+    }
+
+    /// The state part of the current generation, waiting for an encode in progress (tests,
+    /// benchmarks, the plain-text render).
+    pub fn fresh_state(&self) -> Arc<StateCache> {
+        let encoder = self.lock_encoder();
+        self.encode(encoder)
+    }
+
+    /// A snapshot or the set of sources changed: move the generation and encode it, holding
+    /// the encoder from before the move so that scrapes meanwhile are served the previous
+    /// state instead of encoding it themselves. Blocking: call it off the async threads.
+    pub fn advance(&self) {
+        let encoder = self.lock_encoder();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.encode(encoder);
+    }
+
+    /// [`Self::advance`] with the encode on a blocking thread of the runtime: the generation
+    /// moves at once (a fresh render sees it), scrapes are served the previous state until the
+    /// encode is done.
+    pub fn advance_in_background(self: &Arc<Self>) {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let encoder = me.lock_encoder();
+            me.encode(encoder);
+            me.pending.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+
+    fn lock_encoder(&self) -> MutexGuard<'_, Encoder> {
+        self.encoder.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Encode the current generation unless the cache has it already.
+    fn encode(&self, mut encoder: MutexGuard<'_, Encoder>) -> Arc<StateCache> {
+        let generation = self.generation.load(Ordering::Acquire);
+        if let Some(c) = self.cached() {
+            if c.generation == generation {
+                return c;
+            }
+        }
+        let started = std::time::Instant::now();
+        let comp = std::mem::replace(
+            &mut encoder.comp,
+            Compress::new(Compression::new(STATE_LEVEL), false),
+        );
+        let mut out = Vec::with_capacity(encoder.last_len + encoder.last_len / 8 + 4096);
+        out.extend_from_slice(&GZIP_HEADER);
+        let mut w = DeflateWriter::with(comp, out);
         prometheus_client::encoding::text::encode_registry(&mut w, &self.state)
             .expect("the deflate writer cannot fail");
-        let (mut out, crc, len) = w.finish(FlushCompress::Sync);
+        let (mut out, crc, len, comp) = w.finish_keep(FlushCompress::Sync);
+        encoder.comp = comp;
+        encoder.last_len = out.len();
         out.shrink_to_fit();
         let fresh = Arc::new(StateCache {
             generation,
@@ -159,7 +266,14 @@ impl Exposition {
             crc: crc.finalize(),
             len,
         });
-        *cache = Some(fresh.clone());
+        *self.cache.lock().unwrap_or_else(|e| e.into_inner()) = Some(fresh.clone());
+        tracing::debug!(
+            generation,
+            bytes = len,
+            compressed_bytes = fresh.gzip_prefix.len(),
+            seconds = started.elapsed().as_secs_f64(),
+            "State encoded."
+        );
         fresh
     }
 
@@ -199,8 +313,16 @@ impl Exposition {
 
     /// A complete plain body, calling `sink` with each chunk: the state part inflated piece by
     /// piece, then the live part.
-    pub fn plain_body(&self, openmetrics: bool, mut sink: impl FnMut(Bytes) -> bool) {
-        let state = self.state();
+    pub fn plain_body(&self, openmetrics: bool, sink: impl FnMut(Bytes) -> bool) {
+        self.plain_body_of(self.state(), openmetrics, sink)
+    }
+
+    fn plain_body_of(
+        &self,
+        state: Arc<StateCache>,
+        openmetrics: bool,
+        mut sink: impl FnMut(Bytes) -> bool,
+    ) {
         let mut d = Decompress::new(false);
         let mut input = &state.gzip_prefix[GZIP_HEADER.len()..];
         while !input.is_empty() {
@@ -216,10 +338,11 @@ impl Exposition {
         sink(Bytes::from(self.live_text(openmetrics)));
     }
 
-    /// The whole exposition as one OpenMetrics string (tests, benchmarks).
+    /// The whole exposition of the current generation as one OpenMetrics string (tests,
+    /// benchmarks).
     pub fn render(&self) -> String {
         let mut out = Vec::new();
-        self.plain_body(true, |b| {
+        self.plain_body_of(self.fresh_state(), true, |b| {
             out.extend_from_slice(&b);
             true
         });
@@ -231,6 +354,33 @@ impl Exposition {
 mod tests {
     use super::*;
     use std::io::Read;
+
+    fn exposition() -> Exposition {
+        let clock: crate::clock::SharedClock = Arc::new(crate::clock::SystemClock);
+        let detector = Arc::new(Detector::new(std::time::Duration::from_secs(60), 3, clock));
+        Exposition::new(SourceSet::default(), Arc::new(Live::new()), detector, false)
+    }
+
+    #[test]
+    fn a_scrape_during_an_encode_gets_the_previous_state_at_once() {
+        let e = Arc::new(exposition());
+        let first = e.state();
+        assert_eq!(first.generation, 0);
+        // An encode in progress: it holds the encoder, and the generation has moved.
+        let encoding = e.lock_encoder();
+        e.generation.fetch_add(1, Ordering::AcqRel);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let e2 = e.clone();
+        std::thread::spawn(move || tx.send(e2.state().generation).unwrap());
+        let served = rx.recv_timeout(std::time::Duration::from_secs(5));
+        assert_eq!(served, Ok(0), "served the previous state without waiting");
+        drop(encoding);
+        // With no encode running, a stale state is encoded for the scrape.
+        assert_eq!(e.state().generation, 1);
+        e.advance();
+        assert_eq!(e.state().generation, 2);
+        assert_eq!(e.fresh_state().generation, 2);
+    }
 
     #[test]
     fn sync_flushed_prefix_and_final_tail_make_one_valid_gzip_member() {

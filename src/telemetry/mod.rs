@@ -17,5 +17,5 @@ pub mod process;
 pub use catalogue::{
     openmetrics_to_text, EventCounter, OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE,
 };
-pub use exposition::{Exposition, Generation};
+pub use exposition::Exposition;
 pub use live::Live;
