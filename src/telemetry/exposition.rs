@@ -192,8 +192,10 @@ impl Exposition {
                 return c.clone();
             }
         }
-        if cached.is_some() && self.pending.load(Ordering::Acquire) > 0 {
-            return cached.expect("checked");
+        if let Some(c) = &cached {
+            if self.pending.load(Ordering::Acquire) > 0 {
+                return c.clone();
+            }
         }
         let encoder = match (self.encoder.try_lock(), cached) {
             (Ok(e), _) => e,
