@@ -7,7 +7,8 @@
 //! encode) and `peer-100k` (prometheus-sql-exporter on the 100,000 table); default: all. Needs
 //! PostgreSQL on 127.0.0.1:5432, `psql`, `sqlite3`, and for the peer
 //! `apt-get install prometheus-sql-exporter`. `OTE_BENCH_BIN` runs another build of the
-//! exporter (an earlier commit's, for before/after figures; it implies `OTE_BENCH_WATCH=scrape`,
+//! exporter (an earlier commit's, for before/after figures; it implies `OTE_BENCH_WATCH=scrape` unless
+//! `OTE_BENCH_WATCH=log` says the build has that line;
 //! which sees poll ends by scraping, for builds without the "Source polled." line: compare
 //! two builds both that way, as the scrapes cost CPU too); `OTE_BENCH_RUNS` sets the runs.
 //!
@@ -357,8 +358,11 @@ fn run_exporter(
     let child = Killed(child);
     let pid = child.0.id();
     let (tx, rx) = mpsc::channel();
-    let by_scraping = std::env::var("OTE_BENCH_BIN").is_ok()
-        || std::env::var("OTE_BENCH_WATCH").is_ok_and(|v| v == "scrape");
+    let by_scraping = match std::env::var("OTE_BENCH_WATCH").as_deref() {
+        Ok("scrape") => true,
+        Ok("log") => false,
+        _ => std::env::var("OTE_BENCH_BIN").is_ok(),
+    };
     if by_scraping {
         assert!(wait_for(
             port,

@@ -9,6 +9,14 @@ use oauth_token_exporter::{clock::SystemClock, config, Exporter, ServerOptions};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+#[cfg(feature = "alloc-mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[cfg(feature = "alloc-jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "oauth-token-exporter",

@@ -25,6 +25,8 @@ pub enum Cell {
     Text(String),
     Time(DateTime<Utc>),
     Json(serde_json::Value),
+    /// A text value that is not valid UTF-8: the row it is in is rejected for it alone.
+    NotUtf8,
 }
 
 impl Cell {
@@ -38,13 +40,14 @@ impl Cell {
             Cell::Text(_) => "string",
             Cell::Time(_) => "timestamp",
             Cell::Json(_) => "JSON",
+            Cell::NotUtf8 => "invalid UTF-8 text",
         }
     }
 
     /// The cell as an identifier or label value (`connection`, `tenant`, extra labels).
     pub fn as_label(&self) -> Option<String> {
         match self {
-            Cell::Null => None,
+            Cell::Null | Cell::NotUtf8 => None,
             Cell::Bool(b) => Some(b.to_string()),
             Cell::Int(i) => Some(i.to_string()),
             Cell::Float(f) => Some(f.to_string()),
@@ -64,6 +67,7 @@ impl Cell {
         let owned;
         let mut v: &serde_json::Value = match self {
             Cell::Null => return Ok(Cell::Null),
+            Cell::NotUtf8 => return Err(TimeError::NotUtf8),
             Cell::Json(v) => v,
             Cell::Text(s) => {
                 owned = serde_json::from_str::<serde_json::Value>(s)
@@ -126,6 +130,8 @@ pub enum TimeError {
     Impossible,
     #[error("value is not valid JSON")]
     InvalidJson,
+    #[error("text is not valid UTF-8")]
+    NotUtf8,
 }
 
 /// Epoch seconds below this are seconds; at or above, milliseconds.
@@ -311,6 +317,7 @@ pub fn to_time(cell: &Cell, format: TimeFormat) -> Result<Option<DateTime<Utc>>,
             }
         }
         Cell::Bool(_) => return Err(TimeError::Unparseable),
+        Cell::NotUtf8 => return Err(TimeError::NotUtf8),
     };
     Ok(Some(t))
 }
@@ -331,6 +338,7 @@ pub fn to_seconds(cell: &Cell) -> Result<Option<f64>, TimeError> {
             .parse::<f64>()
             .map_err(|_| TimeError::Unparseable)?,
         Cell::Json(serde_json::Value::Null) => return Ok(None),
+        Cell::NotUtf8 => return Err(TimeError::NotUtf8),
         _ => return Err(TimeError::Unparseable),
     };
     // A token lifetime is never negative and never longer than ten years.

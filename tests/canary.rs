@@ -81,8 +81,43 @@ async fn no_token_secret_or_password_appears_in_metrics_pages_answers_logs_or_er
         "  - name: lite\n    kind: sqlite\n    dsn: {}\n    query: SELECT id, tenant_id, access_token, refresh_token, expires_at FROM xero_tokens\n    infer_last_refresh: access_expires\n    fields: {{connection: id, tenant: tenant_id, access_expires: expires_at, refresh_token: refresh_token}}\n",
         db.display()
     );
+    // Store errors that quote a value read from a row (issue 14): SQLite quotes a JSON path it
+    // could not follow, here one taken from a token column.
+    sources += &format!(
+        "  - {{name: lite_leak, kind: sqlite, dsn: {}, query: \"SELECT id, json_extract('{{}}', access_token) AS lr FROM xero_tokens\", fields: {{connection: id, last_refresh: lr}}}}\n",
+        db.display()
+    );
+    let leak_table = unique("canary_leak");
+    let mut pg_admin = None;
     // PostgreSQL: the password in the DSN (trust auth accepts it), and a DSN to nowhere.
     if server_or_skip(test, "PostgreSQL", &pg_url()).await {
+        // A cast of a token column: PostgreSQL's 22P02 message quotes the text it could not cast.
+        let admin = SimStore::connect(StoreKind::Postgres, &pg_url())
+            .await
+            .unwrap();
+        admin
+            .execute(&format!("DROP TABLE IF EXISTS {leak_table}"), &[])
+            .await
+            .unwrap();
+        admin
+            .execute(
+                &format!("CREATE TABLE {leak_table} (id TEXT, access_token TEXT)"),
+                &[],
+            )
+            .await
+            .unwrap();
+        admin
+            .execute(
+                &format!("INSERT INTO {leak_table} VALUES ('c1', '{ACCESS}')"),
+                &[],
+            )
+            .await
+            .unwrap();
+        sources += &format!(
+            "  - {{name: pg_leak, kind: postgres, dsn: '{}', query: 'SELECT id, CAST(access_token AS bigint) AS lr FROM {leak_table}', fields: {{connection: id, last_refresh: lr}}}}\n",
+            pg_url()
+        );
+        pg_admin = Some(admin);
         let url = pg_url().replace("postgres@", &format!("postgres:{PG_PASSWORD}@"));
         let down = format!(
             "postgres://postgres:{PG_PASSWORD}@127.0.0.1:{}/test",
@@ -93,6 +128,7 @@ async fn no_token_secret_or_password_appears_in_metrics_pages_answers_logs_or_er
              \x20 - {{name: pg_down, kind: postgres, dsn: '{down}', preset: xero_tokens}}\n"
         );
     }
+    let mut my_admin = None;
     // MariaDB: a user whose password is a marker, and the same user with a wrong one.
     if server_or_skip(test, "MySQL/MariaDB", &mysql_url()).await {
         let admin = SimStore::connect(StoreKind::Mysql, &mysql_url())
@@ -102,9 +138,20 @@ async fn no_token_secret_or_password_appears_in_metrics_pages_answers_logs_or_er
             "DROP USER IF EXISTS 'ote_canary'@'%'".to_string(),
             format!("CREATE USER 'ote_canary'@'%' IDENTIFIED BY '{MY_PASSWORD}'"),
             "GRANT SELECT ON test.* TO 'ote_canary'@'%'".to_string(),
+            // A host-app function that raises with a row's value (MySQL/MariaDB SIGNAL, 1644).
+            format!("DROP TABLE IF EXISTS {leak_table}"),
+            format!("CREATE TABLE {leak_table} (id TEXT, access_token TEXT)"),
+            format!("INSERT INTO {leak_table} VALUES ('c1', '{ACCESS}')"),
+            format!("DROP FUNCTION IF EXISTS {leak_table}_fn"),
+            format!("CREATE FUNCTION {leak_table}_fn(t TEXT) RETURNS INT DETERMINISTIC BEGIN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = t; RETURN 0; END"),
+            format!("GRANT EXECUTE ON FUNCTION test.{leak_table}_fn TO 'ote_canary'@'%'"),
         ] {
             admin.execute(&q, &[]).await.unwrap();
         }
+        sources += &format!(
+            "  - {{name: my_leak, kind: mysql, dsn: 'mysql://ote_canary:{MY_PASSWORD}@127.0.0.1:3306/test', query: 'SELECT id, {leak_table}_fn(access_token) AS lr FROM {leak_table}', fields: {{connection: id, last_refresh: lr}}}}\n"
+        );
+        my_admin = Some(admin);
         sources += &format!(
             "  - {{name: my, kind: mysql, dsn: 'mysql://ote_canary:{MY_PASSWORD}@127.0.0.1:3306/test', query: 'SELECT ''c8'' AS id, NOW() AS refreshed', fields: {{connection: id, last_refresh: refreshed}}}}\n\
              \x20 - {{name: my_wrong, kind: mysql, dsn: 'mysql://ote_canary:{MY_PASSWORD}x@127.0.0.1:3306/test', preset: xero_tokens}}\n"
@@ -419,6 +466,30 @@ async fn no_token_secret_or_password_appears_in_metrics_pages_answers_logs_or_er
         "logging at trace level"
     );
     assert!(log.lines().count() > 20, "{log}");
+    // The store errors that quoted a token were logged, by code, without the server's text.
+    assert!(log.contains("SQLite error 1: the server"), "{log}");
+    if let Some(admin) = pg_admin {
+        assert!(
+            log.contains("SQLSTATE 22P02 (invalid_text_representation): the server"),
+            "{log}"
+        );
+        admin
+            .execute(&format!("DROP TABLE {leak_table}"), &[])
+            .await
+            .unwrap();
+    }
+    if let Some(admin) = my_admin {
+        assert!(
+            log.contains("error 1644 (SQLSTATE 45000): the server"),
+            "{log}"
+        );
+        for q in [
+            format!("DROP FUNCTION {leak_table}_fn"),
+            format!("DROP TABLE {leak_table}"),
+        ] {
+            admin.execute(&q, &[]).await.unwrap();
+        }
+    }
     said.add("the log", log);
 
     // Configuration errors: an inline DSN password and an unknown key; a missing variable.

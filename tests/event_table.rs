@@ -310,9 +310,9 @@ async fn a_postgres_event_table_with_its_own_column_names_is_tailed_read_only() 
     .execute(&pool)
     .await
     .unwrap();
-    sqlx::query(&format!("INSERT INTO {s}.xero_log (kind, conn_id, oauth_outcome, oauth_error, http_status, xero_detail) VALUES \
-        ('refresh', '6f1c2f6e-0000-4000-8000-000000000001', 'failure', 'invalid_grant', '400', NULL), \
-        ('api', '6f1c2f6e-0000-4000-8000-000000000001', NULL, NULL, '401', 'AuthorizationUnsuccessful')")).execute(&pool).await.unwrap();
+    sqlx::query(&format!("INSERT INTO {s}.xero_log (kind, conn_id, happened_at, oauth_outcome, oauth_error, http_status, xero_detail) VALUES \
+        ('refresh', '6f1c2f6e-0000-4000-8000-000000000001', '2026-06-01T11:00:00Z', 'failure', 'invalid_grant', '400', NULL), \
+        ('api', '6f1c2f6e-0000-4000-8000-000000000001', '2026-06-01T11:00:01Z', NULL, NULL, '401', 'AuthorizationUnsuccessful')")).execute(&pool).await.unwrap();
     let (mut e, _) = exporter(
         &yaml(
             "pg_log",

@@ -331,7 +331,27 @@ async fn process_metrics_agree_with_proc_and_several_listen_addresses_serve() {
         (rss - proc_rss).abs() / proc_rss < 0.05,
         "process_resident_memory_bytes {rss} vs /proc {proc_rss}"
     );
-    assert!(sample(&text, "process_cpu_seconds_total", &[]).unwrap() > 0.0);
+    // CPU time is counted in clock ticks: scrape until one has passed, then compare with /proc.
+    let mut cpu = sample(&text, "process_cpu_seconds_total", &[]).unwrap();
+    for _ in 0..200 {
+        if cpu > 0.0 {
+            break;
+        }
+        cpu = sample(&b.metrics().await, "process_cpu_seconds_total", &[]).unwrap();
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", b.pid())).unwrap();
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    let ticks: Vec<f64> = after_comm
+        .split(' ')
+        .skip(11)
+        .take(2)
+        .map(|v| v.parse().unwrap())
+        .collect();
+    let proc_cpu = (ticks[0] + ticks[1]) / 100.0;
+    assert!(
+        cpu > 0.0 && cpu <= proc_cpu + 0.011,
+        "process_cpu_seconds_total {cpu} vs /proc {proc_cpu}"
+    );
     assert!(sample(&text, "process_open_fds", &[]).unwrap() > 3.0);
     assert!(sample(&text, "process_max_fds", &[]).unwrap() >= 1024.0);
     let start = sample(&text, "process_start_time_seconds", &[]).unwrap();

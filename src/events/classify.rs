@@ -97,7 +97,13 @@ fn refuse<T>(field: &str, message: impl Into<String>) -> Result<T, Refusal> {
 
 impl EventFields {
     /// Validate and classify; nothing is counted here.
-    pub fn validate(self, default_provider: ProviderKind) -> Result<Event, Refusal> {
+    /// `now` bounds the event's time: one later than the clock skew allows is refused (it
+    /// would keep failing-connection gauges up until then).
+    pub fn validate(
+        self,
+        default_provider: ProviderKind,
+        now: DateTime<Utc>,
+    ) -> Result<Event, Refusal> {
         let refresh = match self.kind.as_deref() {
             Some("refresh") => true,
             Some("api") => false,
@@ -123,6 +129,16 @@ impl EventFields {
         }
         let time = match self.time {
             None => None,
+            Some(Ok(t)) if t > now + chrono::Duration::seconds(crate::model::MAX_CLOCK_SKEW_SECONDS) => {
+                return refuse(
+                    "time",
+                    format!(
+                        "is {} s ahead of this exporter's clock; at most {} s of clock skew is accepted",
+                        (t - now).num_seconds(),
+                        crate::model::MAX_CLOCK_SKEW_SECONDS
+                    ),
+                )
+            }
             Some(Ok(t)) => Some(t),
             Some(Err(why)) => return refuse("time", why),
         };

@@ -33,6 +33,7 @@ use std::sync::Arc;
 struct IngestState {
     cfg: Arc<Ingest>,
     sink: Sink,
+    clock: crate::clock::SharedClock,
 }
 
 impl Inlet for Ingest {
@@ -49,6 +50,7 @@ impl Inlet for Ingest {
             .with_state(IngestState {
                 cfg: Arc::new(self.clone()),
                 sink: ctx.sink.clone(),
+                clock: ctx.clock.clone(),
             });
         Ok(Wired {
             routes: Some(router),
@@ -189,7 +191,7 @@ pub fn check_batch(
     Ok(batch
         .events
         .into_iter()
-        .filter_map(|v| event(v, default_provider).err())
+        .filter_map(|v| event(v, default_provider, chrono::Utc::now()).err())
         .collect())
 }
 
@@ -197,6 +199,7 @@ pub fn check_batch(
 pub(crate) fn event(
     v: serde_json::Value,
     default_provider: ProviderKind,
+    now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Event, Refusal> {
     let kind = v.get("type").and_then(|t| t.as_str()).map(str::to_string);
     let time = |t: Option<String>| {
@@ -246,7 +249,7 @@ pub(crate) fn event(
             ..EventFields::default()
         },
     };
-    fields.validate(default_provider)
+    fields.validate(default_provider, now)
 }
 
 /// Header carrying the ingest token when `Authorization` carries basic-auth credentials (a web
@@ -307,8 +310,9 @@ async fn ingest(State(s): State<IngestState>, headers: HeaderMap, body: Bytes) -
         accepted: 0,
         rejected: Vec::new(),
     };
+    let now = s.clock.now();
     for (index, v) in batch.events.into_iter().enumerate() {
-        match event(v, s.cfg.provider) {
+        match event(v, s.cfg.provider, now) {
             Ok(e) => {
                 s.sink.count(&s.cfg.source, e);
                 answer.accepted += 1;
@@ -382,6 +386,7 @@ mod tests {
             event(
                 serde_json::json!({"type": "refresh", "connection": connection, "outcome": "failure", "status": status}),
                 ProviderKind::Xero,
+                chrono::Utc::now(),
             )
             .map(|_| ())
             .map_err(|(field, _)| field)

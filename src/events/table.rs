@@ -23,6 +23,7 @@ pub struct TablePoller {
     pub cfg: EventTable,
     pool: SqlPool,
     sink: Sink,
+    clock: crate::clock::SharedClock,
     cursor: Option<Cursor>,
     /// The cursor advanced in memory but is not yet in the state file: every poll tries to
     /// write it, and fails until it can.
@@ -106,7 +107,7 @@ impl Inlet for EventTable {
             Subject::EventTable,
             self.provider.as_str(),
         );
-        let poller = TablePoller::new(self.clone(), ctx.sink.clone())?;
+        let poller = TablePoller::new(self.clone(), ctx.sink.clone(), ctx.clock.clone())?;
         Ok(Wired {
             polls: vec![Box::new(Runner::new(poller, health, ctx.clock.clone()))],
             ..Wired::default()
@@ -115,13 +116,18 @@ impl Inlet for EventTable {
 }
 
 impl TablePoller {
-    pub fn new(cfg: EventTable, sink: Sink) -> Result<Self, CollectError> {
+    pub fn new(
+        cfg: EventTable,
+        sink: Sink,
+        clock: crate::clock::SharedClock,
+    ) -> Result<Self, CollectError> {
         sink.init(cfg.provider, &cfg.name);
         let pool = SqlPool::connect(&cfg.connection)?;
         Ok(TablePoller {
             cfg,
             pool,
             sink,
+            clock,
             cursor: None,
             dirty: false,
         })
@@ -348,7 +354,7 @@ impl TablePoller {
                     .iter()
                     .map(|(f, _)| *f)
                     .zip(&row[1..=fields]);
-                match event_fields(cells).validate(self.cfg.provider) {
+                match event_fields(cells).validate(self.cfg.provider, self.clock.now()) {
                     Ok(e) => {
                         self.sink.count(&self.cfg.name, e);
                         counted += 1;

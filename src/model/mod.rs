@@ -8,6 +8,10 @@
 //! - [`event`]: the one [`Event`] type every inlet produces;
 //! - [`error`]: why a poll failed, typed ([`CollectError`]).
 
+/// Most a stored or reported time may lie ahead of the exporter's clock (clock skew between
+/// hosts); later ones are refused, in rows and in every event inlet.
+pub const MAX_CLOCK_SKEW_SECONDS: i64 = 300;
+
 pub mod error;
 pub mod event;
 pub mod handle;

@@ -14,12 +14,14 @@ pub enum RejectReason {
     ImpossibleTimestamp,
     InvalidJson,
     WrongType,
+    /// A text value that is not valid UTF-8 (the row alone is rejected).
+    InvalidUtf8,
     /// An event-table row that is not a valid event.
     InvalidEvent,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 8] = [
+    pub const ALL: [RejectReason; 9] = [
         RejectReason::MissingConnection,
         RejectReason::DuplicateConnection,
         RejectReason::NullTimestamp,
@@ -27,6 +29,7 @@ impl RejectReason {
         RejectReason::ImpossibleTimestamp,
         RejectReason::InvalidJson,
         RejectReason::WrongType,
+        RejectReason::InvalidUtf8,
         RejectReason::InvalidEvent,
     ];
 
@@ -39,6 +42,7 @@ impl RejectReason {
             RejectReason::ImpossibleTimestamp => "impossible_timestamp",
             RejectReason::InvalidJson => "invalid_json",
             RejectReason::WrongType => "wrong_type",
+            RejectReason::InvalidUtf8 => "invalid_utf8",
             RejectReason::InvalidEvent => "invalid_event",
         }
     }

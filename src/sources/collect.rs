@@ -211,7 +211,17 @@ impl RowSink for PollRows<'_> {
             return;
         };
         let profile = &self.providers.profiles[p];
-        match mapping::map_row(r, &self.cfg.mapping, cells, profile, self.now) {
+        let (row, rejections) = (self.row, &mut self.rejections);
+        let mut field_rejected = |rej| rejections.add(row, rej);
+        let mapped = mapping::map_row(
+            r,
+            &self.cfg.mapping,
+            cells,
+            profile,
+            self.now,
+            &mut field_rejected,
+        );
+        match mapped {
             Ok(c) => {
                 if self.seen(&c.id) {
                     self.rejections.add(

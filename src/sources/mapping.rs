@@ -211,9 +211,6 @@ pub struct Rejection {
     pub field: &'static str,
 }
 
-/// Most a last refresh may lie in the future (clock skew between hosts).
-const MAX_CLOCK_SKEW: i64 = 300;
-
 fn cell<'a>(cells: &'a [Cell], s: &Slot) -> Result<Cow<'a, Cell>, TimeError> {
     let c = &cells[s.pos];
     if s.json_path.is_empty() {
@@ -228,6 +225,7 @@ fn reason(e: TimeError) -> RejectReason {
         TimeError::Unparseable => RejectReason::UnparseableTimestamp,
         TimeError::Impossible => RejectReason::ImpossibleTimestamp,
         TimeError::InvalidJson => RejectReason::InvalidJson,
+        TimeError::NotUtf8 => RejectReason::InvalidUtf8,
     }
 }
 
@@ -266,14 +264,20 @@ pub fn row_provider(r: &Resolved, cells: &[Cell]) -> Option<String> {
 }
 
 /// Map one row of needed cells (in [`Resolved::needed`] order) with the row's provider profile.
+/// A row without a readable connection id or last refresh is rejected whole; an optional field
+/// that cannot be read (a garbage `expires_in`, an unparseable failure time) omits only its
+/// own series and is reported to `field_rejected`, the rest of the row is exported.
 pub fn map_row(
     r: &Resolved,
     m: &Mapping,
     cells: &[Cell],
     provider: &ProviderProfile,
     now: DateTime<Utc>,
+    field_rejected: &mut dyn FnMut(Rejection),
 ) -> Result<MappedConnection, Rejection> {
-    let id = cell(cells, &r.connection)
+    let id_cell = cell(cells, &r.connection);
+    let id = id_cell
+        .as_ref()
         .ok()
         .and_then(|c| c.as_label())
         .filter(|s| !s.trim().is_empty())
@@ -283,9 +287,13 @@ pub fn map_row(
         reason,
         field,
     };
-    let id_value = match &id {
-        Some(v) => v.clone(),
-        None => return Err(reject(RejectReason::MissingConnection, "connection")),
+    let id_value = match (&id, id_cell) {
+        (Some(v), _) => v.clone(),
+        (None, Err(e)) => return Err(reject(reason(e), "connection")),
+        (None, Ok(c)) if matches!(*c, Cell::NotUtf8) => {
+            return Err(reject(RejectReason::InvalidUtf8, "connection"))
+        }
+        (None, Ok(_)) => return Err(reject(RejectReason::MissingConnection, "connection")),
     };
     let time = |slots: &Option<(Slot, Option<Slot>)>,
                 tf: Option<&TimeField>,
@@ -293,23 +301,42 @@ pub fn map_row(
         (Some(s), Some(tf)) => read_time(cells, s, tf.format).map_err(|e| reject(e, name)),
         _ => Ok(None),
     };
-    let access_expiry = time(
-        &r.access_expires,
-        m.access_expires.as_ref(),
-        "access_expires",
-    )?;
-    let stored_refresh_expiry = time(
-        &r.refresh_expires,
-        m.refresh_expires.as_ref(),
-        "refresh_expires",
-    )?;
-    let last_failure = time(&r.last_failure, m.last_failure.as_ref(), "last_failure")?;
-    let authorized_at = time(&r.authorized_at, m.authorized_at.as_ref(), "authorized_at")?;
+    // The required field first, so that a row whose last refresh is NULL is rejected for
+    // that, not for a field computed from the same column.
     let stored_last_refresh = time(
         &r.last_refresh,
         m.last_refresh.field.as_ref(),
         "last_refresh",
     )?;
+    let inferring = stored_last_refresh.is_none()
+        && matches!(m.last_refresh.infer, Some(Inference::AccessExpires));
+    let mut optional =
+        |slots: &Option<(Slot, Option<Slot>)>, tf: Option<&TimeField>, name: &'static str| {
+            time(slots, tf, name).unwrap_or_else(|rej| {
+                field_rejected(rej);
+                None
+            })
+        };
+    let access_expiry = if inferring {
+        time(
+            &r.access_expires,
+            m.access_expires.as_ref(),
+            "access_expires",
+        )?
+    } else {
+        optional(
+            &r.access_expires,
+            m.access_expires.as_ref(),
+            "access_expires",
+        )
+    };
+    let stored_refresh_expiry = optional(
+        &r.refresh_expires,
+        m.refresh_expires.as_ref(),
+        "refresh_expires",
+    );
+    let last_failure = optional(&r.last_failure, m.last_failure.as_ref(), "last_failure");
+    let authorized_at = optional(&r.authorized_at, m.authorized_at.as_ref(), "authorized_at");
     let last_refresh = match (stored_last_refresh, m.last_refresh.infer) {
         (Some(t), _) => Some(t),
         (None, Some(Inference::AccessExpires)) => {
@@ -321,7 +348,7 @@ pub fn map_row(
         Some(t) => t,
         None => return Err(reject(RejectReason::NullTimestamp, "last_refresh")),
     };
-    if last_refresh > now + Duration::seconds(MAX_CLOCK_SKEW) {
+    if last_refresh > now + Duration::seconds(crate::model::MAX_CLOCK_SKEW_SECONDS) {
         return Err(reject(RejectReason::ImpossibleTimestamp, "last_refresh"));
     }
     let idle_expiry = last_refresh + provider.refresh_token_idle_lifetime;
@@ -431,7 +458,15 @@ mod tests {
                 _ => Cell::Text("1800".into()),
             })
             .collect();
-        let c = map_row(&r, &m, &cells, &ProviderKind::Xero.profile(), now()).unwrap();
+        let c = map_row(
+            &r,
+            &m,
+            &cells,
+            &ProviderKind::Xero.profile(),
+            now(),
+            &mut |_| {},
+        )
+        .unwrap();
         assert_eq!(c.id, "7");
         assert_eq!(
             c.access_expiry,
@@ -460,12 +495,12 @@ mod tests {
                 Cell::Text(re.into()),
             ]
         };
-        let early = map_row(&r, &m, &row("2026-05-10T00:00:00Z"), &p, now()).unwrap();
+        let early = map_row(&r, &m, &row("2026-05-10T00:00:00Z"), &p, now(), &mut |_| {}).unwrap();
         assert_eq!(
             early.refresh_expiry,
             Utc.with_ymd_and_hms(2026, 5, 10, 0, 0, 0).unwrap()
         );
-        let late = map_row(&r, &m, &row("2027-01-01T00:00:00Z"), &p, now()).unwrap();
+        let late = map_row(&r, &m, &row("2027-01-01T00:00:00Z"), &p, now(), &mut |_| {}).unwrap();
         assert_eq!(
             late.refresh_expiry,
             Utc.with_ymd_and_hms(2026, 6, 30, 0, 0, 0).unwrap()
@@ -484,6 +519,7 @@ mod tests {
                 &[Cell::Text("a".into()), Cell::Int(1780000000), v],
                 &p,
                 now(),
+                &mut |_| {},
             )
             .unwrap()
             .stored_status
@@ -503,7 +539,8 @@ mod tests {
         let m = mapping("    fields:\n      connection: id\n      last_refresh: lr\n      access_expires: {column: tok, json_path: expires_at}\n");
         let r = resolve(&m, &cols(&["id", "lr", "tok"])).unwrap();
         let p = ProviderKind::Xero.profile();
-        let run = |id: Cell, lr: Cell, tok: Cell| map_row(&r, &m, &[id, lr, tok], &p, now());
+        let run =
+            |id: Cell, lr: Cell, tok: Cell| map_row(&r, &m, &[id, lr, tok], &p, now(), &mut |_| {});
         let ok_tok = || Cell::Text(r#"{"expires_at": 1780000000}"#.into());
         let e = run(Cell::Text("a".into()), Cell::Null, ok_tok()).unwrap_err();
         assert_eq!(
@@ -533,20 +570,72 @@ mod tests {
             (RejectReason::ImpossibleTimestamp, "last_refresh"),
             "future last refresh"
         );
-        let e = run(
-            Cell::Text("e".into()),
-            Cell::Int(1780000000),
-            Cell::Text("{oops".into()),
+        // A broken optional field omits its own series only, and is reported for that field.
+        let mut fields = vec![];
+        let c = map_row(
+            &r,
+            &m,
+            &[
+                Cell::Text("e".into()),
+                Cell::Int(1780000000),
+                Cell::Text("{oops".into()),
+            ],
+            &p,
+            now(),
+            &mut |rej| fields.push(rej),
         )
-        .unwrap_err();
+        .unwrap();
+        assert_eq!((c.id.as_str(), c.access_expiry), ("e", None));
+        assert_eq!(c.last_refresh.timestamp(), 1780000000);
         assert_eq!(
-            (e.reason, e.field),
-            (RejectReason::InvalidJson, "access_expires")
+            fields,
+            [Rejection {
+                connection: Some("e".into()),
+                reason: RejectReason::InvalidJson,
+                field: "access_expires"
+            }]
         );
         let e = run(Cell::Null, Cell::Int(1780000000), ok_tok()).unwrap_err();
         assert_eq!(
             (e.reason, e.connection),
             (RejectReason::MissingConnection, None)
+        );
+        // Text that is not UTF-8 rejects the row for it, naming the field.
+        let e = run(Cell::NotUtf8, Cell::Int(1780000000), ok_tok()).unwrap_err();
+        assert_eq!(
+            (e.reason, e.field),
+            (RejectReason::InvalidUtf8, "connection")
+        );
+        let e = run(Cell::Text("f".into()), Cell::NotUtf8, ok_tok()).unwrap_err();
+        assert_eq!(
+            (e.reason, e.field, e.connection.as_deref()),
+            (RejectReason::InvalidUtf8, "last_refresh", Some("f"))
+        );
+    }
+
+    #[test]
+    fn an_access_expiry_the_last_refresh_is_inferred_from_is_required() {
+        let m = mapping(
+            "    infer_last_refresh: access_expires
+    fields:
+      connection: id
+      access_expires: exp
+",
+        );
+        let r = resolve(&m, &cols(&["id", "exp"])).unwrap();
+        let p = ProviderKind::Xero.profile();
+        let e = map_row(
+            &r,
+            &m,
+            &[Cell::Text("a".into()), Cell::Text("abc".into())],
+            &p,
+            now(),
+            &mut |_| panic!("not a field rejection: the row is rejected"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.reason, e.field),
+            (RejectReason::UnparseableTimestamp, "access_expires")
         );
     }
 
@@ -572,6 +661,7 @@ mod tests {
             &row("2021-06-02T00:00:00Z"),
             &cfg.provider,
             now(),
+            &mut |_| {},
         )
         .unwrap();
         assert_eq!(
@@ -584,6 +674,7 @@ mod tests {
             &row("2025-01-01T00:00:00Z"),
             &cfg.provider,
             now(),
+            &mut |_| {},
         )
         .unwrap();
         assert_eq!(

@@ -85,7 +85,8 @@ impl<'s> DocumentRows<'s> {
         self.sink.reject(Rejection {
             connection: Some(key.to_string()),
             reason,
-            field: "connection",
+            // The stored value as a whole (not JSON, not the configured type).
+            field: "value",
         });
     }
 }

@@ -1,7 +1,7 @@
 //! MySQL and MariaDB. Sessions are set `TRANSACTION READ ONLY` on connect and every poll runs
 //! in a transaction that is rolled back, so a configured statement that writes fails.
 
-use super::sql::{decode_by_type, read_rows, sql_error, Columns};
+use super::sql::{acquire, decode_by_type, read_rows, sql_error, Columns};
 use crate::config::SqlConnection;
 use crate::model::CollectError;
 use crate::timestamp::Cell;
@@ -20,7 +20,7 @@ pub fn connect(cfg: &SqlConnection) -> Result<MySqlPool, CollectError> {
     Ok(MySqlPoolOptions::new()
         .max_connections(1)
         .min_connections(0)
-        .acquire_timeout(cfg.timeout)
+        .acquire_timeout(cfg.timeout / 2)
         .after_connect(|conn, _| {
             Box::pin(async move {
                 conn.execute("SET SESSION TRANSACTION READ ONLY").await?;
@@ -36,7 +36,10 @@ pub async fn stream<S: Columns>(
     select: impl FnOnce(&[String]) -> Result<S, CollectError>,
     on_row: &mut (dyn FnMut(&S, &[Cell]) + Send),
 ) -> Result<Option<S>, CollectError> {
-    let mut tx = pool.begin().await.map_err(sql_error)?;
+    let mut conn = acquire(pool).await?;
+    let mut tx = sqlx::Connection::begin(&mut *conn)
+        .await
+        .map_err(sql_error)?;
     let out = read_rows(&mut *tx, query, select, decode, on_row).await;
     tx.rollback().await.map_err(sql_error)?;
     out

@@ -1,7 +1,7 @@
 //! PostgreSQL. Sessions start with `default_transaction_read_only=on` and every poll runs in a
 //! `READ ONLY` transaction that is rolled back, so a configured statement that writes fails.
 
-use super::sql::{decode_by_type, read_rows, sql_error, Columns};
+use super::sql::{acquire, decode_by_type, read_rows, sql_error, Columns};
 use crate::config::SqlConnection;
 use crate::model::CollectError;
 use crate::timestamp::Cell;
@@ -26,7 +26,7 @@ pub fn connect(cfg: &SqlConnection) -> Result<PgPool, CollectError> {
     Ok(PgPoolOptions::new()
         .max_connections(1)
         .min_connections(0)
-        .acquire_timeout(cfg.timeout)
+        .acquire_timeout(cfg.timeout / 2)
         .connect_lazy_with(opts))
 }
 
@@ -36,7 +36,10 @@ pub async fn stream<S: Columns>(
     select: impl FnOnce(&[String]) -> Result<S, CollectError>,
     on_row: &mut (dyn FnMut(&S, &[Cell]) + Send),
 ) -> Result<Option<S>, CollectError> {
-    let mut tx = pool.begin().await.map_err(sql_error)?;
+    let mut conn = acquire(pool).await?;
+    let mut tx = sqlx::Connection::begin(&mut *conn)
+        .await
+        .map_err(sql_error)?;
     sqlx::query("SET TRANSACTION READ ONLY")
         .execute(&mut *tx)
         .await

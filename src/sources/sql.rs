@@ -160,15 +160,44 @@ macro_rules! decode_by_type {
 }
 pub(crate) use decode_by_type;
 
-/// Classify a driver error.
+/// A connection from `pool`. A pool retries failed connects until its acquire timeout (half
+/// the poll's) and then says only that it timed out; one direct connect in the other half
+/// finds out why: refused, DNS, TLS, authentication, or a server that never answers (a
+/// timeout).
+pub(crate) async fn acquire<DB: sqlx::Database>(
+    pool: &sqlx::Pool<DB>,
+) -> Result<sqlx::pool::PoolConnection<DB>, CollectError> {
+    use sqlx::{ConnectOptions, Connection};
+    match pool.acquire().await {
+        Ok(c) => Ok(c),
+        Err(sqlx::Error::PoolTimedOut) => {
+            let wait = pool.options().get_acquire_timeout();
+            match tokio::time::timeout(wait, pool.connect_options().connect()).await {
+                Err(_) => Err(CollectError::Timeout(wait * 2)),
+                Ok(Err(e)) => Err(sql_error(e)),
+                Ok(Ok(c)) => {
+                    let _ = c.close().await;
+                    Err(CollectError::Connect(
+                        "no connection could be opened in time (a direct one then succeeded: the store is slow to accept)".into(),
+                    ))
+                }
+            }
+        }
+        Err(e) => Err(sql_error(e)),
+    }
+}
+
+/// Classify a driver error. What it keeps of a server's message is only what cannot quote a
+/// value read from the store (see [`db_error_text`]); transport errors keep their cause
+/// (refused, DNS, TLS), which never holds data.
 pub fn sql_error(e: sqlx::Error) -> CollectError {
     match e {
         sqlx::Error::Database(db) => {
             let code = db.code().map(|c| c.to_string()).unwrap_or_default();
-            let msg = db.message().to_string();
+            let text = db_error_text(&*db);
             // 25006: read_only_sql_transaction (PostgreSQL; MySQL/MariaDB 1792 maps to it);
             // SQLite reports SQLITE_READONLY (8) and its extended codes.
-            let lower = msg.to_lowercase();
+            let lower = db.message().to_lowercase();
             if code == "25006"
                 || code == "8"
                 || (code.len() > 2 && code.parse::<u32>().is_ok_and(|c| c & 0xff == 8))
@@ -176,19 +205,173 @@ pub fn sql_error(e: sqlx::Error) -> CollectError {
                 || lower.contains("read only transaction")
                 || lower.contains("readonly database")
             {
-                CollectError::WriteRefused(msg)
-            } else if code == "28000" || code == "28P01" || code == "3D000" || code == "14" {
-                CollectError::Connect(msg)
+                CollectError::WriteRefused(text)
+            } else if matches!(code.as_str(), "28000" | "28P01" | "3D000" | "14")
+                || is_connect_refusal(&*db)
+            {
+                CollectError::Connect(text)
             } else {
-                CollectError::Query(msg)
+                CollectError::Query(text)
             }
         }
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Configuration(_)
-        | sqlx::Error::Protocol(_) => CollectError::Connect(e.to_string()),
-        other => CollectError::Query(other.to_string()),
+        sqlx::Error::Io(e) => CollectError::Connect(io_cause(&e)),
+        sqlx::Error::Tls(e) => CollectError::Connect(format!("TLS: {e}")),
+        sqlx::Error::PoolTimedOut => CollectError::Connect(
+            "no connection could be opened in time (the store did not answer)".into(),
+        ),
+        sqlx::Error::PoolClosed => CollectError::Connect("the connection pool is closed".into()),
+        sqlx::Error::Configuration(e) => CollectError::Connect(format!("configuration: {e}")),
+        sqlx::Error::Protocol(_) => {
+            CollectError::Connect("the store answered outside its protocol".into())
+        }
+        sqlx::Error::ColumnDecode { index, .. } => {
+            CollectError::Query(format!("column {index} could not be decoded"))
+        }
+        other => CollectError::Query(kind_only(&other)),
     }
+}
+
+/// MySQL/MariaDB access-denied and unknown-database errors are connect failures.
+fn is_connect_refusal(db: &dyn sqlx::error::DatabaseError) -> bool {
+    db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+        .is_some_and(|m| matches!(m.number(), 1044 | 1045 | 1049 | 1698))
+}
+
+/// The cause of an I/O error, by kind, with the OS's own words (never data).
+fn io_cause(e: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    let what = match e.kind() {
+        K::ConnectionRefused => "connection refused",
+        K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe => "connection dropped",
+        K::TimedOut => "timed out",
+        K::NotFound => "not found",
+        K::PermissionDenied => "permission denied",
+        K::UnexpectedEof => "the store closed the connection",
+        _ if e.to_string().contains("lookup") || e.to_string().contains("resolve") => {
+            "DNS: the host name does not resolve"
+        }
+        _ => "I/O error",
+    };
+    format!("{what} ({e})")
+}
+
+/// An sqlx error's variant, without its text.
+fn kind_only(e: &sqlx::Error) -> String {
+    let d = format!("{e:?}");
+    let name = d.split(['(', ' ', '{']).next().unwrap_or("error");
+    format!("driver error ({name})")
+}
+
+/// What can be shown of a server error: its code, the column/table/type it names, and its
+/// message only for the classes of error whose message names schema objects or the query
+/// (syntax, unknown column, permission, connection), never for those that can quote a value
+/// (PostgreSQL's data exceptions quote the text they could not cast, MySQL's user-defined
+/// SIGNALs carry anything, SQLite quotes a JSON path taken from a row).
+pub fn db_error_text(db: &dyn sqlx::error::DatabaseError) -> String {
+    const WITHHELD: &str =
+        "the server's message is withheld: errors of this class can quote values read from the store";
+    if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        let code = pg.code();
+        let mut out = format!("SQLSTATE {code}");
+        if let Some(name) = sqlstate_name(code) {
+            out += &format!(" ({name})");
+        }
+        let safe = matches!(
+            &code[..2.min(code.len())],
+            "08" | "0A" | "25" | "28" | "3D" | "3F" | "42" | "53" | "57"
+        );
+        out += ": ";
+        out += if safe { pg.message() } else { WITHHELD };
+        for (what, v) in [
+            ("schema", pg.schema()),
+            ("table", pg.table()),
+            ("column", pg.column()),
+            ("type", pg.data_type()),
+        ] {
+            if let Some(v) = v {
+                out += &format!("; {what} {v:?}");
+            }
+        }
+        return out;
+    }
+    if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        let safe = matches!(
+            my.number(),
+            1044 | 1045
+                | 1046
+                | 1049
+                | 1051
+                | 1054
+                | 1064
+                | 1142
+                | 1143
+                | 1146
+                | 1149
+                | 1227
+                | 1290
+                | 1305
+                | 1370
+                | 1698
+                | 1792
+        );
+        return format!(
+            "error {}{}: {}",
+            my.number(),
+            my.code()
+                .map(|c| format!(" (SQLSTATE {c})"))
+                .unwrap_or_default(),
+            if safe { my.message() } else { WITHHELD }
+        );
+    }
+    // SQLite: its messages are keyed by what they say; only those naming the schema or the
+    // query's syntax are shown.
+    let msg = db.message();
+    let code = db.code().map(|c| c.to_string()).unwrap_or_default();
+    const SAFE_PREFIXES: [&str; 12] = [
+        "no such table",
+        "no such column",
+        "no such function",
+        "near \"",
+        "incomplete input",
+        "ambiguous column",
+        "attempt to write a readonly database",
+        "unable to open database file",
+        "database is locked",
+        "file is not a database",
+        "database disk image is malformed",
+        "wrong number of arguments",
+    ];
+    if SAFE_PREFIXES.iter().any(|p| msg.starts_with(p)) {
+        format!("SQLite error {code}: {msg}")
+    } else {
+        format!("SQLite error {code}: {WITHHELD}")
+    }
+}
+
+/// Names of the SQLSTATEs a poll meets most, for the log.
+fn sqlstate_name(code: &str) -> Option<&'static str> {
+    Some(match code {
+        "22P02" => "invalid_text_representation",
+        "22003" => "numeric_value_out_of_range",
+        "22007" => "invalid_datetime_format",
+        "22008" => "datetime_field_overflow",
+        "22012" => "division_by_zero",
+        "22023" => "invalid_parameter_value",
+        "22021" => "character_not_in_repertoire",
+        "22P05" => "untranslatable_character",
+        "2202E" => "array_subscript_error",
+        "25006" => "read_only_sql_transaction",
+        "28000" => "invalid_authorization_specification",
+        "28P01" => "invalid_password",
+        "3D000" => "invalid_catalog_name",
+        "42501" => "insufficient_privilege",
+        "42601" => "syntax_error",
+        "42703" => "undefined_column",
+        "42883" => "undefined_function",
+        "42P01" => "undefined_table",
+        "42804" => "datatype_mismatch",
+        "57014" => "query_canceled",
+        "P0001" => "raise_exception",
+        _ => return None,
+    })
 }

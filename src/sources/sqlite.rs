@@ -1,6 +1,6 @@
 //! SQLite, the embedded default. Opened with `mode=ro`: the driver refuses every write.
 
-use super::sql::{read_rows, sql_error, Columns};
+use super::sql::{acquire, read_rows, sql_error, Columns};
 use crate::config::SqlConnection;
 use crate::model::CollectError;
 use crate::timestamp::Cell;
@@ -25,7 +25,7 @@ pub fn connect(cfg: &SqlConnection) -> Result<SqlitePool, CollectError> {
     Ok(SqlitePoolOptions::new()
         .max_connections(1)
         .min_connections(0)
-        .acquire_timeout(cfg.timeout)
+        .acquire_timeout(cfg.timeout / 2)
         .connect_lazy_with(opts))
 }
 
@@ -35,31 +35,35 @@ pub async fn stream<S: Columns>(
     select: impl FnOnce(&[String]) -> Result<S, CollectError>,
     on_row: &mut (dyn FnMut(&S, &[Cell]) + Send),
 ) -> Result<Option<S>, CollectError> {
-    let mut conn = pool.acquire().await.map_err(sql_error)?;
+    let mut conn = acquire(pool).await?;
     read_rows(&mut *conn, query, select, decode, on_row).await
 }
 
-/// SQLite types values, not columns: decode by each value's storage class.
+/// SQLite types values, not columns: decode by each value's storage class. Text is read as
+/// bytes: a value that is not UTF-8 rejects its row alone ([`Cell::NotUtf8`]).
 fn decode(row: &SqliteRow, i: usize) -> Result<Cell, CollectError> {
     let raw = row.try_get_raw(i).map_err(sql_error)?;
     if raw.is_null() {
         return Ok(Cell::Null);
     }
-    let ty = raw.type_info().name().to_string();
+    let ty = raw.type_info();
     let err = |_| CollectError::Decode {
         column: row.columns()[i].name().to_string(),
-        type_name: ty.clone(),
+        type_name: ty.name().to_string(),
     };
     use sqlx::Column;
-    Ok(match ty.as_str() {
+    Ok(match ty.name() {
         "INTEGER" | "BOOLEAN" | "INT8" => {
             Cell::Int(row.try_get_unchecked::<i64, _>(i).map_err(err)?)
         }
         "REAL" | "NUMERIC" => Cell::Float(row.try_get_unchecked::<f64, _>(i).map_err(err)?),
         "BLOB" => {
-            let b = row.try_get_unchecked::<Vec<u8>, _>(i).map_err(err)?;
-            Cell::Text(String::from_utf8_lossy(&b).into_owned())
+            let b = row.try_get_unchecked::<&[u8], _>(i).map_err(err)?;
+            Cell::Text(String::from_utf8_lossy(b).into_owned())
         }
-        _ => Cell::Text(row.try_get_unchecked::<String, _>(i).map_err(err)?),
+        _ => match std::str::from_utf8(row.try_get_unchecked::<&[u8], _>(i).map_err(err)?) {
+            Ok(s) => Cell::Text(s.to_owned()),
+            Err(_) => Cell::NotUtf8,
+        },
     })
 }

@@ -1,0 +1,222 @@
+//! One bad value never hides more than it must (issue 14): a row whose text is not UTF-8 is
+//! rejected alone, a garbage optional field omits only its own series, and an event stamped
+//! far in the future is refused by every inlet that takes a time. Real SQLite files and, where
+//! the server runs, PostgreSQL.
+
+mod common;
+use common::*;
+
+fn rejected(text: &str, source: &str, reason: &str) -> f64 {
+    value(
+        text,
+        "oauth_exporter_rows_rejected_total",
+        &[("source", source), ("reason", reason)],
+    )
+}
+
+#[tokio::test]
+async fn a_row_of_text_that_is_not_utf8_is_rejected_alone_and_the_others_exported() {
+    // SQLite keeps whatever bytes the app wrote as TEXT; x'ff' is never UTF-8.
+    let (_d, path, _pool) = sqlite_db(&[
+        "CREATE TABLE xero_tokens (id TEXT, updated_at TEXT)",
+        "INSERT INTO xero_tokens VALUES ('good', '2026-05-31T12:00:00Z'), \
+         ('bad_time', CAST(x'ff32303236' AS TEXT)), (CAST(x'61ff' AS TEXT), '2026-05-31T12:00:00Z'), \
+         ('also_good', '2026-05-30T12:00:00Z')",
+    ])
+    .await;
+    let yaml = format!(
+        "sources:\n  - name: lite\n    kind: sqlite\n    dsn: {}\n    query: SELECT id, updated_at FROM xero_tokens\n    fields: {{connection: id, last_refresh: updated_at}}\n",
+        path.display()
+    );
+    let (mut e, _) = exporter(&yaml, fixed_now());
+    assert_eq!(poll(&mut e).await, [true], "the source stays up");
+    let text = scrape(&e);
+    assert_eq!(connections(&text, "lite"), ["also_good", "good"]);
+    assert_eq!(rejected(&text, "lite", "invalid_utf8"), 2.0);
+    assert_eq!(
+        value(
+            &text,
+            "oauth_refresh_token_age_seconds",
+            &[("connection", "good")]
+        ),
+        86400.0
+    );
+}
+
+/// dcblogdev/laravel-xero's shape: `expires_in` a string counted from `updated_at`.
+const GARBAGE_EXPIRES_IN: &str = "SELECT id, expires_in, updated_at FROM xero_tokens";
+
+fn relative_source(name: &str, kind: &str, dsn: &str, query: &str) -> String {
+    format!(
+        "sources:\n  - name: {name}\n    kind: {kind}\n    dsn: '{dsn}'\n    query: {query}\n    fields:\n      connection: id\n      last_refresh: updated_at\n      access_expires: {{column: expires_in, format: relative_seconds, relative_to: updated_at}}\n"
+    )
+}
+
+fn assert_only_the_access_expiry_is_lost(text: &str, source: &str) {
+    assert_eq!(connections(text, source), ["fine", "garbage"]);
+    // The garbage row keeps its refresh-token age; only its access-token expiry is missing.
+    assert_eq!(
+        value(
+            text,
+            "oauth_refresh_token_age_seconds",
+            &[("source", source), ("connection", "garbage")]
+        ),
+        3600.0
+    );
+    assert_eq!(
+        sample(
+            text,
+            "oauth_access_token_expiry_timestamp_seconds",
+            &[("source", source), ("connection", "garbage")]
+        ),
+        None
+    );
+    assert_eq!(
+        value(
+            text,
+            "oauth_access_token_expiry_timestamp_seconds",
+            &[("source", source), ("connection", "fine")]
+        ),
+        fixed_now().timestamp() as f64 - 3600.0 + 1800.0
+    );
+    assert_eq!(rejected(text, source, "unparseable_timestamp"), 1.0);
+}
+
+#[tokio::test]
+async fn a_garbage_optional_field_omits_only_its_own_series_in_sqlite() {
+    let (_d, path, _pool) = sqlite_db(&[
+        "CREATE TABLE xero_tokens (id TEXT, expires_in VARCHAR(255), updated_at TEXT)",
+        "INSERT INTO xero_tokens VALUES ('fine', '1800', '2026-06-01 11:00:00'), ('garbage', 'abc', '2026-06-01 11:00:00')",
+    ])
+    .await;
+    let yaml = relative_source(
+        "lite",
+        "sqlite",
+        &path.display().to_string(),
+        GARBAGE_EXPIRES_IN,
+    );
+    let (mut e, _) = exporter(&yaml, fixed_now());
+    assert_eq!(poll(&mut e).await, [true]);
+    assert_only_the_access_expiry_is_lost(&scrape(&e), "lite");
+}
+
+#[tokio::test]
+async fn a_garbage_optional_field_omits_only_its_own_series_in_postgres() {
+    let test = "a_garbage_optional_field_omits_only_its_own_series_in_postgres";
+    if !server_or_skip(test, "PostgreSQL", &pg_url()).await {
+        return;
+    }
+    let table = unique("garbage_expires_in");
+    let admin = oauth_token_exporter::sim::store::SimStore::connect(
+        oauth_token_exporter::model::StoreKind::Postgres,
+        &pg_url(),
+    )
+    .await
+    .unwrap();
+    for q in [
+        format!("DROP TABLE IF EXISTS {table}"),
+        format!("CREATE TABLE {table} (id TEXT, expires_in VARCHAR(255), updated_at TIMESTAMP)"),
+        format!("INSERT INTO {table} VALUES ('fine', '1800', '2026-06-01 11:00:00'), ('garbage', 'abc', '2026-06-01 11:00:00')"),
+    ] {
+        admin.execute(&q, &[]).await.unwrap();
+    }
+    let yaml = relative_source(
+        "pg",
+        "postgres",
+        &pg_url(),
+        &GARBAGE_EXPIRES_IN.replace("xero_tokens", &table),
+    );
+    let (mut e, _) = exporter(&yaml, fixed_now());
+    let polled = poll(&mut e).await;
+    admin
+        .execute(&format!("DROP TABLE {table}"), &[])
+        .await
+        .unwrap();
+    assert_eq!(polled, [true]);
+    assert_only_the_access_expiry_is_lost(&scrape(&e), "pg");
+}
+
+#[tokio::test]
+async fn an_event_stamped_in_the_future_is_refused_by_the_event_table_and_the_ingest_api() {
+    // The event table: a refresh failure stamped 2199 is rejected as an invalid event; the
+    // one beside it is counted.
+    let (_d, path, _pool) = sqlite_db(&[
+        "CREATE TABLE oauth_events (id INTEGER PRIMARY KEY, type TEXT, connection TEXT, tenant TEXT, time TEXT, outcome TEXT, error TEXT, status INTEGER, detail TEXT, rate_limit_problem TEXT)",
+        "INSERT INTO oauth_events (type, connection, time, outcome, error) VALUES \
+         ('refresh', 'c1', '2199-01-01T00:00:00Z', 'failure', 'invalid_grant'), \
+         ('refresh', 'c2', '2026-06-01T11:59:00Z', 'failure', 'invalid_grant')",
+    ])
+    .await;
+    let state = path.with_extension("cursor");
+    let yaml = format!(
+        "event_tables:\n  - {{name: ev, kind: sqlite, dsn: {}, table: oauth_events, state_file: {}, start: beginning}}\n",
+        path.display(),
+        state.display()
+    );
+    let (mut e, _) = exporter(&yaml, fixed_now());
+    for p in &mut e.pollers {
+        assert!(p.poll_once().await);
+    }
+    let text = scrape(&e);
+    assert_eq!(rejected(&text, "ev", "invalid_event"), 1.0);
+    assert_eq!(
+        value(
+            &text,
+            "oauth_token_refresh_failures_total",
+            &[("source", "ev"), ("error", "invalid_grant")]
+        ),
+        1.0
+    );
+
+    // The ingest API's check: the same event is refused for its `time`, saying why.
+    let body = serde_json::json!({"events": [
+        {"type": "refresh", "connection": "c1", "outcome": "failure", "error": "invalid_grant", "time": "2199-01-01T00:00:00Z"},
+        {"type": "refresh", "connection": "c1", "outcome": "failure", "error": "invalid_grant", "time": chrono::Utc::now().to_rfc3339()},
+    ]});
+    let refused = oauth_token_exporter::events::ingest::check_batch(
+        body.to_string().as_bytes(),
+        oauth_token_exporter::provider::ProviderKind::Xero,
+    )
+    .unwrap();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].0, "time");
+    assert!(
+        refused[0].1.contains("ahead of this exporter's clock"),
+        "{}",
+        refused[0].1
+    );
+}
+
+/// The cause of a failed connect is kept (issue 14): a refused port says so and counts as
+/// `connect`; a server that accepts and never answers counts as `timeout`, not as a pool
+/// that "timed out waiting for an open connection".
+#[tokio::test]
+async fn a_refused_store_and_a_hung_one_are_told_apart() {
+    use oauth_token_exporter::config::{SqlConnection, SqlKind};
+    use oauth_token_exporter::model::CollectError;
+    use oauth_token_exporter::sources::sql::{AllColumns, SqlPool};
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hung_port = hung.local_addr().unwrap().port();
+    let refused_port = free_port();
+    let attempt = |port: u16| async move {
+        let pool = SqlPool::connect(&SqlConnection {
+            kind: SqlKind::Postgres,
+            dsn: oauth_token_exporter::secret::Secret::new(format!(
+                "postgres://u@127.0.0.1:{port}/d"
+            )),
+            timeout: std::time::Duration::from_millis(600),
+        })
+        .unwrap();
+        pool.fetch("SELECT 1", AllColumns::select)
+            .await
+            .unwrap_err()
+    };
+    let refused = attempt(refused_port).await;
+    assert!(
+        matches!(&refused, CollectError::Connect(m) if m.contains("connection refused")),
+        "{refused}"
+    );
+    let timed_out = attempt(hung_port).await;
+    assert!(matches!(timed_out, CollectError::Timeout(_)), "{timed_out}");
+    drop(hung);
+}
