@@ -4,7 +4,7 @@
 use super::common::{parse_path, valid_label_name, Problems};
 use super::presets::Inference;
 use crate::model::Status;
-use crate::timestamp::TimeFormat;
+use crate::timestamp::{TimeFormat, Zone, ZoneSetting};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -24,6 +24,8 @@ pub struct TimeField {
     pub format: TimeFormat,
     /// For `relative_seconds`: the timestamp the seconds count from.
     pub relative_to: Option<FieldRef>,
+    /// The zone naive values (no offset) are read in.
+    pub zone: ZoneSetting,
 }
 
 /// The status field with its value map.
@@ -68,6 +70,55 @@ pub struct Mapping {
     pub provider: Option<FieldRef>,
 }
 
+impl Mapping {
+    fn time_fields(&self) -> impl Iterator<Item = &TimeField> {
+        [
+            self.last_refresh.field.as_ref(),
+            self.access_expires.as_ref(),
+            self.refresh_expires.as_ref(),
+            self.last_failure.as_ref(),
+            self.authorized_at.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    /// Whether a time field reads naive values in the SQL session's zone (asked each poll).
+    pub fn uses_session_zone(&self) -> bool {
+        self.time_fields().any(|t| t.zone == ZoneSetting::Session)
+    }
+}
+
+/// Read a `timezone` setting at `at`: an IANA name, an offset, `UTC`, or (where `session` is
+/// allowed, SQL servers) `session`.
+pub(crate) fn zone_setting(
+    at: &str,
+    s: &str,
+    session_allowed: bool,
+    problems: &mut Problems,
+) -> Option<ZoneSetting> {
+    if s.trim() == "session" {
+        if session_allowed {
+            return Some(ZoneSetting::Session);
+        }
+        problems.add(
+            at,
+            "`session` is the zone of a PostgreSQL or MySQL/MariaDB session; name the zone (e.g. `Pacific/Auckland`)",
+        );
+        return None;
+    }
+    match Zone::parse(s) {
+        Some(z) => Some(ZoneSetting::Fixed(z)),
+        None => {
+            problems.add(
+                at,
+                format!("{s:?} is not a time zone: use an IANA name (`Pacific/Auckland`), an offset (`+13:00`), `UTC`, or `session`"),
+            );
+            None
+        }
+    }
+}
+
 /// A field as written: a column name, or a map with details.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct RawField {
@@ -77,6 +128,7 @@ pub(crate) struct RawField {
     relative_to: Option<String>,
     map: Option<BTreeMap<String, Status>>,
     default: Option<Status>,
+    timezone: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -94,6 +146,8 @@ struct RawFieldMap {
     map: Option<BTreeMap<String, Status>>,
     /// Status for values missing from `map` (status field only).
     default: Option<Status>,
+    /// The zone of naive values (timestamp fields only).
+    timezone: Option<String>,
 }
 
 impl RawField {
@@ -129,6 +183,7 @@ impl<'de> Deserialize<'de> for RawField {
                     relative_to: m.relative_to,
                     map: m.map,
                     default: m.default,
+                    timezone: m.timezone,
                 })
             }
         }
@@ -220,6 +275,7 @@ pub(crate) fn mapping(
     infer: Option<Inference>,
     raw_labels: &BTreeMap<String, RawField>,
     rows: bool,
+    zones: Zones,
     problems: &mut Problems,
 ) -> Option<Mapping> {
     let mark = problems.mark();
@@ -245,7 +301,7 @@ pub(crate) fn mapping(
     let refresh_token = plain("refresh_token", &fields.refresh_token, problems);
     let time = |name: &str, f: &Option<RawField>, problems: &mut Problems| {
         f.as_ref()
-            .and_then(|f| time_field(&format!("{fat}.{name}"), f, problems))
+            .and_then(|f| time_field(&format!("{fat}.{name}"), f, zones, problems))
     };
     let access_expires = time("access_expires", &fields.access_expires, problems);
     let refresh_expires = time("refresh_expires", &fields.refresh_expires, problems);
@@ -358,6 +414,12 @@ fn field_ref(at: &str, f: &RawField, kind: FieldKind, problems: &mut Problems) -
                 "only timestamp fields take `relative_to`",
             );
         }
+        if f.timezone.is_some() {
+            problems.add(
+                format!("{at}.timezone"),
+                "only timestamp fields take a `timezone`",
+            );
+        }
     }
     if kind != FieldKind::Status {
         if f.map.is_some() {
@@ -395,7 +457,23 @@ fn field_ref(at: &str, f: &RawField, kind: FieldKind, problems: &mut Problems) -
     })
 }
 
-fn time_field(at: &str, f: &RawField, problems: &mut Problems) -> Option<TimeField> {
+/// The source's default zone for its time fields, and whether `session` may be named.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Zones {
+    pub(crate) default: ZoneSetting,
+    pub(crate) session_allowed: bool,
+}
+
+fn time_field(at: &str, f: &RawField, zones: Zones, problems: &mut Problems) -> Option<TimeField> {
+    let zone = match &f.timezone {
+        Some(s) => zone_setting(
+            &format!("{at}.timezone"),
+            s,
+            zones.session_allowed,
+            problems,
+        )?,
+        None => zones.default,
+    };
     let r = field_ref(at, f, FieldKind::Time, problems)?;
     let format = f.format.unwrap_or_default();
     let relative_to = match (format, &f.relative_to) {
@@ -423,5 +501,6 @@ fn time_field(at: &str, f: &RawField, problems: &mut Problems) -> Option<TimeFie
         at: r,
         format,
         relative_to,
+        zone,
     })
 }

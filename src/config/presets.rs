@@ -29,6 +29,10 @@ pub enum Preset {
     /// `xero_token_sets(id, tenant_id, token_set, updated_at)`; `token_set.expires_at` is epoch
     /// seconds. The JSON is read by the database, so no token leaves it.
     TokenSetJson,
+    /// Frappe/ERPNext's `tabToken Cache` (one row per Connected App and user; MariaDB or
+    /// PostgreSQL): `modified` is when the tokens were last written, in the site's time zone
+    /// (set `timezone`); `expires_in` counts from it. Tokens are Password fields, kept apart.
+    Frappe,
 }
 
 impl Preset {
@@ -37,6 +41,7 @@ impl Preset {
             Preset::XeroTokens => "xero_tokens",
             Preset::Nango => "nango",
             Preset::TokenSetJson => "token_set_json",
+            Preset::Frappe => "frappe",
         }
     }
 
@@ -45,6 +50,7 @@ impl Preset {
             Preset::XeroTokens => "xero_tokens",
             Preset::Nango => "nango._nango_connections",
             Preset::TokenSetJson => "xero_token_sets",
+            Preset::Frappe => "tabToken Cache",
         }
     }
 }
@@ -60,15 +66,20 @@ pub struct Built {
 
 /// Build the preset for `kind`, reading `table` (or the preset's default table).
 pub fn build(preset: Preset, kind: StoreKind, table: Option<&str>) -> Result<Built, String> {
-    let table = table.unwrap_or(preset.default_table());
-    if !valid_table(table) {
-        return Err(format!(
-            "{table:?} is not a valid table name: use `table` or `schema.table` with letters, digits and `_`"
-        ));
-    }
+    let given = table;
+    let table = || {
+        let table = given.unwrap_or(preset.default_table());
+        if valid_table(table) {
+            Ok(table)
+        } else {
+            Err(format!(
+                "{table:?} is not a valid table name: use `table` or `schema.table` with letters, digits and `_`"
+            ))
+        }
+    };
     match preset {
         Preset::XeroTokens => Ok(Built {
-            query: format!("SELECT id, tenant_id, expires_at FROM {table}"),
+            query: format!("SELECT id, tenant_id, expires_at FROM {}", table()?),
             fields: RawFields::preset(&[
                 ("connection", "id"),
                 ("tenant", "tenant_id"),
@@ -87,7 +98,10 @@ pub fn build(preset: Preset, kind: StoreKind, table: Option<&str>) -> Result<Bui
                 }
             };
             Ok(Built {
-                query: format!("SELECT id, tenant_id, {expires} AS expires_at FROM {table}"),
+                query: format!(
+                    "SELECT id, tenant_id, {expires} AS expires_at FROM {}",
+                    table()?
+                ),
                 fields: RawFields::preset(&[
                     ("connection", "id"),
                     ("tenant", "tenant_id"),
@@ -97,6 +111,7 @@ pub fn build(preset: Preset, kind: StoreKind, table: Option<&str>) -> Result<Bui
                 labels: Vec::new(),
             })
         }
+        Preset::Frappe => frappe(kind, given),
         Preset::Nango => {
             if kind != StoreKind::Postgres {
                 return Err(format!(
@@ -104,6 +119,7 @@ pub fn build(preset: Preset, kind: StoreKind, table: Option<&str>) -> Result<Bui
                     kind.as_str()
                 ));
             }
+            let table = table()?;
             // Nango's other tables live beside `_nango_connections`, in its schema.
             let schema = match table.rsplit_once('.') {
                 Some((schema, _)) => format!("{schema}."),
@@ -143,4 +159,49 @@ pub fn build(preset: Preset, kind: StoreKind, table: Option<&str>) -> Result<Bui
             })
         }
     }
+}
+
+/// Frappe's `tabToken Cache`, as its DocType (frappe/integrations/doctype/token_cache/
+/// token_cache.json) and `TokenCache.update_data` write it: saved on every token write, so
+/// `modified` is the last refresh; `expires_in` (seconds, 0 when unknown) counts from it. The
+/// row's name is `{connected_app}-{user}`; the Connected App's `provider_name` is free text.
+fn frappe(kind: StoreKind, table: Option<&str>) -> Result<Built, String> {
+    if table.is_some() {
+        return Err(
+            "the frappe preset reads Frappe's own `tabToken Cache`; it takes no `table`".into(),
+        );
+    }
+    // `user` is a keyword (PostgreSQL's USER is the session's role): quoted as Frappe does.
+    let (quoted, user, expiry) = match kind {
+        StoreKind::Mysql => (
+            "`tabToken Cache`",
+            "`user`",
+            "DATE_ADD(modified, INTERVAL expires_in SECOND)",
+        ),
+        StoreKind::Postgres => (
+            "\"tabToken Cache\"",
+            "\"user\"",
+            "modified + expires_in * INTERVAL '1 second'",
+        ),
+        _ => {
+            return Err(format!(
+                "the frappe preset reads Frappe's MariaDB or PostgreSQL database; this source is kind {}",
+                kind.as_str()
+            ))
+        }
+    };
+    Ok(Built {
+        query: format!(
+            "SELECT name, {user}, connected_app, LOWER(provider_name) AS provider, modified, \
+             CASE WHEN expires_in > 0 THEN {expiry} END AS access_expires FROM {quoted}"
+        ),
+        fields: RawFields::preset(&[
+            ("connection", "name"),
+            ("provider", "provider"),
+            ("last_refresh", "modified"),
+            ("access_expires", "access_expires"),
+        ]),
+        infer_last_refresh: None,
+        labels: vec![("user", "user"), ("connected_app", "connected_app")],
+    })
 }

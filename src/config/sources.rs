@@ -216,6 +216,9 @@ struct RawCommon {
     backoff_max: Option<HumanDuration>,
     /// Cap on per-connection series for this source.
     max_connections: Option<usize>,
+    /// The zone of naive timestamps (no offset) in this source: an IANA name, an offset,
+    /// `UTC` (the default), or `session` (SQL servers: the server's default zone).
+    timezone: Option<String>,
     /// With `fields.provider`: what to do with rows of providers without a profile.
     unknown_providers: Option<RawUnknownProviders>,
     /// The keys of the store kind.
@@ -244,7 +247,7 @@ struct RawSql {
     dsn_env: Option<String>,
     /// File holding the connection string (Kubernetes secrets).
     dsn_file: Option<PathBuf>,
-    /// A known schema: `xero_tokens`, `nango`, `token_set_json`.
+    /// A known schema: `xero_tokens`, `nango`, `token_set_json`, `frappe`.
     preset: Option<Preset>,
     /// Table for the preset, when not its default.
     table: Option<String>,
@@ -738,7 +741,26 @@ pub(crate) fn validate(
             fields.last_refresh = None;
         }
     }
-    let mapping = fields::mapping(at, &fields, infer, &labels, query.is_some(), problems);
+    let session_allowed = matches!(raw.kind, StoreKind::Postgres | StoreKind::Mysql);
+    let zones = fields::Zones {
+        default: match &raw.timezone {
+            None => Default::default(),
+            Some(s) => {
+                fields::zone_setting(&format!("{at}.timezone"), s, session_allowed, problems)
+                    .unwrap_or_default()
+            }
+        },
+        session_allowed,
+    };
+    let mapping = fields::mapping(
+        at,
+        &fields,
+        infer,
+        &labels,
+        query.is_some(),
+        zones,
+        problems,
+    );
     let provider = provider(at, &raw, problems);
     let unknown_providers = match &raw.unknown_providers {
         None => None,

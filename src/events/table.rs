@@ -47,6 +47,8 @@ impl CursorValue {
             Cell::Float(f) if f.is_finite() => CursorValue::Float(*f),
             Cell::Text(s) => CursorValue::Text(s.clone()),
             Cell::Time(t) => CursorValue::Time(*t),
+            // Compared in the column's own (naive) terms: the literal's offset is ignored.
+            Cell::Naive(n) => CursorValue::Time(n.and_utc()),
             _ => return None,
         })
     }

@@ -4,7 +4,7 @@
 use crate::config::{FieldRef, Inference, Mapping, TimeField};
 use crate::model::{label_value, MappedConnection, RejectReason, Status};
 use crate::provider::ProviderProfile;
-use crate::timestamp::{self, Cell, TimeError, TimeFormat};
+use crate::timestamp::{self, Cell, TimeError, TimeFormat, Zone};
 use chrono::{DateTime, Duration, Utc};
 use std::borrow::Cow;
 
@@ -31,6 +31,9 @@ pub struct Resolved {
     labels: Vec<Slot>,
     refresh_token: Option<Slot>,
     provider: Option<Slot>,
+    /// The SQL session's zone, for time fields set to `timezone: session` (asked at each
+    /// poll by the backend; UTC otherwise).
+    pub session_zone: Zone,
 }
 
 /// A configured column that the query result does not have.
@@ -139,6 +142,7 @@ pub fn resolve(mapping: &Mapping, columns: &[String]) -> Result<Resolved, Missin
         labels,
         refresh_token,
         provider,
+        session_zone: Zone::Utc,
     })
 }
 
@@ -232,8 +236,10 @@ fn reason(e: TimeError) -> RejectReason {
 fn read_time(
     cells: &[Cell],
     slots: &(Slot, Option<Slot>),
-    format: TimeFormat,
+    tf: &TimeField,
+    session: Zone,
 ) -> Result<Option<DateTime<Utc>>, RejectReason> {
+    let (format, zone) = (tf.format, tf.zone.resolve(session));
     let value = cell(cells, &slots.0).map_err(reason)?;
     match (&slots.1, format) {
         (Some(rel), TimeFormat::RelativeSeconds) => {
@@ -242,14 +248,14 @@ fn read_time(
                 None => return Ok(None),
             };
             let base = cell(cells, rel).map_err(reason)?;
-            let base = match timestamp::to_time(&base, TimeFormat::Auto).map_err(reason)? {
+            let base = match timestamp::to_time_in(&base, TimeFormat::Auto, zone).map_err(reason)? {
                 Some(b) => b,
                 None => return Err(RejectReason::NullTimestamp),
             };
             let t = base + Duration::milliseconds((secs * 1000.0) as i64);
             timestamp::plausible(t).map(Some).map_err(reason)
         }
-        _ => timestamp::to_time(&value, format).map_err(reason),
+        _ => timestamp::to_time_in(&value, format, zone).map_err(reason),
     }
 }
 
@@ -298,7 +304,7 @@ pub fn map_row(
     let time = |slots: &Option<(Slot, Option<Slot>)>,
                 tf: Option<&TimeField>,
                 name: &'static str| match (slots, tf) {
-        (Some(s), Some(tf)) => read_time(cells, s, tf.format).map_err(|e| reject(e, name)),
+        (Some(s), Some(tf)) => read_time(cells, s, tf, r.session_zone).map_err(|e| reject(e, name)),
         _ => Ok(None),
     };
     // The required field first, so that a row whose last refresh is NULL is rejected for

@@ -141,14 +141,23 @@ impl Backend {
     ) -> Result<bool, CollectError> {
         match self {
             Backend::Sql(pool, query) => {
+                let session_zone = if mapping.uses_session_zone() {
+                    pool.session_zone().await?
+                } else {
+                    crate::timestamp::Zone::Utc
+                };
                 let mut resolved = false;
                 pool.stream(
                     query,
                     |names| {
-                        mapping::resolve(mapping, names).map_err(|m| CollectError::MissingColumn {
-                            column: m.column,
-                            available: m.available.join(", "),
-                        })
+                        let mut r = mapping::resolve(mapping, names).map_err(|m| {
+                            CollectError::MissingColumn {
+                                column: m.column,
+                                available: m.available.join(", "),
+                            }
+                        })?;
+                        r.session_zone = session_zone;
+                        Ok(r)
                     },
                     &mut |r: &Resolved, cells: &[Cell]| {
                         if !resolved {

@@ -59,7 +59,7 @@ fn decode(row: &MySqlRow, i: usize) -> Result<Cell, CollectError> {
             get!(rust_decimal::Decimal).map(|d| Cell::Float(d.to_f64().unwrap_or(f64::NAN)))
         }
         "TIMESTAMP" => get!(DateTime<Utc>).map(Cell::Time),
-        "DATETIME" => get!(NaiveDateTime).map(|t| Cell::Time(t.and_utc())),
+        "DATETIME" => get!(NaiveDateTime).map(Cell::Naive),
         "DATE" => get!(NaiveDate)
             .map(|d| Cell::Time(d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc())),
         "JSON" => get!(serde_json::Value).map(Cell::Json),

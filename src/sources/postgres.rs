@@ -61,7 +61,7 @@ fn decode(row: &PgRow, i: usize) -> Result<Cell, CollectError> {
             get!(rust_decimal::Decimal).map(|d| Cell::Float(d.to_f64().unwrap_or(f64::NAN)))
         }
         "TIMESTAMPTZ" => get!(DateTime<Utc>).map(Cell::Time),
-        "TIMESTAMP" => get!(NaiveDateTime).map(|t| Cell::Time(t.and_utc())),
+        "TIMESTAMP" => get!(NaiveDateTime).map(Cell::Naive),
         "DATE" => get!(NaiveDate)
             .map(|d| Cell::Time(d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc())),
         "JSON" | "JSONB" => get!(serde_json::Value).map(Cell::Json),

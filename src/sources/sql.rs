@@ -68,6 +68,44 @@ impl SqlPool {
         }
     }
 
+    /// The zone the server gives the app's sessions, for `timezone: session` (the driver sets
+    /// this exporter's own session to UTC, so that is not asked). PostgreSQL: the `timezone`
+    /// set for the role and database (`ALTER ROLE/DATABASE ... SET timezone`, most specific
+    /// first), else the server's `log_timezone` (initdb sets it with `timezone`, from the
+    /// system's zone). MySQL/MariaDB: the global `time_zone`, `SYSTEM` resolved through
+    /// `system_time_zone`.
+    pub async fn session_zone(&self) -> Result<crate::timestamp::Zone, CollectError> {
+        let query = match self {
+            SqlPool::Postgres(_) => "SELECT COALESCE(\
+                (SELECT substr(c, 10) FROM pg_db_role_setting s, unnest(s.setconfig) c \
+                 WHERE lower(c) LIKE 'timezone=%' \
+                   AND s.setrole IN (0, (SELECT oid FROM pg_roles WHERE rolname = current_user)) \
+                   AND s.setdatabase IN (0, (SELECT oid FROM pg_database WHERE datname = current_database())) \
+                 ORDER BY (s.setrole <> 0) DESC, (s.setdatabase <> 0) DESC LIMIT 1), \
+                current_setting('log_timezone')) AS zone",
+            SqlPool::Mysql(_) => "SELECT CAST(IF(@@global.time_zone = 'SYSTEM', @@system_time_zone, @@global.time_zone) AS CHAR) AS zone",
+            SqlPool::Sqlite(_) => {
+                return Err(CollectError::Query(
+                    "SQLite has no session time zone; set `timezone` to the zone's name".into(),
+                ))
+            }
+        };
+        let rows = self.fetch(query, AllColumns::select).await?;
+        let name = match rows.rows.first().and_then(|r| r.first()) {
+            Some(Cell::Text(s)) => s.clone(),
+            _ => {
+                return Err(CollectError::Query(
+                    "the server did not name its time zone".into(),
+                ))
+            }
+        };
+        crate::timestamp::Zone::parse(&name).ok_or_else(|| {
+            CollectError::Query(format!(
+                "the server's time zone {name:?} is not an IANA name or an offset; set `timezone` to the zone's IANA name"
+            ))
+        })
+    }
+
     pub async fn close(&self) {
         match self {
             SqlPool::Sqlite(p) => p.close().await,
