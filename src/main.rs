@@ -9,11 +9,9 @@ use oauth_token_exporter::{clock::SystemClock, config, Exporter, ServerOptions};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-#[cfg(feature = "alloc-mimalloc")]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-#[cfg(feature = "alloc-jemalloc")]
+/// jemalloc: steady memory about half of glibc's after several polls (Cargo.toml has the
+/// figures); `--features system-allocator` keeps the C library's.
+#[cfg(all(unix, not(feature = "system-allocator")))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -229,6 +229,18 @@ impl RawFields {
     }
 
     /// Builder used by presets.
+    /// A preset's access expiry as seconds (`expires_in`, a number or numeric string) counted
+    /// from another column: read per row, so a garbage value omits that row's expiry only.
+    pub(crate) fn access_expires_relative(mut self, seconds: &str, from: &str) -> RawFields {
+        self.access_expires = Some(RawField {
+            column: seconds.to_string(),
+            format: Some(TimeFormat::RelativeSeconds),
+            relative_to: Some(from.to_string()),
+            ..RawField::default()
+        });
+        self
+    }
+
     pub fn preset(pairs: &[(&str, &str)]) -> RawFields {
         let mut f = RawFields::default();
         for (name, column) in pairs {

@@ -29,6 +29,10 @@ pub enum Preset {
     /// `xero_token_sets(id, tenant_id, token_set, updated_at)`; `token_set.expires_at` is epoch
     /// seconds. The JSON is read by the database, so no token leaves it.
     TokenSetJson,
+    /// dcblogdev/laravel-xero's `xero_tokens` (its migration `create_xero_tokens_table`):
+    /// one row per tenant, `expires_in` a string of seconds counted from Eloquent's
+    /// `updated_at`, which `StoreTokenAction`'s `updateOrCreate` moves on every refresh.
+    LaravelXero,
     /// Frappe/ERPNext's `tabToken Cache` (one row per Connected App and user; MariaDB or
     /// PostgreSQL): `modified` is when the tokens were last written, in the site's time zone
     /// (set `timezone`); `expires_in` counts from it. Tokens are Password fields, kept apart.
@@ -42,15 +46,46 @@ impl Preset {
             Preset::Nango => "nango",
             Preset::TokenSetJson => "token_set_json",
             Preset::Frappe => "frappe",
+            Preset::LaravelXero => "laravel_xero",
         }
     }
 
-    fn default_table(self) -> &'static str {
+    /// The columns its query reads from the table (for telling a table of another shape).
+    pub fn columns(self) -> &'static [&'static str] {
+        match self {
+            Preset::XeroTokens => &["id", "tenant_id", "expires_at"],
+            Preset::LaravelXero => &["id", "tenant_id", "tenant_name", "expires_in", "updated_at"],
+            Preset::TokenSetJson => &["id", "tenant_id", "token_set"],
+            Preset::Frappe => &[
+                "name",
+                "user",
+                "connected_app",
+                "provider_name",
+                "modified",
+                "expires_in",
+            ],
+            Preset::Nango => &[
+                "connection_id",
+                "provider_config_key",
+                "credentials_expires_at",
+            ],
+        }
+    }
+
+    /// The single-table presets a table could be read with.
+    pub const TABLES: [Preset; 3] = [
+        Preset::XeroTokens,
+        Preset::LaravelXero,
+        Preset::TokenSetJson,
+    ];
+
+    pub(crate) fn default_table(self) -> &'static str {
         match self {
             Preset::XeroTokens => "xero_tokens",
             Preset::Nango => "nango._nango_connections",
             Preset::TokenSetJson => "xero_token_sets",
             Preset::Frappe => "tabToken Cache",
+            Preset::LaravelXero => "xero_tokens",
         }
     }
 }
@@ -112,6 +147,20 @@ pub fn build(preset: Preset, kind: StoreKind, table: Option<&str>) -> Result<Bui
             })
         }
         Preset::Frappe => frappe(kind, given),
+        Preset::LaravelXero => Ok(Built {
+            query: format!(
+                "SELECT id, tenant_id, tenant_name, expires_in, updated_at FROM {}",
+                table()?
+            ),
+            fields: RawFields::preset(&[
+                ("connection", "id"),
+                ("tenant", "tenant_id"),
+                ("last_refresh", "updated_at"),
+            ])
+            .access_expires_relative("expires_in", "updated_at"),
+            infer_last_refresh: None,
+            labels: vec![("tenant_name", "tenant_name")],
+        }),
         Preset::Nango => {
             if kind != StoreKind::Postgres {
                 return Err(format!(

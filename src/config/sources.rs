@@ -127,6 +127,9 @@ pub enum Store {
     Sql {
         connection: SqlConnection,
         query: String,
+        /// The preset that wrote the query and the table it reads, to tell a table of another
+        /// shape apart at the first poll.
+        preset: Option<(Preset, String)>,
     },
     Redis(RedisStore),
     File(FileStore),
@@ -247,7 +250,7 @@ struct RawSql {
     dsn_env: Option<String>,
     /// File holding the connection string (Kubernetes secrets).
     dsn_file: Option<PathBuf>,
-    /// A known schema: `xero_tokens`, `nango`, `token_set_json`, `frappe`.
+    /// A known schema: `xero_tokens`, `nango`, `token_set_json`, `laravel_xero`, `frappe`.
     preset: Option<Preset>,
     /// Table for the preset, when not its default.
     table: Option<String>,
@@ -459,6 +462,10 @@ fn sql_parts(
         store: dsn.zip(query.clone()).map(|(dsn, query)| Store::Sql {
             connection: SqlConnection { kind, dsn, timeout },
             query,
+            preset: raw.preset.map(|p| {
+                let table = raw.table.clone().unwrap_or(p.default_table().to_string());
+                (p, table)
+            }),
         }),
         query,
         fields,

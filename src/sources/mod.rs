@@ -111,7 +111,11 @@ pub fn install_tls_provider() {
 /// The connection to one store, per kind.
 #[derive(Debug)]
 pub enum Backend {
-    Sql(sql::SqlPool, String),
+    Sql(
+        sql::SqlPool,
+        String,
+        Option<(crate::config::Preset, String)>,
+    ),
     Redis(Box<redis::RedisSource>),
     File(file::FileSource),
     Http(http::HttpSource),
@@ -122,9 +126,15 @@ impl Backend {
     /// failed poll, not a failed start.
     pub fn connect(store: &Store) -> Result<Backend, CollectError> {
         Ok(match store {
-            Store::Sql { connection, query } => {
-                Backend::Sql(sql::SqlPool::connect(connection)?, query.clone())
-            }
+            Store::Sql {
+                connection,
+                query,
+                preset,
+            } => Backend::Sql(
+                sql::SqlPool::connect(connection)?,
+                query.clone(),
+                preset.clone(),
+            ),
             Store::Redis(r) => Backend::Redis(Box::new(redis::RedisSource::connect(r)?)),
             Store::File(f) => Backend::File(file::FileSource::new(f)),
             Store::Http(h) => Backend::Http(http::HttpSource::new(h)?),
@@ -140,35 +150,43 @@ impl Backend {
         sink: &mut dyn RowSink,
     ) -> Result<bool, CollectError> {
         match self {
-            Backend::Sql(pool, query) => {
+            Backend::Sql(pool, query, preset) => {
                 let session_zone = if mapping.uses_session_zone() {
                     pool.session_zone().await?
                 } else {
                     crate::timestamp::Zone::Utc
                 };
                 let mut resolved = false;
-                pool.stream(
-                    query,
-                    |names| {
-                        let mut r = mapping::resolve(mapping, names).map_err(|m| {
-                            CollectError::MissingColumn {
-                                column: m.column,
-                                available: m.available.join(", "),
+                let streamed = pool
+                    .stream(
+                        query,
+                        |names| {
+                            let mut r = mapping::resolve(mapping, names).map_err(|m| {
+                                CollectError::MissingColumn {
+                                    column: m.column,
+                                    available: m.available.join(", "),
+                                }
+                            })?;
+                            r.session_zone = session_zone;
+                            Ok(r)
+                        },
+                        &mut |r: &Resolved, cells: &[Cell]| {
+                            if !resolved {
+                                resolved = true;
+                                sink.resolved(r.clone());
                             }
-                        })?;
-                        r.session_zone = session_zone;
-                        Ok(r)
-                    },
-                    &mut |r: &Resolved, cells: &[Cell]| {
-                        if !resolved {
-                            resolved = true;
-                            sink.resolved(r.clone());
-                        }
-                        sink.row(cells);
-                    },
-                )
-                .await?;
-                Ok(false)
+                            sink.row(cells);
+                        },
+                    )
+                    .await
+                    .map_err(|e| (e, preset));
+                match streamed {
+                    Ok(_) => Ok(false),
+                    Err((e, Some((preset, table)))) if sql::undefined_column(&e) => {
+                        Err(pool.preset_mismatch(e, *preset, table).await)
+                    }
+                    Err((e, _)) => Err(e),
+                }
             }
             Backend::Redis(r) => r.fetch(mapping, sink).await,
             Backend::File(f) => f.fetch(mapping, sink).await.map(|()| false),
@@ -178,7 +196,7 @@ impl Backend {
 
     pub async fn close(&self) {
         match self {
-            Backend::Sql(pool, _) => pool.close().await,
+            Backend::Sql(pool, _, _) => pool.close().await,
             Backend::Redis(_) | Backend::File(_) | Backend::Http(_) => {}
         }
     }

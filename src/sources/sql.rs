@@ -106,6 +106,64 @@ impl SqlPool {
         })
     }
 
+    /// A preset's query failed on a column its table does not have: say which columns the
+    /// table has (names only) and which preset, if any, reads that shape.
+    pub async fn preset_mismatch(
+        &self,
+        e: CollectError,
+        preset: crate::config::Preset,
+        table: &str,
+    ) -> CollectError {
+        let (schema, name) = match table.rsplit_once('.') {
+            Some((s, n)) => (Some(s), n),
+            None => (None, table),
+        };
+        // `table` passed the preset's name check (letters, digits, `_`, one dot).
+        let query = match (self, schema) {
+            (SqlPool::Sqlite(_), _) => format!("SELECT name FROM pragma_table_info('{name}')"),
+            (SqlPool::Postgres(_), Some(s)) => format!("SELECT column_name::text FROM information_schema.columns WHERE table_schema = '{s}' AND table_name = '{name}'"),
+            (SqlPool::Postgres(_), None) => format!("SELECT column_name::text FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = '{name}'"),
+            (SqlPool::Mysql(_), Some(s)) => format!("SELECT CAST(column_name AS CHAR) FROM information_schema.columns WHERE table_schema = '{s}' AND table_name = '{name}'"),
+            (SqlPool::Mysql(_), None) => format!("SELECT CAST(column_name AS CHAR) FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = '{name}'"),
+        };
+        let columns: Vec<String> = match self.fetch(&query, AllColumns::select).await {
+            Ok(rows) => rows
+                .rows
+                .into_iter()
+                .filter_map(|r| match r.into_iter().next() {
+                    Some(Cell::Text(c)) => Some(c.to_lowercase()),
+                    _ => None,
+                })
+                .collect(),
+            Err(_) => return e,
+        };
+        let has = |c: &&str| columns.iter().any(|x| x == c);
+        let missing: Vec<&str> = preset
+            .columns()
+            .iter()
+            .copied()
+            .filter(|c| !has(c))
+            .collect();
+        if columns.is_empty() || missing.is_empty() {
+            return e;
+        }
+        let fits: Vec<&str> = crate::config::Preset::TABLES
+            .iter()
+            .filter(|p| **p != preset && p.columns().iter().all(&has))
+            .map(|p| p.as_str())
+            .collect();
+        let advice = match fits.as_slice() {
+            [] => "no preset reads this shape: write a `query` and map its `fields`".to_string(),
+            fits => format!("preset `{}` reads this shape", fits.join("` or `")),
+        };
+        CollectError::Query(format!(
+            "{e}; table {table} is not the shape preset `{}` reads: it has no column {} (its columns: {}); {advice}",
+            preset.as_str(),
+            missing.join(", "),
+            columns.join(", "),
+        ))
+    }
+
     pub async fn close(&self) {
         match self {
             SqlPool::Sqlite(p) => p.close().await,
@@ -223,6 +281,12 @@ pub(crate) async fn acquire<DB: sqlx::Database>(
         }
         Err(e) => Err(sql_error(e)),
     }
+}
+
+/// Whether a poll failed on a column the table does not have (PostgreSQL 42703, MySQL 1054,
+/// SQLite `no such column`).
+pub fn undefined_column(e: &CollectError) -> bool {
+    matches!(e, CollectError::Query(m) if m.contains("SQLSTATE 42703") || m.starts_with("error 1054") || m.contains("no such column"))
 }
 
 /// Classify a driver error. What it keeps of a server's message is only what cannot quote a
