@@ -549,3 +549,71 @@ async fn a_mariadb_table_without_an_increasing_id_is_tailed_by_time_and_id() {
     }
     tail_by_time_and_id(StoreKind::Mysql, &mysql_url(), &unique("my_by_time")).await;
 }
+
+/// A table truncated with its ids restarted (issue 14): the new events have ids below the saved
+/// cursor. Before, they were skipped until the ids passed it again; now the reset is seen at
+/// the next empty poll, counted and logged, and the table is read from its start.
+#[tokio::test]
+async fn a_table_whose_ids_restart_below_the_cursor_is_read_again_from_its_start() {
+    let test = "a_table_whose_ids_restart_below_the_cursor_is_read_again_from_its_start";
+    if !server_or_skip(test, "PostgreSQL", &pg_url()).await {
+        return;
+    }
+    let t = unique("restarted_events");
+    let admin = oauth_token_exporter::sim::store::SimStore::connect(StoreKind::Postgres, &pg_url())
+        .await
+        .unwrap();
+    for q in [
+        format!("DROP TABLE IF EXISTS {t}"),
+        format!("CREATE TABLE {t} (id bigserial PRIMARY KEY, type text, connection text, tenant text, time timestamptz, outcome text, error text, status int, detail text, rate_limit_problem text)"),
+        FIVE.replace("oauth_events", &t),
+    ] {
+        admin.execute(&q, &[]).await.unwrap();
+    }
+    let d = tempfile::tempdir().unwrap();
+    let state = d.path().join("c");
+    let cfg = yaml(
+        "pg_ev",
+        "postgres",
+        &pg_url(),
+        &t,
+        &state,
+        "    start: beginning\n",
+    );
+    let (mut e, _) = exporter(&cfg, fixed_now());
+    let refreshes = |e: &Exporter| {
+        value(
+            &scrape(e),
+            "oauth_token_refreshes_total",
+            &[("source", "pg_ev")],
+        )
+    };
+    assert_eq!(poll_tables(&mut e).await, [true]);
+    assert_eq!(refreshes(&e), 2.0);
+    // The app empties the table and restarts its ids, then writes three refreshes (ids 1-3,
+    // below the cursor at 5).
+    for q in [
+        format!("TRUNCATE {t} RESTART IDENTITY"),
+        format!("INSERT INTO {t} (type, connection, outcome) VALUES ('refresh', 'c1', 'success'), ('refresh', 'c2', 'success'), ('refresh', 'c3', 'success')"),
+    ] {
+        admin.execute(&q, &[]).await.unwrap();
+    }
+    assert_eq!(poll_tables(&mut e).await, [true]);
+    let text = scrape(&e);
+    admin
+        .execute(&format!("DROP TABLE {t}"), &[])
+        .await
+        .unwrap();
+    assert_eq!(refreshes(&e), 5.0, "the three new refreshes are counted");
+    assert_eq!(
+        value(
+            &text,
+            "oauth_exporter_source_errors_total",
+            &[("source", "pg_ev"), ("reason", "cursor_reset")]
+        ),
+        1.0
+    );
+    assert!(std::fs::read_to_string(&state)
+        .unwrap()
+        .contains("\"cursor\":3"));
+}

@@ -9,7 +9,7 @@
 use super::classify::EventFields;
 use super::{Context, Inlet, Wired};
 use crate::config::{EventField, EventStart, EventTable, Schedule, SqlKind};
-use crate::model::{CollectError, CursorError, RejectReason};
+use crate::model::{CollectError, CursorError, RejectReason, SourceErrorReason};
 use crate::pipeline::{Health, Outcome, Polled, Runner, Sink, Subject};
 use crate::sources::sql::{AllColumns, SqlPool};
 use crate::telemetry::live::Counts;
@@ -313,10 +313,16 @@ impl TablePoller {
         };
         let fields = self.cfg.columns.len();
         let mut counted = 0;
-        for _ in 0..MAX_BATCHES_PER_POLL {
+        for batch in 0..MAX_BATCHES_PER_POLL {
             let q = self.next_batch(&cursor)?;
             let fetched = self.pool.fetch(&q, AllColumns::select).await?;
             let n = fetched.rows.len();
+            if n == 0 && batch == 0 {
+                if let Some(reset) = self.cursor_ahead(&cursor).await? {
+                    cursor = reset;
+                    continue;
+                }
+            }
             for row in &fetched.rows {
                 let row_id = row[0].as_label().unwrap_or_default();
                 let next = match &cursor {
@@ -385,6 +391,38 @@ impl TablePoller {
             }
         }
         Ok(counted)
+    }
+}
+
+impl TablePoller {
+    /// Nothing new past an id cursor: check that the table's ids did not go back below it
+    /// (`TRUNCATE ... RESTART IDENTITY`, a restore from a backup), which would hide every event
+    /// written since until the ids pass the cursor again. If they did, the cursor goes back
+    /// to the start of the table (every row now in it is read: a truncated table's new events
+    /// are counted, a restored table's old ones again), the state file with it, and the reset
+    /// is logged and counted (`oauth_exporter_source_errors_total{reason="cursor_reset"}`).
+    async fn cursor_ahead(&mut self, cursor: &Cursor) -> Result<Option<Cursor>, CollectError> {
+        let Cursor::Id { cursor: at } = *cursor else {
+            return Ok(None);
+        };
+        if at <= 0 {
+            return Ok(None);
+        }
+        let id = &self.cfg.id_column;
+        let q = self.select(&format!("COALESCE(MAX({id}), 0)"), true, "");
+        let f = self.pool.fetch(&q, AllColumns::select).await?;
+        let max = f.rows.first().and_then(|r| id_of(&r[0])).unwrap_or(0);
+        if max >= at {
+            return Ok(None);
+        }
+        tracing::warn!(source = %self.cfg.name, cursor = at, max_id = max, "The event table's ids are below the saved cursor (truncated with its ids restarted, or restored from a backup); reading it again from the start.");
+        self.sink
+            .live()
+            .source_error(&self.cfg.name, SourceErrorReason::CursorReset);
+        let reset = Cursor::Id { cursor: 0 };
+        self.cursor = Some(reset.clone());
+        self.persist(&reset)?;
+        Ok(Some(reset))
     }
 }
 

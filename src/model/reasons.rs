@@ -65,10 +65,13 @@ pub enum SourceErrorReason {
     Decode,
     /// The source reached its per-poll key limit (the poll still succeeds with what it read).
     KeyLimit,
+    /// An event table's ids went back below its cursor (truncated with its sequence restarted,
+    /// or restored from a backup): the cursor is moved back to read them (the poll succeeds).
+    CursorReset,
 }
 
 impl SourceErrorReason {
-    pub const ALL: [SourceErrorReason; 7] = [
+    pub const ALL: [SourceErrorReason; 8] = [
         SourceErrorReason::Connect,
         SourceErrorReason::Timeout,
         SourceErrorReason::Query,
@@ -76,6 +79,7 @@ impl SourceErrorReason {
         SourceErrorReason::Mapping,
         SourceErrorReason::Decode,
         SourceErrorReason::KeyLimit,
+        SourceErrorReason::CursorReset,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -87,6 +91,7 @@ impl SourceErrorReason {
             SourceErrorReason::Mapping => "mapping",
             SourceErrorReason::Decode => "decode",
             SourceErrorReason::KeyLimit => "key_limit",
+            SourceErrorReason::CursorReset => "cursor_reset",
         }
     }
 }
