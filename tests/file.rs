@@ -178,3 +178,42 @@ async fn a_missing_file_is_a_failed_poll_with_the_connect_reason() {
         1.0
     );
 }
+
+/// Singer's tap-xero keeps its one refresh token in its `config.json` and rewrites the whole
+/// file on every refresh (`XeroClient.refresh_credentials` -> `update_config_file`, json.dump
+/// with indent=2, in singer-io/tap-xero's tap_xero/client.py): the file's modification time is
+/// the last refresh, read through the `_mtime` pseudo-column (issue 14).
+#[tokio::test]
+async fn a_tap_xero_config_file_is_one_connection_refreshed_when_the_file_was_written() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("config.json");
+    std::fs::write(
+        &path,
+        "{\n  \"client_id\": \"CLIENTID\",\n  \"client_secret\": \"SECRET-x\",\n  \"refresh_token\": \"RT-x\",\n  \"tenant_id\": \"6f1c2f6e-0000-4000-8000-000000000009\",\n  \"start_date\": \"2026-01-01T00:00:00Z\",\n  \"user_agent\": \"tap-xero ops@example.com\"\n}",
+    )
+    .unwrap();
+    let written = t("2026-06-01T11:00:00Z");
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(written.into())
+        .unwrap();
+    let rest = "    fields: {connection: tenant_id, last_refresh: _mtime}\n";
+    let (mut e, _) = exporter(&file_source("tap", &path, rest), fixed_now());
+    assert_eq!(poll(&mut e).await, [true]);
+    let text = scrape(&e);
+    assert_eq!(
+        connections(&text, "tap"),
+        ["6f1c2f6e-0000-4000-8000-000000000009"]
+    );
+    assert_eq!(
+        value(
+            &text,
+            "oauth_refresh_token_age_seconds",
+            &[("source", "tap")]
+        ),
+        3600.0
+    );
+    assert!(!text.contains("SECRET-x") && !text.contains("RT-x"));
+}

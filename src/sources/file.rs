@@ -86,11 +86,12 @@ impl FileSource {
         }
     }
 
-    async fn read(&self) -> Result<serde_json::Value, CollectError> {
+    /// The document, and when the file was last modified.
+    async fn read(&self) -> Result<(serde_json::Value, Option<SystemTime>), CollectError> {
         let before = stamp(&self.path).await?;
         if let Some((s, doc)) = self.last.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             if *s == before {
-                return Ok(doc.clone());
+                return Ok((doc.clone(), before.modified));
             }
         }
         let read = || async {
@@ -114,7 +115,7 @@ impl FileSource {
         }
         let doc = parse(&self.path, &bytes)?;
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some((before, doc.clone()));
-        Ok(doc)
+        Ok((doc, before.modified))
     }
 
     pub async fn fetch(
@@ -122,8 +123,9 @@ impl FileSource {
         mapping: &Mapping,
         sink: &mut dyn RowSink,
     ) -> Result<(), CollectError> {
-        let doc = self.read().await?;
+        let (doc, modified) = self.read().await?;
         let mut rows = DocumentRows::new(mapping, sink);
+        rows.modified = modified.map(chrono::DateTime::<chrono::Utc>::from);
         let stem = self
             .path
             .file_stem()

@@ -35,6 +35,10 @@ pub trait RowSink: Send {
 /// file name.
 pub const KEY_COLUMN: &str = "_key";
 
+/// The pseudo-column of file sources holding the file's modification time (for apps that
+/// rewrite a token file on every refresh, such as Singer's tap-xero with its `config.json`).
+pub const MTIME_COLUMN: &str = "_mtime";
+
 /// Rows from documents (hashes, JSON objects): the columns are the keys the mapping reads, a
 /// missing key is NULL, and `_key` is the document's key.
 pub struct DocumentRows<'s> {
@@ -42,6 +46,8 @@ pub struct DocumentRows<'s> {
     needed: Vec<usize>,
     sink: &'s mut dyn RowSink,
     cells: Vec<Cell>,
+    /// What [`MTIME_COLUMN`] reads (file sources); NULL elsewhere.
+    pub modified: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl<'s> DocumentRows<'s> {
@@ -56,6 +62,7 @@ impl<'s> DocumentRows<'s> {
             needed,
             sink,
             cells: Vec::new(),
+            modified: None,
         }
     }
 
@@ -66,6 +73,8 @@ impl<'s> DocumentRows<'s> {
             let col = &self.columns[i];
             self.cells.push(if col == KEY_COLUMN {
                 Cell::Text(key.to_string())
+            } else if let (MTIME_COLUMN, Some(t)) = (col.as_str(), self.modified) {
+                Cell::Time(t)
             } else {
                 get(col).unwrap_or(Cell::Null)
             });

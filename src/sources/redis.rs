@@ -21,6 +21,8 @@ pub struct RedisSource {
     pattern: String,
     value: RedisValue,
     max_keys: usize,
+    /// PHP serialize() values were reported (once per source, not every poll).
+    php_reported: std::sync::atomic::AtomicBool,
 }
 
 fn error(e: ::redis::RedisError) -> CollectError {
@@ -69,6 +71,7 @@ impl RedisSource {
             pattern: cfg.key_pattern.clone(),
             value: cfg.value,
             max_keys: cfg.max_keys,
+            php_reported: Default::default(),
         })
     }
 
@@ -178,16 +181,55 @@ impl RedisSource {
                     }
                     let values: Vec<Option<String>> =
                         reads.query_async(&mut conn).await.map_err(error)?;
+                    let mut php = 0;
                     for (k, v) in readable.iter().zip(values) {
                         let Some(v) = v else { continue };
                         match serde_json::from_str::<serde_json::Value>(&v) {
                             Ok(doc) => rows.push_json(k, &doc),
-                            Err(_) => rows.reject(k, RejectReason::InvalidJson),
+                            Err(_) => {
+                                php += usize::from(php_serialized(&v));
+                                rows.reject(k, RejectReason::InvalidJson)
+                            }
                         }
+                    }
+                    if php > 0
+                        && !self
+                            .php_reported
+                            .swap(true, std::sync::atomic::Ordering::Relaxed)
+                    {
+                        tracing::warn!(keys = php, "Values under the key pattern are PHP serialize() strings (Laravel's cache stores them so), which this exporter does not read; store the token set as JSON (json_encode) or point a SQL source at the app's table.");
                     }
                 }
             }
         }
         Ok(limit_hit)
+    }
+}
+
+/// Whether a value looks like PHP's `serialize()` output (`a:3:{...}`, `O:8:"stdClass":...`,
+/// `s:5:"..."`), as Laravel's Redis cache writes values.
+fn php_serialized(v: &str) -> bool {
+    let b = v.as_bytes();
+    b.len() > 3
+        && matches!(b[0], b'a' | b'O' | b's' | b'i' | b'b' | b'd')
+        && b[1] == b':'
+        && b[2..].iter().take_while(|c| c.is_ascii_digit()).count() > 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::php_serialized;
+
+    #[test]
+    fn php_serialize_output_is_told_from_json_and_text() {
+        // What Laravel's Redis cache store writes for an array token set and a string.
+        assert!(php_serialized(
+            r#"a:3:{s:12:"access_token";s:4:"AT-x";s:13:"refresh_token";s:4:"RT-x";s:7:"expires";i:1780000000;}"#
+        ));
+        assert!(php_serialized(r#"s:4:"RT-x";"#));
+        assert!(php_serialized(r#"O:8:"stdClass":1:{s:1:"a";i:1;}"#));
+        assert!(!php_serialized(r#"{"access_token":"AT-x"}"#));
+        assert!(!php_serialized("as:df"));
+        assert!(!php_serialized("a:"));
     }
 }
