@@ -465,6 +465,12 @@ async fn no_token_secret_or_password_appears_in_metrics_pages_answers_logs_or_er
         log.contains("level=trace") || log.contains("TRACE"),
         "logging at trace level"
     );
+    // The exporter's own trace events (each counted event, each scrape) are in it too, and
+    // are searched for secrets like every other line.
+    assert!(
+        log.contains("message=\"Event counted.\"") && log.contains("message=\"Scrape served.\""),
+        "{log}"
+    );
     assert!(log.lines().count() > 20, "{log}");
     // The store errors that quoted a token were logged, by code, without the server's text.
     assert!(log.contains("SQLite error 1: the server"), "{log}");

@@ -130,6 +130,13 @@ async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
             Err(e) => return failed(e),
         };
         let length: usize = chunks.iter().map(Bytes::len).sum();
+        tracing::trace!(
+            openmetrics,
+            gzip = true,
+            bytes = length,
+            seconds = started.elapsed().as_secs_f64(),
+            "Scrape served."
+        );
         let stream = futures_util::stream::iter(chunks.into_iter().map(Ok::<_, Infallible>));
         return (
             [
@@ -146,6 +153,12 @@ async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
         exposition.plain_body(openmetrics, |b| tx.blocking_send(b).is_ok());
+        tracing::trace!(
+            openmetrics,
+            gzip = false,
+            seconds = started.elapsed().as_secs_f64(),
+            "Scrape served."
+        );
         exposition
             .live
             .scrape_duration

@@ -42,6 +42,8 @@ impl Sink {
     /// Count one event of `source` and feed the detectors with it.
     pub fn count(&self, source: &str, e: Event) {
         let provider = e.provider.as_str();
+        // Ids and classified outcomes only: an event never carries a token.
+        tracing::trace!(source, provider, connection = e.connection.as_deref().unwrap_or(""), kind = ?e.kind, "Event counted.");
         let events = &self.live.events;
         match e.kind {
             EventKind::Refresh(failure) => {

@@ -30,6 +30,8 @@ pub struct SourcePoller {
     known: Option<(HashSet<u64>, Vec<&'static str>)>,
     /// Rows left out for their provider, as last logged.
     skipped: u64,
+    /// The extra labels last reported as empty in every row (warned when that changes).
+    empty_labels: Vec<String>,
     logged_rejections: HashSet<(String, RejectReason)>,
     tokens: TokenHistory,
 }
@@ -58,6 +60,7 @@ impl SourcePoller {
                 .unwrap_or(chrono::Duration::MAX),
             known: None,
             skipped: 0,
+            empty_labels: Vec::new(),
             logged_rejections: HashSet::new(),
             tokens: TokenHistory::default(),
         })
@@ -96,7 +99,14 @@ impl SourcePoller {
             keys,
             providers,
             skipped,
+            empty_labels,
         } = rows.finish();
+        if empty_labels != self.empty_labels {
+            if !empty_labels.is_empty() {
+                tracing::warn!(source = %self.cfg.name, labels = %empty_labels.join(", "), "No row has a value for these extra labels (a key no document has, or a column NULL in every row); they are exported empty. Check the `labels` mapping.");
+            }
+            self.empty_labels = empty_labels;
+        }
         self.record_rejections(&rejections);
         self.sink
             .stored_tokens(&mut self.tokens, &self.cfg.name, changed, reverted, |k| {

@@ -130,6 +130,9 @@ pub struct Collected {
     /// Rows left out: their provider has no profile and `unknown_providers` does not export
     /// them.
     pub skipped: u64,
+    /// Extra labels no row had a value for (a key in no document, a column NULL in every row),
+    /// when there were rows.
+    pub empty_labels: Vec<String>,
 }
 
 /// Called with each connection that maps a stored refresh token: its key, the token's keyed
@@ -148,6 +151,7 @@ pub struct PollRows<'a> {
     skipped: u64,
     row: usize,
     tokens: Option<Box<TokenObserver<'a>>>,
+    labels_present: Vec<u64>,
 }
 
 impl<'a> PollRows<'a> {
@@ -171,6 +175,7 @@ impl<'a> PollRows<'a> {
             skipped: 0,
             row: 0,
             tokens,
+            labels_present: Vec::new(),
         }
     }
 
@@ -188,7 +193,20 @@ impl<'a> PollRows<'a> {
             .iter()
             .map(|p| (p.name(), Windows::of(p)))
             .collect();
+        let empty_labels = if self.row == 0 {
+            Vec::new()
+        } else {
+            self.cfg
+                .mapping
+                .labels
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| self.labels_present.get(*i).copied().unwrap_or(0) == 0)
+                .map(|(_, (name, _))| name.clone())
+                .collect()
+        };
         Collected {
+            empty_labels,
             providers: providers.iter().map(|p| p.0).collect(),
             snapshot: self.acc.finish(providers),
             rejections: self.rejections,
@@ -206,6 +224,7 @@ impl RowSink for PollRows<'_> {
     fn row(&mut self, cells: &[Cell]) {
         self.row += 1;
         let Some(r) = &self.resolved else { return };
+        mapping::count_labels_present(r, cells, &mut self.labels_present);
         let Some(p) = self.providers.index(mapping::row_provider(r, cells)) else {
             self.skipped += 1;
             return;
@@ -391,5 +410,31 @@ mod tests {
             .map(|c| c.id.as_str())
             .collect();
         assert_eq!(ids, want);
+    }
+
+    #[test]
+    fn a_label_no_row_has_a_value_for_is_reported_and_one_that_some_rows_have_is_not() {
+        // `p` (the provider) is set in every row, `id` too; the labels point at them and at a
+        // column the rows below never fill (as a key missing from every document reads NULL).
+        let cfg = source("    labels: {org: p, never: lr_missing}\n");
+        let cols: Vec<String> = ["id", "lr", "p", "lr_missing"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let resolved = mapping::resolve(&cfg.mapping, &cols).unwrap();
+        let mut c = PollRows::new(&cfg, now(), Duration::minutes(15), 0, None);
+        c.resolved(resolved.clone());
+        let all = [
+            Cell::Text("a".into()),
+            Cell::Text(now().to_rfc3339()),
+            Cell::Text("xero".into()),
+            Cell::Null,
+        ];
+        let cells: Vec<Cell> = resolved.needed.iter().map(|&i| all[i].clone()).collect();
+        c.row(&cells);
+        assert_eq!(c.finish().empty_labels, ["never"]);
+        // No rows: nothing to say.
+        let c = PollRows::new(&cfg, now(), Duration::minutes(15), 0, None);
+        assert!(c.finish().empty_labels.is_empty());
     }
 }

@@ -259,6 +259,17 @@ fn read_time(
     }
 }
 
+/// Count, per extra label, whether this row holds a value for it (`present[i] += 1`): a label
+/// whose key no document has, or whose column is NULL in every row, is reported.
+pub fn count_labels_present(r: &Resolved, cells: &[Cell], present: &mut Vec<u64>) {
+    present.resize(r.labels.len(), 0);
+    for (n, s) in present.iter_mut().zip(&r.labels) {
+        if cell(cells, s).is_ok_and(|c| !matches!(*c, Cell::Null)) {
+            *n += 1;
+        }
+    }
+}
+
 /// The provider a row names, when the mapping has a provider field and the cell holds one.
 pub fn row_provider(r: &Resolved, cells: &[Cell]) -> Option<String> {
     r.provider
