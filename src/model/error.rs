@@ -18,6 +18,9 @@ pub enum CollectError {
     WriteRefused(String),
     #[error("the query failed: {0}")]
     Query(String),
+    /// The query names a column its table does not have (counted as `query`).
+    #[error("the query failed: {0}")]
+    MissingTableColumn(String),
     #[error("column {column:?} is not in the query result (it returned: {available})")]
     MissingColumn { column: String, available: String },
     #[error("column {column:?} has type {type_name}, which cannot be read; cast it to text, a number or a timestamp in the query")]
@@ -35,7 +38,9 @@ impl CollectError {
             CollectError::Connect(_) => SourceErrorReason::Connect,
             CollectError::Timeout(_) => SourceErrorReason::Timeout,
             CollectError::WriteRefused(_) => SourceErrorReason::WriteRefused,
-            CollectError::Query(_) => SourceErrorReason::Query,
+            CollectError::Query(_) | CollectError::MissingTableColumn(_) => {
+                SourceErrorReason::Query
+            }
             CollectError::MissingColumn { .. } => SourceErrorReason::Mapping,
             CollectError::Decode { .. } | CollectError::Document(_) | CollectError::Cursor(_) => {
                 SourceErrorReason::Decode

@@ -191,7 +191,7 @@ impl Backend {
                     .map_err(|e| (e, preset));
                 match streamed {
                     Ok(_) => Ok(false),
-                    Err((e, Some((preset, table)))) if sql::undefined_column(&e) => {
+                    Err((e @ CollectError::MissingTableColumn(_), Some((preset, table)))) => {
                         Err(pool.preset_mismatch(e, *preset, table).await)
                     }
                     Err((e, _)) => Err(e),

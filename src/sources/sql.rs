@@ -283,12 +283,6 @@ pub(crate) async fn acquire<DB: sqlx::Database>(
     }
 }
 
-/// Whether a poll failed on a column the table does not have (PostgreSQL 42703, MySQL 1054,
-/// SQLite `no such column`).
-pub fn undefined_column(e: &CollectError) -> bool {
-    matches!(e, CollectError::Query(m) if m.contains("SQLSTATE 42703") || m.starts_with("error 1054") || m.contains("no such column"))
-}
-
 /// Classify a driver error. What it keeps of a server's message is only what cannot quote a
 /// value read from the store (see [`db_error_text`]); transport errors keep their cause
 /// (refused, DNS, TLS), which never holds data.
@@ -312,6 +306,9 @@ pub fn sql_error(e: sqlx::Error) -> CollectError {
                 || is_connect_refusal(&*db)
             {
                 CollectError::Connect(text)
+            } else if code == "42703" || code == "42S22" || lower.starts_with("no such column") {
+                // PostgreSQL undefined_column; MySQL/MariaDB 1054 (SQLSTATE 42S22); SQLite.
+                CollectError::MissingTableColumn(text)
             } else {
                 CollectError::Query(text)
             }
