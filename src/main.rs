@@ -72,6 +72,26 @@ struct Cli {
         global = true
     )]
     log_format: LogFormat,
+    /// Number of shards the fleet is split into: each instance exports the connections whose
+    /// id hashes to its --shard.index (README "Running more than one").
+    #[arg(
+        long = "shard.total",
+        env = "OAUTH_EXPORTER_SHARD_TOTAL",
+        default_value_t = 1
+    )]
+    shard_total: u32,
+    /// This instance's shard, 0 to --shard.total - 1, or a name ending in -<number> such as a
+    /// StatefulSet pod's (--shard.index=$(POD_NAME)).
+    #[arg(long = "shard.index", env = "OAUTH_EXPORTER_SHARD_INDEX")]
+    shard_index: Option<String>,
+    /// This instance's name in the state files that replicas share (event tables with a
+    /// lease); default: the host name.
+    #[arg(long = "instance.name", env = "OAUTH_EXPORTER_INSTANCE_NAME")]
+    instance_name: Option<String>,
+    /// Also export gauges that change on every poll but follow from a timestamp
+    /// (oauth_refresh_token_age_seconds = time() - the last refresh).
+    #[arg(long = "collector.relative-metrics")]
+    relative_metrics: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -213,9 +233,24 @@ async fn main() -> Result<()> {
             .await
             .map_err(anyhow::Error::msg);
     }
+    let shard =
+        match oauth_token_exporter::config::Shard::new(cli.shard_index.as_deref(), cli.shard_total)
+        {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(1);
+            }
+        };
     let overrides = config::Overrides {
         proxy_listen_address: cli.proxy_listen_address.clone(),
         proxy_web_config_file: cli.proxy_web_config_file.clone(),
+        shard,
+        relative_metrics: cli.relative_metrics,
+        instance: cli
+            .instance_name
+            .clone()
+            .unwrap_or_else(oauth_token_exporter::config::host_name),
     };
     let cfg = match config::load(&cli.config_file, &overrides) {
         Ok(c) => c,

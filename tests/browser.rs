@@ -62,6 +62,7 @@ async fn exporter(dir: &std::path::Path, config: &str, args: &[String], health: 
         Command::new(env!("CARGO_BIN_EXE_oauth-token-exporter"))
             .arg("--config.file")
             .arg(&path)
+            .arg("--collector.relative-metrics")
             .args(args)
             .env("OTE_BROWSER_INGEST", "0123456789abcdef0123456789abcdef")
             .stdout(Stdio::null())

@@ -149,7 +149,7 @@ impl Stack {
     async fn settled(&self, connections: usize) {
         self.until("the first scrapes", Duration::from_secs(30), || async {
             let v = self
-                .query("count(oauth_refresh_token_age_seconds) and on() oauth_exporter_source_up{source=\"app\"} == 1")
+                .query("count(oauth_refresh_token_last_refresh_timestamp_seconds) and on() oauth_exporter_source_up{source=\"app\"} == 1")
                 .await;
             v.first()
                 .and_then(|s| s["value"][1].as_str()?.parse::<usize>().ok())
@@ -446,7 +446,7 @@ async fn a_store_outage_opens_a_source_ticket_that_resolves_when_the_store_retur
     assert!(
         sample(
             &during,
-            "oauth_refresh_token_age_seconds",
+            "oauth_refresh_token_last_refresh_timestamp_seconds",
             &[("connection", "c1")]
         )
         .is_some(),

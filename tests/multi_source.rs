@@ -104,6 +104,7 @@ async fn one_process_watches_postgres_xero_redis_quickbooks_and_a_token_file_wit
     let _child = Kill(
         Command::new(BIN)
             .args([
+                "--collector.relative-metrics",
                 "--config.file",
                 cfg.to_str().unwrap(),
                 "--web.listen-address",

@@ -688,7 +688,7 @@ async fn nango_rows_and_webhooks_page_a_mass_failure_and_ticket_the_failing_conn
         "Prometheus has the Nango connections",
         std::time::Duration::from_secs(30),
         || async {
-            s.query("count(oauth_refresh_token_age_seconds{source=\"nango\"})")
+            s.query("count(oauth_refresh_token_last_refresh_timestamp_seconds{source=\"nango\"})")
                 .await
                 .first()
                 .and_then(|v| v["value"][1].as_str()?.parse::<usize>().ok())

@@ -64,12 +64,7 @@ fn promtool_accepts_the_rules_and_every_unit_test_passes() {
     run(Command::new(&promtool)
         .args(["check", "rules", RULES])
         .current_dir(root()));
-    let mut tests: Vec<String> = std::fs::read_dir(root().join("alerts/tests"))
-        .unwrap()
-        .map(|e| e.unwrap().path().display().to_string())
-        .filter(|p| p.ends_with(".test.yml"))
-        .collect();
-    tests.sort();
+    let tests = promtool_tests();
     assert!(!tests.is_empty());
     let out = run(Command::new(&promtool).args(["test", "rules"]).args(&tests));
     assert!(!out.contains("FAILED"), "{out}");
@@ -156,34 +151,71 @@ fn the_list_of_shipped_alerts_is_checked_in() {
     assert_eq!(runbooks, sorted, "one runbook per alert, no orphans");
 }
 
+/// The promtool test files of alerts/tests.
+fn promtool_tests() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("alerts/tests"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.display().to_string().ends_with(".test.yml"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Every alert has a promtool case that fires and one that does not fire yet, each also with
+/// two and with three instances of the exporter (README "Running more than one").
 #[test]
 fn every_alert_has_a_case_that_fires_and_one_that_does_not_fire_yet() {
-    let mut fires = BTreeSet::new();
-    let mut quiet = BTreeSet::new();
-    for e in std::fs::read_dir(root().join("alerts/tests")).unwrap() {
-        let doc = yaml(&e.unwrap().path());
+    // (alert, fires, instances of the exporter in the case's input)
+    let mut cases = BTreeSet::new();
+    for path in promtool_tests() {
+        let doc = yaml(&path);
         for t in doc["tests"].as_array().unwrap() {
+            let instances: BTreeSet<String> = t["input_series"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s["series"].as_str())
+                .filter(|s| s.contains("job=\"oauth-token-exporter\""))
+                .filter_map(|s| s.split("instance=\"").nth(1))
+                .filter_map(|s| s.split('"').next())
+                .map(str::to_string)
+                .collect();
             for a in t["alert_rule_test"].as_array().into_iter().flatten() {
                 let name = a["alertname"].as_str().unwrap().to_string();
-                if a["exp_alerts"].as_array().is_some_and(|v| v.is_empty()) {
-                    quiet.insert(name);
-                } else {
-                    fires.insert(name);
-                }
+                let fires = !a["exp_alerts"].as_array().is_some_and(|v| v.is_empty());
+                cases.insert((name, fires, instances.len()));
             }
         }
     }
     for a in alerts() {
         let name = a["alert"].as_str().unwrap();
-        assert!(
-            fires.contains(name),
-            "{name} has no promtool case that fires"
-        );
-        assert!(
-            quiet.contains(name),
-            "{name} has no promtool case that does not fire yet"
-        );
+        for (fires, what) in [(true, "fires"), (false, "does not fire yet")] {
+            // The single-instance cases are in the other files; the alerts on a fleet's
+            // shards and leases need two instances to fire at all.
+            let any = cases.iter().any(|(n, f, _)| n == name && *f == fires);
+            assert!(any, "{name} has no promtool case that {what}");
+            for n in [2, 3] {
+                assert!(
+                    cases.contains(&(name.to_string(), fires, n)),
+                    "{name} has no promtool case that {what} with {n} instances"
+                );
+            }
+        }
     }
+}
+
+/// alerts/tests/replicas.generated.test.yml is what alerts/tests/replicas.py makes of the
+/// single-instance cases today.
+#[test]
+fn the_replica_cases_are_generated_from_the_single_instance_ones() {
+    let test = "the_replica_cases_are_generated_from_the_single_instance_ones";
+    let Some(python) = tool(test, &["python3"]) else {
+        return;
+    };
+    run(Command::new(python)
+        .args(["alerts/tests/replicas.py", "--check"])
+        .current_dir(root()));
 }
 
 /// The PrometheusRule text generated from the rules file: its leading comment replaced, the

@@ -144,7 +144,12 @@ impl Exporter {
             live.clone(),
             detector.clone(),
             config.persistence.is_some(),
+            config.relative_metrics,
         ));
+        live.shard_count.set(i64::from(config.shard.total));
+        live.shard_info
+            .get_or_create(&vec![("shard", config.shard.index.to_string())])
+            .set(1);
         let core = Core {
             sink: Sink::new(live.clone(), detector),
             exposition: exposition.clone(),

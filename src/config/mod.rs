@@ -14,6 +14,7 @@ pub mod defaults;
 pub mod fields;
 pub mod inlets;
 pub mod presets;
+pub mod shard;
 pub mod sources;
 #[cfg(test)]
 mod tests;
@@ -24,6 +25,7 @@ pub use inlets::{
     EventField, EventStart, EventTable, Ingest, InletInfo, Inlets, NangoWebhook, Proxy,
 };
 pub use presets::{Inference, Preset};
+pub use shard::{host_name, Shard};
 pub use sources::{
     FileLayout, FileStore, HttpStore, RedisStore, RedisValue, SourceConfig, SqlConnection, SqlKind,
     Store,
@@ -50,6 +52,11 @@ pub struct Config {
     /// What is valid but deserves attention (deprecated names, an unsigned webhook inlet):
     /// printed by `--config.check` and logged at start-up.
     pub warnings: Vec<Problem>,
+    /// This instance's shard (`--shard.index`, `--shard.total`; one shard by default).
+    pub shard: crate::config::Shard,
+    /// `--collector.relative-metrics`: also export the gauges that change on every poll but
+    /// follow from a timestamp (`oauth_refresh_token_age_seconds`).
+    pub relative_metrics: bool,
 }
 
 /// Settings of the failure detectors.
@@ -77,6 +84,12 @@ pub struct Overrides {
     pub proxy_listen_address: Option<String>,
     /// `--proxy.web-config.file`.
     pub proxy_web_config_file: Option<PathBuf>,
+    /// `--shard.index`, `--shard.total`.
+    pub shard: crate::config::Shard,
+    /// `--collector.relative-metrics`.
+    pub relative_metrics: bool,
+    /// `--instance.name`: this instance's name in shared event-table state files.
+    pub instance: String,
 }
 
 impl Config {
@@ -135,6 +148,33 @@ impl Config {
                 .proxy
                 .get_or_insert_with(Default::default)
                 .web_config_file = Some(f.clone());
+        }
+        self.relative_metrics = o.relative_metrics;
+        self.shard = o.shard;
+        for s in &mut self.sources {
+            s.shard = o.shard;
+            if let Store::Sql {
+                connection, query, ..
+            } = &mut s.store
+            {
+                if s.mapping.connection.json_path.is_empty() {
+                    let narrowed =
+                        o.shard
+                            .sql_query(connection.kind, query, &s.mapping.connection.column);
+                    s.shard_in_query = narrowed != *query;
+                    *query = narrowed;
+                }
+            }
+        }
+        for t in &mut self.inlets.event_tables {
+            t.shard = o.shard;
+            t.instance = o.instance.clone();
+            if o.shard.is_sharded() {
+                // Each shard has its own cursor.
+                let mut p = t.state_file.clone().into_os_string();
+                p.push(format!(".shard-{}-of-{}", o.shard.index, o.shard.total));
+                t.state_file = p.into();
+            }
         }
     }
 
@@ -402,6 +442,8 @@ pub fn parse(
         inlets,
         persistence,
         warnings: Vec::new(),
+        shard: crate::config::Shard::default(),
+        relative_metrics: false,
     };
     config.check_names(&mut problems);
     config.warnings = problems.warnings;

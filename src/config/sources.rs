@@ -31,6 +31,11 @@ pub struct SourceConfig {
     /// With `fields.provider`: rows of providers the exporter has no profile for are exported
     /// with these lifetimes under their own name; `None`: they are left out.
     pub unknown_providers: Option<UnknownProviders>,
+    /// This instance's shard: only the shard's connections are exported.
+    pub shard: crate::config::Shard,
+    /// The query itself returns only the shard's rows (the database computes the hash): rows
+    /// are not filtered again, so the database's text of an id is the one that counts.
+    pub shard_in_query: bool,
 }
 
 /// Lifetimes for rows of providers the exporter has no profile for.
@@ -813,5 +818,7 @@ pub(crate) fn validate(
         schedule,
         max_connections,
         unknown_providers,
+        shard: crate::config::Shard::default(),
+        shard_in_query: false,
     })
 }

@@ -7,11 +7,13 @@
 //! [`crate::model::Event`] (a bad row is rejected alone) and goes to the sink.
 
 use super::classify::EventFields;
+use super::lease::Lease;
 use super::{Context, Inlet, Wired};
 use crate::config::{EventField, EventStart, EventTable, Schedule, SqlKind};
 use crate::model::{CollectError, CursorError, RejectReason, SourceErrorReason};
 use crate::pipeline::{Health, Outcome, Polled, Runner, Sink, Subject};
 use crate::sources::sql::{AllColumns, SqlPool};
+use crate::telemetry::catalogue::SourceLabels;
 use crate::telemetry::live::Counts;
 use crate::telemetry::persist::write_atomically;
 use crate::timestamp::{self, Cell, TimeFormat};
@@ -28,6 +30,10 @@ pub struct TablePoller {
     /// The cursor advanced in memory but is not yet in the state file: every poll tries to
     /// write it, and fails until it can.
     dirty: bool,
+    /// With `lease`: the lease while this instance holds it.
+    lease: Option<Lease>,
+    /// With `lease`: the other instances' counters in the shared state file, kept as read.
+    others: std::collections::BTreeMap<String, Counts>,
 }
 
 /// A value of the cursor, as the store gave it, so it is compared in the store's own terms.
@@ -94,6 +100,9 @@ struct State {
     cursor: Cursor,
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     counters: Counts,
+    /// With `lease`, the file is shared: each instance's counters under its name.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    instances: std::collections::BTreeMap<String, Counts>,
 }
 
 impl Inlet for EventTable {
@@ -124,6 +133,13 @@ impl TablePoller {
         clock: crate::clock::SharedClock,
     ) -> Result<Self, CollectError> {
         sink.init(cfg.provider, &cfg.name);
+        // 0 until the first poll knows whether this instance reads the table.
+        sink.live()
+            .event_table_leader
+            .get_or_create(&SourceLabels {
+                source: cfg.name.clone(),
+            })
+            .set(0);
         let pool = SqlPool::connect(&cfg.connection)?;
         Ok(TablePoller {
             cfg,
@@ -132,6 +148,8 @@ impl TablePoller {
             clock,
             cursor: None,
             dirty: false,
+            lease: None,
+            others: Default::default(),
         })
     }
 
@@ -190,9 +208,12 @@ impl TablePoller {
                 })
             })
         };
+        let shard = self
+            .shard_predicate()
+            .map_or(String::new(), |p| format!(" AND {p}"));
         let tail = match (cursor, &self.cfg.time_column) {
             (Cursor::Id { cursor }, _) => {
-                format!(" WHERE {id} > {cursor} ORDER BY {id} LIMIT {limit}")
+                format!(" WHERE {id} > {cursor}{shard} ORDER BY {id} LIMIT {limit}")
             }
             (Cursor::TimeId { time, id: last }, Some(t)) => {
                 let after = match (time, last) {
@@ -203,7 +224,7 @@ impl TablePoller {
                     (Some(tv), None) => format!(" WHERE {t} > {}", lit(tv, "time")?),
                     _ => format!(" WHERE {t} IS NOT NULL"),
                 };
-                format!("{after} AND {t} IS NOT NULL ORDER BY {t}, {id} LIMIT {limit}")
+                format!("{after} AND {t} IS NOT NULL{shard} ORDER BY {t}, {id} LIMIT {limit}")
             }
             (Cursor::TimeId { .. }, None) => {
                 return Err(CursorError::KindChanged {
@@ -217,11 +238,51 @@ impl TablePoller {
         Ok(self.select(id, false, &tail))
     }
 
+    /// With shards, the condition for the shard's rows where the store computes the hash.
+    fn shard_predicate(&self) -> Option<String> {
+        if !self.cfg.shard.is_sharded() {
+            return None;
+        }
+        let column = self
+            .cfg
+            .columns
+            .iter()
+            .find(|(f, _)| *f == EventField::Connection)
+            .map(|(_, c)| c.as_str())?;
+        self.cfg
+            .shard
+            .sql_predicate(self.cfg.connection.kind, column)
+    }
+
+    /// Whether this instance counts an event of `connection` (with shards: its shard's, when
+    /// the query could not select them).
+    fn owns(&self, connection: Option<&str>) -> bool {
+        if !self.cfg.shard.is_sharded() || self.shard_predicate().is_some() {
+            return true;
+        }
+        match connection {
+            Some(c) => self.cfg.shard.owns(c),
+            None => self.cfg.shard.owns_unidentified(),
+        }
+    }
+
     fn persist(&self, cursor: &Cursor) -> Result<(), CollectError> {
         let path = &self.cfg.state_file;
-        let state = State {
-            cursor: cursor.clone(),
-            counters: self.sink.live().events.snapshot(&self.cfg.name),
+        let counters = self.sink.live().events.snapshot(&self.cfg.name);
+        let state = if self.cfg.lease {
+            let mut instances = self.others.clone();
+            instances.insert(self.cfg.instance.clone(), counters);
+            State {
+                cursor: cursor.clone(),
+                counters: Counts::new(),
+                instances,
+            }
+        } else {
+            State {
+                cursor: cursor.clone(),
+                counters,
+                instances: Default::default(),
+            }
         };
         write_atomically(
             path,
@@ -254,9 +315,15 @@ impl TablePoller {
                 }
                 // The counters continue from where they were when the cursor was written (once
                 // per process: a reload that restarts the table finds them counted already).
-                let live = self.sink.live();
-                if live.restore_once(&self.cfg.name) {
-                    live.events.restore(&self.cfg.name, &state.counters);
+                // With a lease, this instance's own were restored at its first poll.
+                if self.cfg.lease {
+                    self.others = state.instances;
+                    self.others.remove(&self.cfg.instance);
+                } else {
+                    let live = self.sink.live();
+                    if live.restore_once(&self.cfg.name) {
+                        live.events.restore(&self.cfg.name, &state.counters);
+                    }
                 }
                 return Ok(c);
             }
@@ -317,6 +384,13 @@ impl TablePoller {
             let q = self.next_batch(&cursor)?;
             let fetched = self.pool.fetch(&q, AllColumns::select).await?;
             let n = fetched.rows.len();
+            // Counted only while the lease is held, checked after each read: a successor
+            // starts from the last cursor written, so nothing is counted twice.
+            if n > 0 && !self.still_leader().await {
+                tracing::warn!(source = %self.cfg.name, "Lost the event table's lease while reading; another replica continues from the saved cursor.");
+                self.cursor = None;
+                break;
+            }
             if n == 0 && batch == 0 {
                 if let Some(reset) = self.cursor_ahead(&cursor).await? {
                     cursor = reset;
@@ -363,6 +437,7 @@ impl TablePoller {
                     .map(|(f, _)| *f)
                     .zip(&row[1..=fields]);
                 match event_fields(cells).validate(self.cfg.provider, self.clock.now()) {
+                    Ok(e) if !self.owns(e.connection.as_deref()) => {}
                     Ok(e) => {
                         self.sink.count(&self.cfg.name, e);
                         counted += 1;
@@ -395,6 +470,75 @@ impl TablePoller {
 }
 
 impl TablePoller {
+    fn set_leader(&self, leader: bool) {
+        self.sink
+            .live()
+            .event_table_leader
+            .get_or_create(&SourceLabels {
+                source: self.cfg.name.clone(),
+            })
+            .set(i64::from(leader));
+    }
+
+    /// With a lease: this instance's counters as the shared state file last saved them, once
+    /// per process (before it first exports them, leader or not).
+    fn restore_own_counters(&mut self) -> Result<(), CollectError> {
+        let live = self.sink.live();
+        if !live.restore_once(&self.cfg.name) {
+            return Ok(());
+        }
+        match std::fs::read_to_string(&self.cfg.state_file) {
+            Ok(text) => {
+                let state = serde_json::from_str::<State>(&text)
+                    .map_err(|_| CursorError::NotACursor(self.cfg.state_file.clone()))?;
+                if let Some(own) = state.instances.get(&self.cfg.instance) {
+                    live.events.restore(&self.cfg.name, own);
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(cause) => Err(CursorError::Read {
+                path: self.cfg.state_file.clone(),
+                cause,
+            }
+            .into()),
+        }
+    }
+
+    /// Keep or take the lease; whether this instance is the reader now. A lease whose
+    /// connection broke is lost; a new one starts from the cursor in the shared state file.
+    async fn hold_lease(&mut self) -> Result<bool, CollectError> {
+        if self.still_leader().await {
+            return Ok(true);
+        }
+        match Lease::try_acquire(&self.pool, &self.cfg).await? {
+            Some(l) => {
+                tracing::info!(source = %self.cfg.name, instance = %self.cfg.instance, "Took the event table's lease; reading from the saved cursor.");
+                self.lease = Some(l);
+                self.cursor = None;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Whether this instance still holds the lease (always, for a table without one).
+    async fn still_leader(&mut self) -> bool {
+        if !self.cfg.lease {
+            return true;
+        }
+        let Some(l) = self.lease.as_mut() else {
+            return false;
+        };
+        if l.held().await {
+            return true;
+        }
+        tracing::warn!(source = %self.cfg.name, "Lost the event table's lease (its connection to the store broke); another replica may take over.");
+        self.lease = None;
+        self.cursor = None;
+        false
+    }
+
     /// Nothing new past an id cursor: check that the table's ids did not go back below it
     /// (`TRUNCATE ... RESTART IDENTITY`, a restore from a backup), which would hide every event
     /// written since until the ids pass the cursor again. If they did, the cursor goes back
@@ -436,6 +580,19 @@ impl Polled for TablePoller {
     }
 
     async fn poll(&mut self) -> Result<Outcome, CollectError> {
+        if self.cfg.lease {
+            self.restore_own_counters()?;
+            let leader = self.hold_lease().await;
+            self.set_leader(matches!(leader, Ok(true)));
+            if !leader? {
+                return Ok(Outcome {
+                    events: Some(0),
+                    ..Outcome::default()
+                });
+            }
+        } else {
+            self.set_leader(true);
+        }
         let events = self.drain().await?;
         Ok(Outcome {
             events: Some(events),
@@ -444,6 +601,9 @@ impl Polled for TablePoller {
     }
 
     async fn close(&mut self) {
+        if let Some(l) = self.lease.take() {
+            l.release().await;
+        }
         self.pool.close().await;
     }
 }

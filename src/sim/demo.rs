@@ -251,7 +251,9 @@ pub async fn run(
         config_yaml(&db, dir.path(), &opts)
     );
     tracing::info!(store = %db.display(), connections = opts.connections, speed = opts.speed, "Demo store created; config follows.\n{yaml}");
-    let cfg = config::parse(&yaml, "<demo>", &|_| None).map_err(|e| e.to_string())?;
+    let mut cfg = config::parse(&yaml, "<demo>", &|_| None).map_err(|e| e.to_string())?;
+    // The demo shows every series, the opt-in ones too.
+    cfg.relative_metrics = true;
     let exporter = Exporter::new(&cfg, clock.clone()).map_err(|e| e.to_string())?;
     serve(
         proxy_listener,

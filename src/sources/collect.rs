@@ -240,6 +240,19 @@ impl RowSink for PollRows<'_> {
             self.now,
             &mut field_rejected,
         );
+        // Another shard's row (already left out by the query where the store computes the
+        // hash); a rejected row without an id is shard 0's.
+        let owned = self.cfg.shard_in_query
+            || match &mapped {
+                Ok(c) => self.cfg.shard.owns(&c.id),
+                Err(rej) => match &rej.connection {
+                    Some(id) => self.cfg.shard.owns(id),
+                    None => self.cfg.shard.owns_unidentified(),
+                },
+            };
+        if !owned {
+            return;
+        }
         match mapped {
             Ok(c) => {
                 if self.seen(&c.id) {
@@ -271,6 +284,14 @@ impl RowSink for PollRows<'_> {
 
     fn reject(&mut self, r: Rejection) {
         self.row += 1;
+        let owned = self.cfg.shard_in_query
+            || match &r.connection {
+                Some(id) => self.cfg.shard.owns(id),
+                None => self.cfg.shard.owns_unidentified(),
+            };
+        if !owned {
+            return;
+        }
         if let Some(id) = &r.connection {
             self.keys.insert(connection_key(id, 0));
         }

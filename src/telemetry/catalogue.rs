@@ -132,6 +132,15 @@ pub mod names {
         "oauth_exporter_config_last_reload_success_timestamp_seconds",
         "When the configuration was last loaded successfully",
     );
+    pub const EVENT_TABLE_LEADER: Desc = ("oauth_exporter_event_table_leader", "1 when this instance reads the event table (it holds the table's lease, or the table has none), 0 when another replica does");
+    pub const SHARD_INFO: Desc = (
+        "oauth_exporter_shard_info",
+        "This instance's shard (--shard.index; 0 when not sharded); value 1",
+    );
+    pub const SHARD_COUNT: Desc = (
+        "oauth_exporter_shard_count",
+        "The number of shards the fleet is split into (--shard.total)",
+    );
     pub const BUILD_INFO: Desc = (
         "oauth_exporter_build_info",
         "Build information of the exporter; value 1",

@@ -18,6 +18,8 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub struct StateCollector {
     pub sources: SourceSet,
+    /// Export `oauth_refresh_token_age_seconds` (`--collector.relative-metrics`).
+    pub relative: bool,
 }
 
 type Lbl<'a> = (&'static str, &'a str);
@@ -91,7 +93,9 @@ impl Collector for StateCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         use names::*;
         self.per_connection(&mut enc, LAST_REFRESH, |c| Some(c.last_refresh))?;
-        self.per_connection(&mut enc, AGE, |c| Some(c.age))?;
+        if self.relative {
+            self.per_connection(&mut enc, AGE, |c| Some(c.age))?;
+        }
         self.per_connection(&mut enc, REFRESH_EXPIRY, |c| Some(c.refresh_expiry))?;
         self.per_connection(&mut enc, EXPIRED, |c| {
             Some(if c.expired { 1.0 } else { 0.0 })
@@ -177,9 +181,9 @@ impl Collector for StateCollector {
 }
 
 /// The state registry: one collector over every source's snapshot.
-pub fn state_registry(sources: SourceSet) -> Registry {
+pub fn state_registry(sources: SourceSet, relative: bool) -> Registry {
     let mut state = Registry::default();
-    state.register_collector(Box::new(StateCollector { sources }));
+    state.register_collector(Box::new(StateCollector { sources, relative }));
     state
 }
 
@@ -272,6 +276,13 @@ pub fn live_registry(
         SCRAPE_DURATION.1,
         live.scrape_duration.clone(),
     );
+    r.register(
+        EVENT_TABLE_LEADER.0,
+        EVENT_TABLE_LEADER.1,
+        live.event_table_leader.clone(),
+    );
+    r.register(SHARD_INFO.0, SHARD_INFO.1, live.shard_info.clone());
+    r.register(SHARD_COUNT.0, SHARD_COUNT.1, live.shard_count.clone());
     r.register_collector(Box::new(super::process::ProcessCollector));
     if persistence {
         let (name, help) = STATE_WRITE_ERRORS;

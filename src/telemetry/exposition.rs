@@ -157,16 +157,17 @@ impl fmt::Debug for Encoder {
 
 impl Exposition {
     /// The exposition of `sources` and `live`; `persistence` exports the persistence file's
-    /// write errors.
+    /// write errors, `relative` the gauges derivable from a timestamp.
     pub fn new(
         sources: SourceSet,
         live: Arc<Live>,
         detector: Arc<Detector>,
         persistence: bool,
+        relative: bool,
     ) -> Self {
         let live_registry = collectors::live_registry(&live, &sources, detector, persistence);
         Exposition {
-            state: collectors::state_registry(sources),
+            state: collectors::state_registry(sources, relative),
             live_registry,
             live,
             generation: AtomicU64::new(0),
@@ -360,7 +361,13 @@ mod tests {
     fn exposition() -> Exposition {
         let clock: crate::clock::SharedClock = Arc::new(crate::clock::SystemClock);
         let detector = Arc::new(Detector::new(std::time::Duration::from_secs(60), 3, clock));
-        Exposition::new(SourceSet::default(), Arc::new(Live::new()), detector, false)
+        Exposition::new(
+            SourceSet::default(),
+            Arc::new(Live::new()),
+            detector,
+            false,
+            false,
+        )
     }
 
     #[test]

@@ -200,6 +200,12 @@ pub struct Live {
     pub errors: Family<SourceReasonLabels, Counter>,
     pub rejected: Family<SourceReasonLabels, Counter>,
     pub removed: Family<ProviderSourceLabels, Counter>,
+    /// 1 on the instance that reads an event table (its lease holder, or every instance when
+    /// it has no lease), 0 on the others.
+    pub event_table_leader: Family<SourceLabels, Gauge>,
+    /// This instance's shard (label `shard`), and the number of shards.
+    pub shard_info: Family<Vec<(&'static str, String)>, Gauge>,
+    pub shard_count: Gauge,
     pub events: Events,
     /// Failed writes of the push inlets' persistence file (exported when it is configured).
     pub state_write_errors: Counter,
@@ -223,6 +229,9 @@ impl Default for Live {
             errors: Family::default(),
             rejected: Family::default(),
             removed: Family::default(),
+            event_table_leader: Family::default(),
+            shard_info: Family::default(),
+            shard_count: Gauge::default(),
             events: Events::default(),
             state_write_errors: Counter::default(),
             // 1 ms to ~16 s.

@@ -67,8 +67,12 @@ pub fn fixed_now() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 6, 1, 12, 0, 0).unwrap()
 }
 
+/// A config as the tests read it: with `--collector.relative-metrics`, so values can be checked
+/// as ages (tests/shards.rs checks the default leaves them out).
 pub fn parse_config(yaml: &str) -> Config {
-    config::parse(yaml, "test.yml", &|_| None).unwrap_or_else(|e| panic!("{e}"))
+    let mut c = config::parse(yaml, "test.yml", &|_| None).unwrap_or_else(|e| panic!("{e}"));
+    c.relative_metrics = true;
+    c
 }
 
 /// An exporter on a manual clock.
@@ -134,7 +138,7 @@ pub fn connections(text: &str, source: &str) -> Vec<String> {
     let mut ids: Vec<String> = text
         .lines()
         .filter(|l| {
-            l.starts_with("oauth_refresh_token_age_seconds{")
+            l.starts_with("oauth_refresh_token_last_refresh_timestamp_seconds{")
                 && l.contains(&format!("source=\"{source}\""))
         })
         .map(|l| {

@@ -89,6 +89,13 @@ pub struct EventTable {
     /// Most rows read per query.
     pub batch: usize,
     pub schedule: Schedule,
+    /// One reader among the replicas: the holder of a lease in the store (see
+    /// `events::lease`); the state file must then be shared by the replicas.
+    pub lease: bool,
+    /// This instance's name in the shared state file (`--instance.name`).
+    pub instance: String,
+    /// This instance's shard: only the shard's connections are read.
+    pub shard: crate::config::Shard,
 }
 
 #[derive(Deserialize)]
@@ -120,6 +127,9 @@ pub(super) struct RawEventTable {
     batch: Option<usize>,
     interval: Option<HumanDuration>,
     timeout: Option<HumanDuration>,
+    /// One reader at a time among replicas (a lock in the store); default false.
+    #[serde(default)]
+    lease: bool,
 }
 
 impl EventTable {
@@ -246,6 +256,9 @@ impl EventTable {
             start: raw.start.unwrap_or_default(),
             batch,
             schedule,
+            lease: raw.lease,
+            instance: String::new(),
+            shard: crate::config::Shard::default(),
         })
     }
 }
