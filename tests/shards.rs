@@ -339,3 +339,39 @@ async fn the_age_gauge_is_opt_in_and_the_timestamp_it_follows_from_is_always_the
         );
     }
 }
+
+#[tokio::test]
+async fn the_shard_endpoint_names_the_shard_that_owns_a_connection() {
+    oauth_token_exporter::sources::install_tls_provider();
+    let (_d, path, _pool) = sqlite_db(&["CREATE TABLE t (id TEXT, lr INTEGER)"]).await;
+    let yaml = format!(
+        "sources:\n  - name: app\n    kind: sqlite\n    dsn: {}\n    query: SELECT id, lr FROM t\n    fields: {{connection: id, last_refresh: lr}}\n",
+        path.display()
+    );
+    let e = sharded(&yaml, 1);
+    let base = serve(e.router(&oauth_token_exporter::app::ServerOptions::default())).await;
+    let get = |q: String| {
+        let url = format!("{base}/api/v1/shard{q}");
+        async move {
+            reqwest::get(url)
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let me = get(String::new()).await;
+    assert_eq!(me, serde_json::json!({"shard": 1, "shards": TOTAL}));
+    for id in ids().iter().take(40) {
+        let v = get(format!(
+            "?connection={}",
+            common::alerting::percent_encode(id)
+        ))
+        .await;
+        let owner = Shard::of(id, TOTAL);
+        assert_eq!(v["connection_shard"], owner, "{id}");
+        assert_eq!(v["owned"], owner == 1, "{id}");
+        assert!(!v.to_string().contains(id.as_str()), "the id is not echoed");
+    }
+}

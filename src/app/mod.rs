@@ -218,6 +218,7 @@ impl Exporter {
                 telemetry_path: opts.telemetry_path.clone(),
                 inlets: self.inlet_lines.clone(),
                 lifecycle,
+                shard: self.config.shard,
             },
             &opts.telemetry_path,
         )

@@ -31,6 +31,8 @@ pub struct AppState {
     /// `--web.enable-lifecycle`: where `POST /-/reload` asks for a reload, and what
     /// `POST /-/quit` cancels. `None`: both answer 403.
     pub lifecycle: Option<Lifecycle>,
+    /// This instance's shard, for `/api/v1/shard`.
+    pub shard: crate::config::Shard,
 }
 
 /// The lifecycle API's ends: reload requests and the shutdown.
@@ -64,11 +66,36 @@ pub fn router(state: AppState, telemetry_path: &str) -> Router {
         .route("/-/reload", post(reload).put(reload))
         .route("/-/quit", post(quit).put(quit))
         .route(telemetry_path, get(metrics))
+        .route("/api/v1/shard", get(shard_of))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
         .with_state(state)
+}
+
+#[derive(serde::Deserialize)]
+struct ShardQuery {
+    connection: Option<String>,
+}
+
+/// `GET /api/v1/shard?connection=<id>`: which shard owns a connection, so a router (or the host
+/// app) can send its events to an instance of that shard; without `connection`, this
+/// instance's shard.
+async fn shard_of(
+    State(s): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<ShardQuery>,
+) -> Response {
+    let mut body = serde_json::json!({
+        "shard": s.shard.index,
+        "shards": s.shard.total,
+    });
+    if let Some(c) = q.connection {
+        let owner = crate::config::Shard::of(&c, s.shard.total);
+        body["connection_shard"] = owner.into();
+        body["owned"] = (owner == s.shard.index).into();
+    }
+    axum::Json(body).into_response()
 }
 
 /// OpenMetrics when the client accepts it (Prometheus does), else the classic text format.
