@@ -37,6 +37,12 @@ pub enum Preset {
     /// PostgreSQL): `modified` is when the tokens were last written, in the site's time zone
     /// (set `timezone`); `expires_in` counts from it. Tokens are Password fields, kept apart.
     Frappe,
+    /// webfox/laravel-xero-oauth2's model store (and its authenticated-user store, on `users`):
+    /// the credentials array `{token, refresh_token, id_token, expires, tenants: [{Id, Name,
+    /// ...}]}` in a JSON attribute `xero_credentials` (an Eloquent `array` cast) of any model's
+    /// table; `expires` is the access token's expiry in epoch seconds, written on every refresh.
+    /// One connection per model row, its first tenant as `tenant`. Read by the database.
+    WebfoxXero,
 }
 
 impl Preset {
@@ -47,6 +53,7 @@ impl Preset {
             Preset::TokenSetJson => "token_set_json",
             Preset::Frappe => "frappe",
             Preset::LaravelXero => "laravel_xero",
+            Preset::WebfoxXero => "webfox_xero",
         }
     }
 
@@ -56,6 +63,7 @@ impl Preset {
             Preset::XeroTokens => &["id", "tenant_id", "expires_at"],
             Preset::LaravelXero => &["id", "tenant_id", "tenant_name", "expires_in", "updated_at"],
             Preset::TokenSetJson => &["id", "tenant_id", "token_set"],
+            Preset::WebfoxXero => &["id", "xero_credentials"],
             Preset::Frappe => &[
                 "name",
                 "user",
@@ -73,10 +81,11 @@ impl Preset {
     }
 
     /// The single-table presets a table could be read with.
-    pub const TABLES: [Preset; 3] = [
+    pub const TABLES: [Preset; 4] = [
         Preset::XeroTokens,
         Preset::LaravelXero,
         Preset::TokenSetJson,
+        Preset::WebfoxXero,
     ];
 
     pub(crate) fn default_table(self) -> &'static str {
@@ -86,6 +95,7 @@ impl Preset {
             Preset::TokenSetJson => "xero_token_sets",
             Preset::Frappe => "tabToken Cache",
             Preset::LaravelXero => "xero_tokens",
+            Preset::WebfoxXero => "users",
         }
     }
 }
@@ -147,6 +157,40 @@ pub fn build(preset: Preset, kind: StoreKind, table: Option<&str>) -> Result<Bui
             })
         }
         Preset::Frappe => frappe(kind, given),
+        Preset::WebfoxXero => {
+            let c = "xero_credentials";
+            let (tenant, name, expires) = match kind {
+                StoreKind::Postgres => (
+                    format!("({c}::jsonb -> 'tenants' -> 0 ->> 'Id')"),
+                    format!("({c}::jsonb -> 'tenants' -> 0 ->> 'Name')"),
+                    format!("({c}::jsonb ->> 'expires')"),
+                ),
+                StoreKind::Mysql => {
+                    let x = |p: &str| format!("CASE WHEN JSON_VALID({c}) THEN JSON_UNQUOTE(JSON_EXTRACT({c}, '$.{p}')) END");
+                    (x("tenants[0].Id"), x("tenants[0].Name"), format!("CASE WHEN JSON_VALID({c}) THEN JSON_UNQUOTE(JSON_EXTRACT({c}, '$.expires')) ELSE 'invalid JSON' END"))
+                }
+                StoreKind::Sqlite => {
+                    let x = |p: &str| format!("CASE WHEN json_valid({c}) THEN json_extract({c}, '$.{p}') END");
+                    (x("tenants[0].Id"), x("tenants[0].Name"), format!("CASE WHEN json_valid({c}) THEN json_extract({c}, '$.expires') ELSE 'invalid JSON' END"))
+                }
+                StoreKind::Redis | StoreKind::File | StoreKind::Http => {
+                    return Err(format!("presets are for SQL stores; a {} source maps its documents' keys (README: webfox's file store)", kind.as_str()))
+                }
+            };
+            Ok(Built {
+                query: format!(
+                    "SELECT id, {tenant} AS tenant_id, {name} AS tenant_name, {expires} AS expires_at FROM {} WHERE {c} IS NOT NULL",
+                    table()?
+                ),
+                fields: RawFields::preset(&[
+                    ("connection", "id"),
+                    ("tenant", "tenant_id"),
+                    ("access_expires", "expires_at"),
+                ]),
+                infer_last_refresh: Some(Inference::AccessExpires),
+                labels: vec![("tenant_name", "tenant_name")],
+            })
+        }
         Preset::LaravelXero => Ok(Built {
             query: format!(
                 "SELECT id, tenant_id, tenant_name, expires_in, updated_at FROM {}",
