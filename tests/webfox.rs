@@ -104,42 +104,68 @@ async fn the_authenticated_user_store_on_sqlite_reads_users_xero_credentials() {
     check(&scrape(&e), "webfox", ["1", "2"]);
 }
 
+/// A model's table as Laravel's grammar for `$table->id(); $table->json('xero_credentials')
+/// ->nullable();` creates it on an SQL server, the rows written, read with the preset.
+macro_rules! model_store {
+    ($pool:expr, $kind:literal, $url:expr, $ddl:literal, $insert:literal) => {{
+        let pool = $pool;
+        let table = unique("webfox_model");
+        for s in [
+            format!("drop table if exists {table}"),
+            format!($ddl, table = table),
+        ] {
+            sqlx::query(&s).execute(&pool).await.unwrap();
+        }
+        for (id, c) in rows() {
+            sqlx::query(&format!($insert, table = table))
+                .bind(id)
+                .bind(c)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        let yaml = format!(
+            "sources:\n  - {{name: webfox, kind: {}, dsn: '{}', preset: webfox_xero, table: {table}}}\n",
+            $kind, $url
+        );
+        let (mut e, _) = exporter(&yaml, fixed_now());
+        assert_eq!(poll(&mut e).await, [true]);
+        check(&scrape(&e), "webfox", ["1", "2"]);
+        sqlx::query(&format!("drop table {table}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }};
+}
+
 #[tokio::test]
 async fn the_model_store_on_mariadb_reads_a_settings_models_json_column() {
     let test = "the_model_store_on_mariadb_reads_a_settings_models_json_column";
     if !server_or_skip(test, "MariaDB", &mysql_url()).await {
         return;
     }
-    let pool = sqlx::MySqlPool::connect(&mysql_url()).await.unwrap();
-    let table = unique("webfox_settings");
-    // Laravel's MariaDB grammar for `$table->id(); $table->json('xero_credentials')->nullable();`.
-    for s in [
-        format!("drop table if exists `{table}`"),
-        format!("create table `{table}` (`id` bigint unsigned not null auto_increment primary key, `xero_credentials` json null, `created_at` timestamp null, `updated_at` timestamp null) default character set utf8mb4 collate 'utf8mb4_unicode_ci'"),
-    ] {
-        sqlx::query(&s).execute(&pool).await.unwrap();
-    }
-    for (id, c) in rows() {
-        sqlx::query(&format!(
-            "insert into `{table}` (id, xero_credentials) values (?, ?)"
-        ))
-        .bind(id)
-        .bind(c)
-        .execute(&pool)
-        .await
-        .unwrap();
-    }
-    let yaml = format!(
-        "sources:\n  - {{name: webfox, kind: mysql, dsn: '{}', preset: webfox_xero, table: {table}}}\n",
-        mysql_url()
+    model_store!(
+        sqlx::MySqlPool::connect(&mysql_url()).await.unwrap(),
+        "mysql",
+        mysql_url(),
+        "create table `{table}` (`id` bigint unsigned not null auto_increment primary key, `xero_credentials` json null, `created_at` timestamp null, `updated_at` timestamp null) default character set utf8mb4 collate 'utf8mb4_unicode_ci'",
+        "insert into `{table}` (id, xero_credentials) values (?, ?)"
     );
-    let (mut e, _) = exporter(&yaml, fixed_now());
-    assert_eq!(poll(&mut e).await, [true]);
-    check(&scrape(&e), "webfox", ["1", "2"]);
-    sqlx::query(&format!("drop table `{table}`"))
-        .execute(&pool)
-        .await
-        .unwrap();
+}
+
+#[tokio::test]
+async fn the_model_store_on_postgres_reads_a_json_column() {
+    let test = "the_model_store_on_postgres_reads_a_json_column";
+    if !server_or_skip(test, "PostgreSQL", &pg_url()).await {
+        return;
+    }
+    model_store!(
+        sqlx::PgPool::connect(&pg_url()).await.unwrap(),
+        "postgres",
+        pg_url(),
+        "create table \"{table}\" (\"id\" bigserial not null primary key, \"xero_credentials\" json null, \"created_at\" timestamp(0) without time zone null, \"updated_at\" timestamp(0) without time zone null)",
+        "insert into \"{table}\" (id, xero_credentials) values ($1, $2::json)"
+    );
 }
 
 #[tokio::test]
@@ -189,42 +215,4 @@ async fn the_file_store_is_read_with_the_shipped_example_mapping() {
         1.0
     );
     assert!(!text.contains("token-value"));
-}
-
-#[tokio::test]
-async fn the_model_store_on_postgres_reads_a_json_column() {
-    let test = "the_model_store_on_postgres_reads_a_json_column";
-    if !server_or_skip(test, "PostgreSQL", &pg_url()).await {
-        return;
-    }
-    let pool = sqlx::PgPool::connect(&pg_url()).await.unwrap();
-    let table = unique("webfox_teams");
-    // Laravel's PostgreSQL grammar for `$table->id(); $table->json('xero_credentials')->nullable();`.
-    for s in [
-        format!("drop table if exists \"{table}\""),
-        format!("create table \"{table}\" (\"id\" bigserial not null primary key, \"xero_credentials\" json null, \"created_at\" timestamp(0) without time zone null, \"updated_at\" timestamp(0) without time zone null)"),
-    ] {
-        sqlx::query(&s).execute(&pool).await.unwrap();
-    }
-    for (id, c) in rows() {
-        sqlx::query(&format!(
-            "insert into \"{table}\" (id, xero_credentials) values ($1, $2::json)"
-        ))
-        .bind(id)
-        .bind(c)
-        .execute(&pool)
-        .await
-        .unwrap();
-    }
-    let yaml = format!(
-        "sources:\n  - {{name: webfox, kind: postgres, dsn: '{}', preset: webfox_xero, table: {table}}}\n",
-        pg_url()
-    );
-    let (mut e, _) = exporter(&yaml, fixed_now());
-    assert_eq!(poll(&mut e).await, [true]);
-    check(&scrape(&e), "webfox", ["1", "2"]);
-    sqlx::query(&format!("drop table \"{table}\""))
-        .execute(&pool)
-        .await
-        .unwrap();
 }

@@ -123,73 +123,33 @@ pub fn build(preset: Preset, kind: StoreKind, table: Option<&str>) -> Result<Bui
         }
     };
     match preset {
-        Preset::XeroTokens => Ok(Built {
-            query: format!("SELECT id, tenant_id, expires_at FROM {}", table()?),
-            fields: RawFields::preset(&[
-                ("connection", "id"),
-                ("tenant", "tenant_id"),
-                ("access_expires", "expires_at"),
-            ]),
-            infer_last_refresh: Some(Inference::AccessExpires),
-            labels: Vec::new(),
-        }),
+        Preset::XeroTokens => Ok(expires_at_shape(
+            format!("SELECT id, tenant_id, expires_at FROM {}", table()?),
+            Vec::new(),
+        )),
         Preset::TokenSetJson => {
-            let expires = match kind {
-                StoreKind::Postgres => "(token_set::jsonb ->> 'expires_at')".to_string(),
-                StoreKind::Mysql => "CASE WHEN JSON_VALID(token_set) THEN JSON_UNQUOTE(JSON_EXTRACT(token_set, '$.expires_at')) ELSE 'invalid JSON' END".to_string(),
-                StoreKind::Sqlite => "CASE WHEN json_valid(token_set) THEN json_extract(token_set, '$.expires_at') ELSE 'invalid JSON' END".to_string(),
-                StoreKind::Redis | StoreKind::File | StoreKind::Http => {
-                    return Err(format!("presets are for SQL stores; a {} source maps its documents' keys", kind.as_str()))
-                }
-            };
-            Ok(Built {
-                query: format!(
+            let expires = json_text(kind, "token_set", &["expires_at"], true)?;
+            Ok(expires_at_shape(
+                format!(
                     "SELECT id, tenant_id, {expires} AS expires_at FROM {}",
                     table()?
                 ),
-                fields: RawFields::preset(&[
-                    ("connection", "id"),
-                    ("tenant", "tenant_id"),
-                    ("access_expires", "expires_at"),
-                ]),
-                infer_last_refresh: Some(Inference::AccessExpires),
-                labels: Vec::new(),
-            })
+                Vec::new(),
+            ))
         }
         Preset::Frappe => frappe(kind, given),
         Preset::WebfoxXero => {
             let c = "xero_credentials";
-            let (tenant, name, expires) = match kind {
-                StoreKind::Postgres => (
-                    format!("({c}::jsonb -> 'tenants' -> 0 ->> 'Id')"),
-                    format!("({c}::jsonb -> 'tenants' -> 0 ->> 'Name')"),
-                    format!("({c}::jsonb ->> 'expires')"),
-                ),
-                StoreKind::Mysql => {
-                    let x = |p: &str| format!("CASE WHEN JSON_VALID({c}) THEN JSON_UNQUOTE(JSON_EXTRACT({c}, '$.{p}')) END");
-                    (x("tenants[0].Id"), x("tenants[0].Name"), format!("CASE WHEN JSON_VALID({c}) THEN JSON_UNQUOTE(JSON_EXTRACT({c}, '$.expires')) ELSE 'invalid JSON' END"))
-                }
-                StoreKind::Sqlite => {
-                    let x = |p: &str| format!("CASE WHEN json_valid({c}) THEN json_extract({c}, '$.{p}') END");
-                    (x("tenants[0].Id"), x("tenants[0].Name"), format!("CASE WHEN json_valid({c}) THEN json_extract({c}, '$.expires') ELSE 'invalid JSON' END"))
-                }
-                StoreKind::Redis | StoreKind::File | StoreKind::Http => {
-                    return Err(format!("presets are for SQL stores; a {} source maps its documents' keys (README: webfox's file store)", kind.as_str()))
-                }
-            };
-            Ok(Built {
-                query: format!(
+            let tenant = json_text(kind, c, &["tenants", "0", "Id"], false)?;
+            let name = json_text(kind, c, &["tenants", "0", "Name"], false)?;
+            let expires = json_text(kind, c, &["expires"], true)?;
+            Ok(expires_at_shape(
+                format!(
                     "SELECT id, {tenant} AS tenant_id, {name} AS tenant_name, {expires} AS expires_at FROM {} WHERE {c} IS NOT NULL",
                     table()?
                 ),
-                fields: RawFields::preset(&[
-                    ("connection", "id"),
-                    ("tenant", "tenant_id"),
-                    ("access_expires", "expires_at"),
-                ]),
-                infer_last_refresh: Some(Inference::AccessExpires),
-                labels: vec![("tenant_name", "tenant_name")],
-            })
+                vec![("tenant_name", "tenant_name")],
+            ))
         }
         Preset::LaravelXero => Ok(Built {
             query: format!(
@@ -252,6 +212,70 @@ pub fn build(preset: Preset, kind: StoreKind, table: Option<&str>) -> Result<Bui
             })
         }
     }
+}
+
+/// A preset whose query gives `id`, `tenant_id` and the access token's `expires_at`, the last
+/// refresh inferred from the expiry.
+fn expires_at_shape(query: String, labels: Vec<(&'static str, &'static str)>) -> Built {
+    Built {
+        query,
+        fields: RawFields::preset(&[
+            ("connection", "id"),
+            ("tenant", "tenant_id"),
+            ("access_expires", "expires_at"),
+        ]),
+        infer_last_refresh: Some(Inference::AccessExpires),
+        labels,
+    }
+}
+
+/// SQL for the text at `path` (keys, or list indexes as numbers) inside the JSON column
+/// `column`, read by the database so no other value leaves it. Where the database can tell,
+/// text that is not JSON gives `invalid JSON` when `flag_invalid` (so the row is rejected for
+/// that field) and NULL otherwise; PostgreSQL casts to `jsonb` (a `json` column is always valid).
+fn json_text(
+    kind: StoreKind,
+    column: &str,
+    path: &[&str],
+    flag_invalid: bool,
+) -> Result<String, String> {
+    let invalid = if flag_invalid {
+        " ELSE 'invalid JSON'"
+    } else {
+        ""
+    };
+    let dotted: String = path
+        .iter()
+        .map(|p| match p.parse::<usize>() {
+            Ok(i) => format!("[{i}]"),
+            Err(_) => format!(".{p}"),
+        })
+        .collect();
+    Ok(match kind {
+        StoreKind::Postgres => {
+            let (last, init) = path.split_last().expect("a path");
+            let steps: String = init
+                .iter()
+                .map(|p| match p.parse::<usize>() {
+                    Ok(i) => format!(" -> {i}"),
+                    Err(_) => format!(" -> '{p}'"),
+                })
+                .collect();
+            let last = match last.parse::<usize>() {
+                Ok(i) => i.to_string(),
+                Err(_) => format!("'{last}'"),
+            };
+            format!("({column}::jsonb{steps} ->> {last})")
+        }
+        StoreKind::Mysql => format!("CASE WHEN JSON_VALID({column}) THEN JSON_UNQUOTE(JSON_EXTRACT({column}, '${dotted}')){invalid} END"),
+        StoreKind::Sqlite => format!("CASE WHEN json_valid({column}) THEN json_extract({column}, '${dotted}'){invalid} END"),
+        StoreKind::Redis | StoreKind::File | StoreKind::Http => {
+            return Err(format!(
+                "presets are for SQL stores; a {} source maps its documents' keys",
+                kind.as_str()
+            ))
+        }
+    })
 }
 
 /// Frappe's `tabToken Cache`, as its DocType (frappe/integrations/doctype/token_cache/
