@@ -132,6 +132,13 @@ impl Config {
                 humantime::format_duration(p.interval)
             ));
         }
+        if self.shard.is_sharded() {
+            parts.push(format!(
+                "shard {} of 0..{}",
+                self.shard.index,
+                self.shard.total - 1
+            ));
+        }
         parts
     }
 

@@ -139,7 +139,14 @@ impl EventTable {
             source: self.name.clone(),
             provider: self.provider,
             persisted: false,
-            line: format!("Event table: {}", self.name),
+            line: if self.lease {
+                format!(
+                    "Event table: {} (one reader among replicas: lease)",
+                    self.name
+                )
+            } else {
+                format!("Event table: {}", self.name)
+            },
         }
     }
 
