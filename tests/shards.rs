@@ -86,7 +86,7 @@ fn check_split(texts: &[String], what: &str) {
             &[("source", "app"), ("reason", "missing_connection")],
         )
         .unwrap_or(0.0);
-        assert_eq!(value(text, "oauth_exporter_shard_count", &[]), TOTAL as f64);
+        assert_eq!(value(text, "oauth_exporter_shards", &[]), TOTAL as f64);
         assert_eq!(
             value(
                 text,

@@ -138,7 +138,7 @@ pub mod names {
         "This instance's shard (--shard.index; 0 when not sharded); value 1",
     );
     pub const SHARD_COUNT: Desc = (
-        "oauth_exporter_shard_count",
+        "oauth_exporter_shards",
         "The number of shards the fleet is split into (--shard.total)",
     );
     pub const BUILD_INFO: Desc = (
