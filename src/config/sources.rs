@@ -740,6 +740,20 @@ pub(crate) fn validate(
             .or_insert_with(|| RawField::column(column));
     }
     if let Some(user) = raw.fields.clone() {
+        // A document source's default mapping infers the last refresh from an `expires_at`
+        // key; with the user's own fields and none of the freshness ones, say so (an SQL
+        // source is told `last_refresh` is required).
+        let document = query.as_deref() == Some("");
+        if document
+            && user.last_refresh.is_none()
+            && user.access_expires.is_none()
+            && raw.infer_last_refresh.is_none()
+        {
+            problems.warn(
+                format!("{at}.fields"),
+                "maps neither `last_refresh` nor `access_expires`: the last refresh is inferred from each document's `expires_at` key (minus the access-token lifetime); a document without it is rejected as `null_timestamp`",
+            );
+        }
         if user.last_refresh.is_some() {
             infer = None;
         }

@@ -377,3 +377,18 @@ fn document_sources_default_to_the_token_set_shape() {
         }
     );
 }
+
+#[test]
+fn a_document_source_mapping_no_freshness_field_is_warned_about_and_one_that_does_is_not() {
+    let warned = |fields: &str| {
+        let c = ok(&format!(
+            "sources:\n  - name: f\n    kind: file\n    path: /tmp/t.json\n    fields: {fields}\n"
+        ));
+        c.warnings
+            .iter()
+            .any(|w| w.path == "sources[0].fields" && w.message.contains("expires_at"))
+    };
+    assert!(warned("{connection: realm}"));
+    assert!(!warned("{connection: realm, access_expires: exp}"));
+    assert!(!warned("{connection: realm, last_refresh: refreshed_at}"));
+}
