@@ -70,9 +70,13 @@ impl Shard {
         !self.is_sharded() || Shard::of(id, self.total) == self.index
     }
 
-    /// Whether this instance counts a row that has no connection id (only shard 0 does).
-    pub fn owns_unidentified(&self) -> bool {
-        self.index == 0
+    /// Whether this instance counts a row read after the fact: by its connection id, and a row
+    /// without one (rejected) only on shard 0, so it is counted once in the fleet.
+    pub fn owns_row(&self, id: Option<&str>) -> bool {
+        match id {
+            Some(id) => self.owns(id),
+            None => self.index == 0,
+        }
     }
 
     /// An SQL condition true for the rows of this shard, over the expression `column` (the

@@ -34,6 +34,9 @@ pub struct TablePoller {
     lease: Option<Lease>,
     /// With `lease`: the other instances' counters in the shared state file, kept as read.
     others: std::collections::BTreeMap<String, Counts>,
+    /// With shards, the condition for the shard's rows where the store computes the hash
+    /// (PostgreSQL, MySQL); `None` otherwise (SQLite's events are filtered after the read).
+    shard_predicate: Option<String>,
 }
 
 /// A value of the cursor, as the store gave it, so it is compared in the store's own terms.
@@ -141,6 +144,12 @@ impl TablePoller {
             })
             .set(0);
         let pool = SqlPool::connect(&cfg.connection)?;
+        let shard_predicate = cfg
+            .columns
+            .iter()
+            .find(|(f, _)| *f == EventField::Connection)
+            .filter(|_| cfg.shard.is_sharded())
+            .and_then(|(_, column)| cfg.shard.sql_predicate(cfg.connection.kind, column));
         Ok(TablePoller {
             cfg,
             pool,
@@ -150,6 +159,7 @@ impl TablePoller {
             dirty: false,
             lease: None,
             others: Default::default(),
+            shard_predicate,
         })
     }
 
@@ -209,7 +219,8 @@ impl TablePoller {
             })
         };
         let shard = self
-            .shard_predicate()
+            .shard_predicate
+            .as_ref()
             .map_or(String::new(), |p| format!(" AND {p}"));
         let tail = match (cursor, &self.cfg.time_column) {
             (Cursor::Id { cursor }, _) => {
@@ -238,32 +249,10 @@ impl TablePoller {
         Ok(self.select(id, false, &tail))
     }
 
-    /// With shards, the condition for the shard's rows where the store computes the hash.
-    fn shard_predicate(&self) -> Option<String> {
-        if !self.cfg.shard.is_sharded() {
-            return None;
-        }
-        let column = self
-            .cfg
-            .columns
-            .iter()
-            .find(|(f, _)| *f == EventField::Connection)
-            .map(|(_, c)| c.as_str())?;
-        self.cfg
-            .shard
-            .sql_predicate(self.cfg.connection.kind, column)
-    }
-
     /// Whether this instance counts an event of `connection` (with shards: its shard's, when
     /// the query could not select them).
     fn owns(&self, connection: Option<&str>) -> bool {
-        if !self.cfg.shard.is_sharded() || self.shard_predicate().is_some() {
-            return true;
-        }
-        match connection {
-            Some(c) => self.cfg.shard.owns(c),
-            None => self.cfg.shard.owns_unidentified(),
-        }
+        self.shard_predicate.is_some() || self.cfg.shard.owns_row(connection)
     }
 
     fn persist(&self, cursor: &Cursor) -> Result<(), CollectError> {

@@ -242,15 +242,11 @@ impl RowSink for PollRows<'_> {
         );
         // Another shard's row (already left out by the query where the store computes the
         // hash); a rejected row without an id is shard 0's.
-        let owned = self.cfg.shard_in_query
-            || match &mapped {
-                Ok(c) => self.cfg.shard.owns(&c.id),
-                Err(rej) => match &rej.connection {
-                    Some(id) => self.cfg.shard.owns(id),
-                    None => self.cfg.shard.owns_unidentified(),
-                },
-            };
-        if !owned {
+        let id = match &mapped {
+            Ok(c) => Some(c.id.as_str()),
+            Err(rej) => rej.connection.as_deref(),
+        };
+        if !self.cfg.shard_in_query && !self.cfg.shard.owns_row(id) {
             return;
         }
         match mapped {
@@ -284,12 +280,7 @@ impl RowSink for PollRows<'_> {
 
     fn reject(&mut self, r: Rejection) {
         self.row += 1;
-        let owned = self.cfg.shard_in_query
-            || match &r.connection {
-                Some(id) => self.cfg.shard.owns(id),
-                None => self.cfg.shard.owns_unidentified(),
-            };
-        if !owned {
+        if !self.cfg.shard_in_query && !self.cfg.shard.owns_row(r.connection.as_deref()) {
             return;
         }
         if let Some(id) = &r.connection {
