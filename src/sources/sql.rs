@@ -11,7 +11,7 @@ use futures_util::TryStreamExt;
 /// A lazily connecting, read-only pool of one connection to an SQL store.
 #[derive(Debug)]
 pub enum SqlPool {
-    Sqlite(sqlx::SqlitePool),
+    Sqlite(sqlite::SqliteStore),
     Postgres(sqlx::PgPool),
     Mysql(sqlx::MySqlPool),
 }
@@ -166,7 +166,7 @@ impl SqlPool {
 
     pub async fn close(&self) {
         match self {
-            SqlPool::Sqlite(p) => p.close().await,
+            SqlPool::Sqlite(_) => {}
             SqlPool::Postgres(p) => p.close().await,
             SqlPool::Mysql(p) => p.close().await,
         }
@@ -366,9 +366,10 @@ fn kind_only(e: &sqlx::Error) -> String {
 /// (syntax, unknown column, permission, connection), never for those that can quote a value
 /// (PostgreSQL's data exceptions quote the text they could not cast, MySQL's user-defined
 /// SIGNALs carry anything, SQLite quotes a JSON path taken from a row).
+const WITHHELD: &str =
+    "the server's message is withheld: errors of this class can quote values read from the store";
+
 pub fn db_error_text(db: &dyn sqlx::error::DatabaseError) -> String {
-    const WITHHELD: &str =
-        "the server's message is withheld: errors of this class can quote values read from the store";
     if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
         let code = pg.code();
         let mut out = format!("SQLSTATE {code}");
@@ -422,10 +423,13 @@ pub fn db_error_text(db: &dyn sqlx::error::DatabaseError) -> String {
             if safe { my.message() } else { WITHHELD }
         );
     }
-    // SQLite: its messages are keyed by what they say; only those naming the schema or the
-    // query's syntax are shown.
-    let msg = db.message();
     let code = db.code().map(|c| c.to_string()).unwrap_or_default();
+    sqlite_error_text(&code, db.message())
+}
+
+/// What can be shown of a SQLite error: its messages are keyed by what they say; only those
+/// naming the schema or the query's syntax are shown.
+pub(crate) fn sqlite_error_text(code: &str, msg: &str) -> String {
     const SAFE_PREFIXES: [&str; 12] = [
         "no such table",
         "no such column",

@@ -5,21 +5,105 @@
 use super::catalogue::{names, BuildLabels, EventCounter};
 use super::live::Live;
 use crate::detect::Detector;
-use crate::model::{SourceSet, Status, Windows, EXPIRING_WINDOWS};
+use crate::model::{
+    Connection, SourceHandle, SourceSet, SourceSnapshot, Status, Windows, EXPIRING_WINDOWS,
+};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
-use std::sync::Arc;
+use std::hash::{Hash, Hasher};
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
 
-/// Encodes the snapshots of every source.
+/// One source as an encode sees it: its handle and the snapshot it had when the encode began
+/// (every part of one encode reads the same snapshot).
+pub type SourceView = (Arc<SourceHandle>, Arc<SourceSnapshot>);
+
+/// The per-connection families, in exposition order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConnFamily {
+    LastRefresh,
+    Age,
+    RefreshExpiry,
+    Expired,
+    AccessExpiry,
+    Status,
+    Info,
+}
+
+impl ConnFamily {
+    const ALL: [ConnFamily; 7] = [
+        ConnFamily::LastRefresh,
+        ConnFamily::Age,
+        ConnFamily::RefreshExpiry,
+        ConnFamily::Expired,
+        ConnFamily::AccessExpiry,
+        ConnFamily::Status,
+        ConnFamily::Info,
+    ];
+
+    /// The families exported; `relative` adds the age (`--collector.relative-metrics`).
+    pub fn exported(relative: bool) -> impl Iterator<Item = ConnFamily> {
+        Self::ALL
+            .into_iter()
+            .filter(move |f| relative || *f != ConnFamily::Age)
+    }
+
+    fn desc(self) -> (&'static str, &'static str) {
+        use names::*;
+        match self {
+            ConnFamily::LastRefresh => LAST_REFRESH,
+            ConnFamily::Age => AGE,
+            ConnFamily::RefreshExpiry => REFRESH_EXPIRY,
+            ConnFamily::Expired => EXPIRED,
+            ConnFamily::AccessExpiry => ACCESS_EXPIRY,
+            ConnFamily::Status => STATUS,
+            ConnFamily::Info => INFO,
+        }
+    }
+
+    /// Feed what this family exports of `c` (besides its identity) to `h`: two connections
+    /// with the same identity and the same feed encode to the same lines.
+    pub fn hash_value(self, c: &Connection, h: &mut impl Hasher) {
+        match self {
+            ConnFamily::LastRefresh => h.write_u64(c.last_refresh.to_bits()),
+            ConnFamily::Age => h.write_u64(c.age.to_bits()),
+            ConnFamily::RefreshExpiry => h.write_u64(c.refresh_expiry.to_bits()),
+            ConnFamily::Expired => h.write_u8(u8::from(c.expired)),
+            ConnFamily::AccessExpiry => c.access_expiry.map(f64::to_bits).hash(h),
+            ConnFamily::Status => h.write_usize(c.status.index()),
+            ConnFamily::Info => c.labels.hash(h),
+        }
+    }
+}
+
+/// What the [`StateCollector`] encodes when the registry is encoded next: the exposition
+/// encodes the state in parts, so that a block of connections whose lines have not changed
+/// since the last encode is not encoded again.
+#[derive(Debug, Default)]
+pub enum Part {
+    #[default]
+    Nothing,
+    /// A per-connection family's `# HELP` and `# TYPE` lines alone.
+    Descriptor(ConnFamily),
+    /// A per-connection family's descriptor, then its lines for connections `range` of one
+    /// source (the caller drops the descriptor).
+    Block {
+        family: ConnFamily,
+        source: SourceView,
+        range: Range<usize>,
+    },
+    /// The per-source families, whole.
+    Aggregates(Arc<Vec<SourceView>>),
+}
+
+/// Encodes the [`Part`] it is given of the snapshots of every source.
 #[derive(Debug)]
 pub struct StateCollector {
-    pub sources: SourceSet,
-    /// Export `oauth_refresh_token_age_seconds` (`--collector.relative-metrics`).
-    pub relative: bool,
+    pub part: Arc<Mutex<Part>>,
 }
 
 type Lbl<'a> = (&'static str, &'a str);
@@ -32,158 +116,141 @@ fn family<'a>(
     enc.encode_descriptor(name, help, None, kind)
 }
 
-impl StateCollector {
-    fn per_connection(
-        &self,
-        enc: &mut DescriptorEncoder,
-        desc: (&str, &str),
-        value: impl Fn(&crate::model::Connection) -> Option<f64>,
-    ) -> Result<(), std::fmt::Error> {
+fn block(
+    enc: &mut DescriptorEncoder,
+    fam: ConnFamily,
+    (src, snap): &SourceView,
+    range: Range<usize>,
+) -> Result<(), std::fmt::Error> {
+    let mut f = family(enc, fam.desc(), MetricType::Gauge)?;
+    for c in &snap.connections[range] {
+        let id: [Lbl; 4] = [
+            ("provider", c.provider),
+            ("source", &src.name),
+            ("connection", &c.id),
+            ("tenant", &c.tenant),
+        ];
+        let value = match fam {
+            ConnFamily::LastRefresh => c.last_refresh,
+            ConnFamily::Age => c.age,
+            ConnFamily::RefreshExpiry => c.refresh_expiry,
+            ConnFamily::Expired => f64::from(u8::from(c.expired)),
+            ConnFamily::AccessExpiry => match c.access_expiry {
+                Some(v) => v,
+                None => continue,
+            },
+            ConnFamily::Status => {
+                for st in Status::ALL {
+                    let labels: [Lbl; 5] = [id[0], id[1], id[2], id[3], ("status", st.as_str())];
+                    ConstGauge::new(i64::from(c.status == st)).encode(f.encode_family(&labels)?)?;
+                }
+                continue;
+            }
+            ConnFamily::Info => {
+                let mut labels: Vec<(&str, &str)> = Vec::with_capacity(4 + c.labels.len());
+                labels.extend(id);
+                for (name, v) in src.label_names.iter().zip(&c.labels) {
+                    labels.push((name.as_str(), v.as_str()));
+                }
+                ConstGauge::new(1i64).encode(f.encode_family(&labels)?)?;
+                continue;
+            }
+        };
+        ConstGauge::new(value).encode(f.encode_family(&id)?)?;
+    }
+    Ok(())
+}
+
+fn per_source(
+    enc: &mut DescriptorEncoder,
+    views: &[SourceView],
+    desc: (&str, &str),
+    extra: Option<(&'static str, &[&str])>,
+    value: impl Fn(&crate::model::Aggregates, usize) -> u64,
+) -> Result<(), std::fmt::Error> {
+    let mut f = family(enc, desc, MetricType::Gauge)?;
+    for (src, snap) in views {
+        for p in &snap.providers {
+            match extra {
+                Some((key, values)) => {
+                    for (i, v) in values.iter().enumerate() {
+                        let labels: [Lbl; 3] =
+                            [("provider", p.provider), ("source", &src.name), (key, v)];
+                        ConstGauge::new(value(&p.aggregates, i) as i64)
+                            .encode(f.encode_family(&labels)?)?;
+                    }
+                }
+                None => {
+                    let labels: [Lbl; 2] = [("provider", p.provider), ("source", &src.name)];
+                    ConstGauge::new(value(&p.aggregates, 0) as i64)
+                        .encode(f.encode_family(&labels)?)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn aggregates(enc: &mut DescriptorEncoder, views: &[SourceView]) -> Result<(), std::fmt::Error> {
+    use names::*;
+    let statuses: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
+    per_source(
+        enc,
+        views,
+        CONNECTIONS,
+        Some(("status", &statuses)),
+        |a, i| a.by_status[i],
+    )?;
+    let windows: Vec<&str> = EXPIRING_WINDOWS.iter().map(|(w, _)| *w).collect();
+    per_source(enc, views, EXPIRING, Some(("within", &windows)), |a, i| {
+        a.expiring[i]
+    })?;
+    for (desc, value) in [
+        (
+            REFRESH_WINDOW,
+            (|w: &Windows| Some(w.refresh)) as fn(&Windows) -> Option<f64>,
+        ),
+        (ACCESS_LIFETIME, |w: &Windows| Some(w.access)),
+        (MAX_LIFETIME, |w: &Windows| w.max),
+    ] {
         let mut f = family(enc, desc, MetricType::Gauge)?;
-        for src in self.sources.get().iter() {
-            let snap = src.snapshot();
-            for c in &snap.connections {
-                if let Some(v) = value(c) {
-                    let labels: [Lbl; 4] = [
-                        ("provider", c.provider),
-                        ("source", &src.name),
-                        ("connection", &c.id),
-                        ("tenant", &c.tenant),
-                    ];
+        for (src, snap) in views {
+            for p in &snap.providers {
+                if let Some(v) = value(&p.windows) {
+                    let labels: [Lbl; 2] = [("provider", p.provider), ("source", &src.name)];
                     ConstGauge::new(v).encode(f.encode_family(&labels)?)?;
                 }
             }
         }
-        Ok(())
     }
-
-    fn per_source(
-        &self,
-        enc: &mut DescriptorEncoder,
-        desc: (&str, &str),
-        extra: Option<(&'static str, &[&str])>,
-        value: impl Fn(&crate::model::Aggregates, usize) -> u64,
-    ) -> Result<(), std::fmt::Error> {
-        let mut f = family(enc, desc, MetricType::Gauge)?;
-        for src in self.sources.get().iter() {
-            let snap = src.snapshot();
-            for p in &snap.providers {
-                match extra {
-                    Some((key, values)) => {
-                        for (i, v) in values.iter().enumerate() {
-                            let labels: [Lbl; 3] =
-                                [("provider", p.provider), ("source", &src.name), (key, v)];
-                            ConstGauge::new(value(&p.aggregates, i) as i64)
-                                .encode(f.encode_family(&labels)?)?;
-                        }
-                    }
-                    None => {
-                        let labels: [Lbl; 2] = [("provider", p.provider), ("source", &src.name)];
-                        ConstGauge::new(value(&p.aggregates, 0) as i64)
-                            .encode(f.encode_family(&labels)?)?;
-                    }
-                }
-            }
-        }
-        Ok(())
+    let mut f = family(enc, TRUNCATED, MetricType::Gauge)?;
+    for (src, snap) in views {
+        let labels: [Lbl; 1] = [("source", &src.name)];
+        ConstGauge::new(snap.truncated as i64).encode(f.encode_family(&labels)?)?;
     }
+    Ok(())
 }
 
 impl Collector for StateCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        use names::*;
-        self.per_connection(&mut enc, LAST_REFRESH, |c| Some(c.last_refresh))?;
-        if self.relative {
-            self.per_connection(&mut enc, AGE, |c| Some(c.age))?;
+        let part = self.part.lock().unwrap_or_else(|e| e.into_inner());
+        match &*part {
+            Part::Nothing => Ok(()),
+            Part::Descriptor(f) => family(&mut enc, f.desc(), MetricType::Gauge).map(drop),
+            Part::Block {
+                family,
+                source,
+                range,
+            } => block(&mut enc, *family, source, range.clone()),
+            Part::Aggregates(views) => aggregates(&mut enc, views),
         }
-        self.per_connection(&mut enc, REFRESH_EXPIRY, |c| Some(c.refresh_expiry))?;
-        self.per_connection(&mut enc, EXPIRED, |c| {
-            Some(if c.expired { 1.0 } else { 0.0 })
-        })?;
-        self.per_connection(&mut enc, ACCESS_EXPIRY, |c| c.access_expiry)?;
-        {
-            let mut f = family(&mut enc, STATUS, MetricType::Gauge)?;
-            for src in self.sources.get().iter() {
-                let snap = src.snapshot();
-                for c in &snap.connections {
-                    for st in Status::ALL {
-                        let labels: [Lbl; 5] = [
-                            ("provider", c.provider),
-                            ("source", &src.name),
-                            ("connection", &c.id),
-                            ("tenant", &c.tenant),
-                            ("status", st.as_str()),
-                        ];
-                        ConstGauge::new(i64::from(c.status == st))
-                            .encode(f.encode_family(&labels)?)?;
-                    }
-                }
-            }
-        }
-        {
-            let mut f = family(&mut enc, INFO, MetricType::Gauge)?;
-            for src in self.sources.get().iter() {
-                let snap = src.snapshot();
-                for c in &snap.connections {
-                    let mut labels: Vec<(&str, &str)> = Vec::with_capacity(4 + c.labels.len());
-                    labels.extend([
-                        ("provider", c.provider),
-                        ("source", src.name.as_str()),
-                        ("connection", c.id.as_str()),
-                        ("tenant", c.tenant.as_str()),
-                    ]);
-                    for (name, v) in src.label_names.iter().zip(&c.labels) {
-                        labels.push((name.as_str(), v.as_str()));
-                    }
-                    ConstGauge::new(1i64).encode(f.encode_family(&labels)?)?;
-                }
-            }
-        }
-        let statuses: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
-        self.per_source(
-            &mut enc,
-            CONNECTIONS,
-            Some(("status", &statuses)),
-            |a, i| a.by_status[i],
-        )?;
-        let windows: Vec<&str> = EXPIRING_WINDOWS.iter().map(|(w, _)| *w).collect();
-        self.per_source(&mut enc, EXPIRING, Some(("within", &windows)), |a, i| {
-            a.expiring[i]
-        })?;
-        for (desc, value) in [
-            (
-                REFRESH_WINDOW,
-                (|w: &Windows| Some(w.refresh)) as fn(&Windows) -> Option<f64>,
-            ),
-            (ACCESS_LIFETIME, |w: &Windows| Some(w.access)),
-            (MAX_LIFETIME, |w: &Windows| w.max),
-        ] {
-            let mut f = family(&mut enc, desc, MetricType::Gauge)?;
-            for src in self.sources.get().iter() {
-                for p in &src.snapshot().providers {
-                    if let Some(v) = value(&p.windows) {
-                        let labels: [Lbl; 2] = [("provider", p.provider), ("source", &src.name)];
-                        ConstGauge::new(v).encode(f.encode_family(&labels)?)?;
-                    }
-                }
-            }
-        }
-        {
-            let mut f = family(&mut enc, TRUNCATED, MetricType::Gauge)?;
-            for src in self.sources.get().iter() {
-                let labels: [Lbl; 1] = [("source", &src.name)];
-                ConstGauge::new(src.snapshot().truncated as i64)
-                    .encode(f.encode_family(&labels)?)?;
-            }
-        }
-        Ok(())
     }
 }
 
-/// The state registry: one collector over every source's snapshot.
-pub fn state_registry(sources: SourceSet, relative: bool) -> Registry {
+/// The state registry: one collector, encoding the [`Part`] `part` holds.
+pub fn state_registry(part: Arc<Mutex<Part>>) -> Registry {
     let mut state = Registry::default();
-    state.register_collector(Box::new(StateCollector { sources, relative }));
+    state.register_collector(Box::new(StateCollector { part }));
     state
 }
 

@@ -1,10 +1,11 @@
 //! The exposition served on `/metrics`, built so that a scrape costs almost nothing:
 //!
 //! - the *state* part (per-connection gauges and aggregates, by far the largest) is encoded
-//!   once per snapshot generation, streamed straight into a raw deflate stream that is
-//!   sync-flushed and kept; the plain text is never held whole. The encode runs aside, on a
-//!   blocking thread, and the finished one is swapped in: a scrape that arrives meanwhile is
-//!   served the previous one and never waits for it;
+//!   once per snapshot generation into raw deflate segments that are kept; a block of
+//!   connections whose lines did not change is not encoded again (see [`super::segments`]);
+//!   the plain text is never held whole. The encode runs aside, on a blocking thread, and the
+//!   finished one is swapped in: a scrape that arrives meanwhile is served the previous one
+//!   and never waits for it;
 //! - the *live* part (self-health, counters) is encoded on every scrape.
 //!
 //! A gzip scrape (what Prometheus asks for) sends the cached deflate bytes as they are, then
@@ -18,116 +19,41 @@
 //! format; only the live part differs between the two.
 
 use super::catalogue::openmetrics_to_text;
-use super::collectors;
+use super::collectors::{self, Part};
 use super::live::Live;
+use super::segments::{DeflateWriter, SegmentCache};
 use crate::detect::Detector;
 use crate::model::SourceSet;
 use bytes::Bytes;
-use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
+use flate2::{Decompress, FlushCompress, FlushDecompress};
 use prometheus_client::registry::Registry;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
-/// gzip member header: magic, deflate, no flags, no mtime, no extra flags, OS unknown (RFC 1952).
-const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
-/// Input gathered before it is handed to the compressor.
-const CHUNK: usize = 64 * 1024;
-/// Deflate level of the state part (see the README's performance section for the measured
-/// trade-off of size against encode CPU).
-const STATE_LEVEL: u32 = 1;
+/// Room for the inflated text a plain scrape streams out per chunk.
+const PLAIN_CHUNK: usize = 256 * 1024;
 
 /// The state part of one generation, deflated.
 #[derive(Debug, Clone)]
 pub struct StateCache {
     generation: u64,
-    /// Gzip header followed by the sync-flushed raw deflate stream of the state text.
-    pub gzip_prefix: Bytes,
+    /// Gzip header followed by the sync-flushed raw deflate segments of the state text.
+    pub gzip_prefix: Vec<Bytes>,
     /// CRC-32 and length of the state text.
     crc: u32,
     len: u64,
-}
-
-/// Streams text into a raw deflate stream, never holding the whole text.
-struct DeflateWriter {
-    comp: Compress,
-    out: Vec<u8>,
-    pending: Vec<u8>,
-    crc: crc32fast::Hasher,
-    len: u64,
-}
-
-impl DeflateWriter {
-    fn new(out: Vec<u8>) -> Self {
-        Self::with(Compress::new(Compression::fast(), false), out)
-    }
-
-    /// A writer reusing a compressor (reset first) and its allocations.
-    fn with(mut comp: Compress, out: Vec<u8>) -> Self {
-        comp.reset();
-        DeflateWriter {
-            comp,
-            out,
-            pending: Vec::with_capacity(CHUNK),
-            crc: crc32fast::Hasher::new(),
-            len: 0,
-        }
-    }
-
-    fn drain(&mut self, flush: FlushCompress) {
-        self.crc.update(&self.pending);
-        self.len += self.pending.len() as u64;
-        let mut input: &[u8] = &self.pending;
-        loop {
-            if self.out.capacity() - self.out.len() < CHUNK / 4 {
-                self.out.reserve(CHUNK);
-            }
-            let before = self.comp.total_in();
-            let status = self
-                .comp
-                .compress_vec(input, &mut self.out, flush)
-                .expect("deflate of in-memory text cannot fail");
-            input = &input[(self.comp.total_in() - before) as usize..];
-            let room_left = self.out.capacity() > self.out.len();
-            let done = match flush {
-                FlushCompress::Finish => status == Status::StreamEnd,
-                _ => input.is_empty() && room_left,
-            };
-            if done {
-                break;
-            }
-        }
-        self.pending.clear();
-    }
-
-    fn finish(mut self, flush: FlushCompress) -> (Vec<u8>, crc32fast::Hasher, u64) {
-        self.drain(flush);
-        (self.out, self.crc, self.len)
-    }
-
-    /// Like [`Self::finish`], giving the compressor back for the next encode.
-    fn finish_keep(mut self, flush: FlushCompress) -> (Vec<u8>, crc32fast::Hasher, u64, Compress) {
-        self.drain(flush);
-        (self.out, self.crc, self.len, self.comp)
-    }
-}
-
-impl fmt::Write for DeflateWriter {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        // The CRC and length are taken per chunk in `drain` (the encoder writes in pieces of
-        // a few bytes; one CRC call per piece cost more than the deflate).
-        self.pending.extend_from_slice(s.as_bytes());
-        if self.pending.len() >= CHUNK {
-            self.drain(FlushCompress::None);
-        }
-        Ok(())
-    }
 }
 
 /// Both registries and the cache of the state part.
 #[derive(Debug)]
 pub struct Exposition {
     state: Registry,
+    /// What the state registry's collector encodes next (set by each step of an encode).
+    part: Arc<Mutex<Part>>,
+    sources: SourceSet,
+    /// Export the gauges derivable from a timestamp (`--collector.relative-metrics`).
+    relative: bool,
     live_registry: Registry,
     pub live: Arc<Live>,
     /// Moves when a snapshot or the set of sources changed; the state part is re-encoded.
@@ -136,23 +62,8 @@ pub struct Exposition {
     pending: AtomicUsize,
     /// The latest encoded state part; locked only to read or swap it.
     cache: Mutex<Option<Arc<StateCache>>>,
-    /// Held by the one encode at a time; keeps the compressor between encodes.
-    encoder: Mutex<Encoder>,
-}
-
-/// What one encode leaves for the next.
-struct Encoder {
-    comp: Compress,
-    /// Compressed size of the last encode (the next one starts with room for it).
-    last_len: usize,
-}
-
-impl fmt::Debug for Encoder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Encoder")
-            .field("last_len", &self.last_len)
-            .finish()
-    }
+    /// Held by the one encode at a time; keeps the segments between encodes.
+    encoder: Mutex<SegmentCache>,
 }
 
 impl Exposition {
@@ -166,17 +77,18 @@ impl Exposition {
         relative: bool,
     ) -> Self {
         let live_registry = collectors::live_registry(&live, &sources, detector, persistence);
+        let part = Arc::new(Mutex::new(Part::Nothing));
         Exposition {
-            state: collectors::state_registry(sources, relative),
+            state: collectors::state_registry(part.clone()),
+            part,
+            sources,
+            relative,
             live_registry,
             live,
             generation: AtomicU64::new(0),
             pending: AtomicUsize::new(0),
             cache: Mutex::new(None),
-            encoder: Mutex::new(Encoder {
-                comp: Compress::new(Compression::new(STATE_LEVEL), false),
-                last_len: 0,
-            }),
+            encoder: Mutex::new(SegmentCache::default()),
         }
     }
 
@@ -237,12 +149,12 @@ impl Exposition {
         });
     }
 
-    fn lock_encoder(&self) -> MutexGuard<'_, Encoder> {
+    fn lock_encoder(&self) -> MutexGuard<'_, SegmentCache> {
         self.encoder.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Encode the current generation unless the cache has it already.
-    fn encode(&self, mut encoder: MutexGuard<'_, Encoder>) -> Arc<StateCache> {
+    fn encode(&self, mut encoder: MutexGuard<'_, SegmentCache>) -> Arc<StateCache> {
         let generation = self.generation.load(Ordering::Acquire);
         if let Some(c) = self.cached() {
             if c.generation == generation {
@@ -250,30 +162,26 @@ impl Exposition {
             }
         }
         let started = std::time::Instant::now();
-        let comp = std::mem::replace(
-            &mut encoder.comp,
-            Compress::new(Compression::new(STATE_LEVEL), false),
-        );
-        let mut out = Vec::with_capacity(encoder.last_len + encoder.last_len / 8 + 4096);
-        out.extend_from_slice(&GZIP_HEADER);
-        let mut w = DeflateWriter::with(comp, out);
-        prometheus_client::encoding::text::encode_registry(&mut w, &self.state)
-            .expect("the deflate writer cannot fail");
-        let (mut out, crc, len, comp) = w.finish_keep(FlushCompress::Sync);
-        encoder.comp = comp;
-        encoder.last_len = out.len();
-        out.shrink_to_fit();
+        let views: Vec<collectors::SourceView> = self
+            .sources
+            .get()
+            .iter()
+            .map(|h| (h.clone(), h.snapshot()))
+            .collect();
+        let encoded = encoder.encode(&self.state, &self.part, views, self.relative);
         let fresh = Arc::new(StateCache {
             generation,
-            gzip_prefix: Bytes::from(out),
-            crc: crc.finalize(),
-            len,
+            gzip_prefix: encoded.parts,
+            crc: encoded.crc,
+            len: encoded.len,
         });
         *self.cache.lock().unwrap_or_else(|e| e.into_inner()) = Some(fresh.clone());
         tracing::debug!(
             generation,
-            bytes = len,
-            compressed_bytes = fresh.gzip_prefix.len(),
+            bytes = encoded.len,
+            compressed_bytes = fresh.gzip_prefix.iter().map(Bytes::len).sum::<usize>(),
+            segments_reused = encoded.reused,
+            segments_deflated = encoded.deflated,
             seconds = started.elapsed().as_secs_f64(),
             "State encoded."
         );
@@ -307,11 +215,10 @@ impl Exposition {
         let mut trailer = Vec::with_capacity(8);
         trailer.extend_from_slice(&crc.finalize().to_le_bytes());
         trailer.extend_from_slice(&(total as u32).to_le_bytes());
-        vec![
-            state.gzip_prefix.clone(),
-            Bytes::from(tail),
-            Bytes::from(trailer),
-        ]
+        let mut body = state.gzip_prefix.clone();
+        body.push(Bytes::from(tail));
+        body.push(Bytes::from(trailer));
+        body
     }
 
     /// A complete plain body, calling `sink` with each chunk: the state part inflated piece by
@@ -327,16 +234,27 @@ impl Exposition {
         mut sink: impl FnMut(Bytes) -> bool,
     ) {
         let mut d = Decompress::new(false);
-        let mut input = &state.gzip_prefix[GZIP_HEADER.len()..];
-        while !input.is_empty() {
-            let mut out = Vec::with_capacity(4 * CHUNK);
-            let before = d.total_in();
-            d.decompress_vec(input, &mut out, FlushDecompress::Sync)
-                .expect("the cached deflate stream is valid");
-            input = &input[(d.total_in() - before) as usize..];
-            if !out.is_empty() && !sink(Bytes::from(out)) {
-                return;
+        let mut out = Vec::with_capacity(PLAIN_CHUNK);
+        // The segments after the gzip header are one raw deflate stream.
+        for part in &state.gzip_prefix[1..] {
+            let mut input: &[u8] = part;
+            while !input.is_empty() {
+                let before = d.total_in();
+                d.decompress_vec(input, &mut out, FlushDecompress::Sync)
+                    .expect("the cached deflate stream is valid");
+                input = &input[(d.total_in() - before) as usize..];
+                if out.len() == out.capacity()
+                    && !sink(Bytes::from(std::mem::replace(
+                        &mut out,
+                        Vec::with_capacity(PLAIN_CHUNK),
+                    )))
+                {
+                    return;
+                }
             }
+        }
+        if !out.is_empty() && !sink(Bytes::from(out)) {
+            return;
         }
         sink(Bytes::from(self.live_text(openmetrics)));
     }
@@ -356,7 +274,137 @@ impl Exposition {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Connection, SourceHandle, SourceSnapshot, Status, StoreKind};
+    use crate::telemetry::segments::GZIP_HEADER;
     use std::io::Read;
+
+    fn with_sources(sources: SourceSet, relative: bool) -> Exposition {
+        let clock: crate::clock::SharedClock = Arc::new(crate::clock::SystemClock);
+        let detector = Arc::new(Detector::new(std::time::Duration::from_secs(60), 3, clock));
+        Exposition::new(sources, Arc::new(Live::new()), detector, false, relative)
+    }
+
+    fn connection(i: usize, version: u64) -> Connection {
+        let t = 1.7e9 + i as f64 * 60.0 + version as f64;
+        Connection {
+            id: format!("c{i}"),
+            provider: "xero",
+            tenant: format!("t\"{i}"),
+            labels: vec![format!("org {}", i % 7)],
+            last_refresh: t,
+            age: 10.0 + version as f64,
+            refresh_expiry: t + 5_184_000.0,
+            expired: version % 5 == 4,
+            access_expiry: (!i.is_multiple_of(3)).then_some(t + 1800.0),
+            status: if version % 4 == 3 {
+                Status::Failing
+            } else {
+                Status::Active
+            },
+        }
+    }
+
+    fn gunzip(body: &[Bytes]) -> String {
+        let all: Vec<u8> = body.iter().flat_map(|b| b.iter().copied()).collect();
+        let mut out = String::new();
+        flate2::read::GzDecoder::new(&all[..])
+            .read_to_string(&mut out)
+            .expect("one valid gzip member, CRC and length checked");
+        out
+    }
+
+    fn state_text(state: &StateCache) -> String {
+        let mut deflated: Vec<u8> = state.gzip_prefix[1..]
+            .iter()
+            .flat_map(|b| b.iter().copied())
+            .collect();
+        // An empty final block ends the sync-flushed stream.
+        deflated.extend_from_slice(&[0x03, 0x00]);
+        let mut out = String::new();
+        flate2::read::DeflateDecoder::new(&deflated[..])
+            .read_to_string(&mut out)
+            .unwrap();
+        assert_eq!(out.len() as u64, state.len);
+        out
+    }
+
+    /// Polls that change a few connections, add and remove some: every incremental encode
+    /// equals an encode from nothing, and a poll that changed nothing deflates nothing.
+    #[test]
+    fn incremental_encodes_equal_encodes_from_nothing() {
+        for relative in [false, true] {
+            let provider = crate::provider::ProviderKind::Xero.profile();
+            let a = Arc::new(SourceHandle::new(
+                "a",
+                StoreKind::Sqlite,
+                &provider,
+                vec!["org".into()],
+            ));
+            let b = Arc::new(SourceHandle::new(
+                "b",
+                StoreKind::Postgres,
+                &provider,
+                vec![],
+            ));
+            let sources = SourceSet::new(vec![a.clone(), b.clone()]);
+            let e = with_sources(sources.clone(), relative);
+            let mut versions: Vec<u64> = vec![0; 6_000];
+            let mut present: Vec<bool> = vec![true; 6_000];
+            let mut seed = 7u64;
+            let mut rand = move |n: usize| {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (seed >> 33) as usize % n
+            };
+            for round in 0..8 {
+                if round > 0 {
+                    for _ in 0..(round * 13) {
+                        versions[rand(6_000)] += 1;
+                    }
+                    for _ in 0..3 {
+                        let k = rand(6_000);
+                        present[k] = !present[k];
+                    }
+                }
+                let conns = |range: std::ops::Range<usize>| -> Vec<Connection> {
+                    range
+                        .filter(|i| present[*i])
+                        .map(|i| connection(i, versions[i]))
+                        .collect()
+                };
+                a.publish(SourceSnapshot {
+                    connections: conns(0..4_000),
+                    ..SourceSnapshot::empty("xero", crate::model::Windows::of(&provider))
+                });
+                b.publish(SourceSnapshot {
+                    connections: conns(4_000..6_000),
+                    ..SourceSnapshot::empty("xero", crate::model::Windows::of(&provider))
+                });
+                e.advance();
+                let incremental = state_text(&e.fresh_state());
+                let scratch = with_sources(sources.clone(), relative);
+                assert_eq!(
+                    incremental,
+                    state_text(&scratch.fresh_state()),
+                    "round {round}, relative {relative}"
+                );
+                // The gzip body is one member whose CRC covers the reused segments too.
+                assert!(gunzip(&e.gzip_body(true)).starts_with(&incremental));
+                assert!(e.render().starts_with(&incremental));
+            }
+            // Nothing changed: the generation moves, every segment is reused.
+            let mut cache = e.lock_encoder();
+            let views: Vec<collectors::SourceView> = sources
+                .get()
+                .iter()
+                .map(|h| (h.clone(), h.snapshot()))
+                .collect();
+            let again = cache.encode(&e.state, &e.part, views, relative);
+            assert!(again.reused > 20, "{} reused", again.reused);
+            assert_eq!(again.deflated, 0);
+        }
+    }
 
     fn exposition() -> Exposition {
         let clock: crate::clock::SharedClock = Arc::new(crate::clock::SystemClock);

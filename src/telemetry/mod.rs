@@ -13,6 +13,7 @@ pub mod exposition;
 pub mod live;
 pub mod persist;
 pub mod process;
+pub mod segments;
 
 pub use catalogue::{
     openmetrics_to_text, EventCounter, OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE,

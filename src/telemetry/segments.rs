@@ -1,0 +1,351 @@
+//! The state part of `/metrics` as independently deflated segments, kept between encodes.
+//!
+//! Each per-connection family is cut into blocks of connections, with boundaries chosen by the
+//! connections' identities (content-defined, as rsync and backup tools cut files: a connection
+//! added or removed moves the boundaries of its own block only). A block is keyed by a hash
+//! of what its lines say (identity and the family's value of each connection); a block whose
+//! key the last encode had is not encoded again: its deflated bytes are reused as they are.
+//! A refresh changes a connection's timestamps, not its status or labels, so the five status
+//! lines and the info line of a refreshed connection are reused too.
+//!
+//! Every segment is deflated from an empty dictionary and ends with a sync flush (on a byte
+//! boundary), so any sequence of segments is one valid raw deflate stream, and the CRC-32 of
+//! the whole is combined from the segments' own.
+
+use super::collectors::{ConnFamily, Part, SourceView};
+use bytes::Bytes;
+use flate2::{Compress, Compression, FlushCompress, Status};
+use prometheus_client::registry::Registry;
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+/// gzip member header: magic, deflate, no flags, no mtime, no extra flags, OS unknown (RFC 1952).
+pub const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+/// Input gathered before it is handed to the compressor.
+const CHUNK: usize = 64 * 1024;
+/// Deflate level of the state part (see the README's performance section for the measured
+/// trade-off of size against encode CPU).
+const STATE_LEVEL: u32 = 1;
+/// A block ends after a connection whose identity hash has these bits clear: 512 connections
+/// a block on average (~60 KiB of text for the status family, ~12 KiB for one-line families).
+const BOUNDARY_MASK: u64 = 0x1ff;
+/// ... or at this many connections.
+const MAX_BLOCK: usize = 2048;
+
+/// Streams text into a raw deflate stream, never holding the whole text.
+pub struct DeflateWriter {
+    comp: Compress,
+    out: Vec<u8>,
+    pending: Vec<u8>,
+    crc: crc32fast::Hasher,
+    len: u64,
+}
+
+impl DeflateWriter {
+    pub fn new(out: Vec<u8>) -> Self {
+        Self::with(Compress::new(Compression::fast(), false), out)
+    }
+
+    /// A writer reusing a compressor (reset first: what it writes needs no earlier
+    /// dictionary) and its allocations.
+    fn with(mut comp: Compress, out: Vec<u8>) -> Self {
+        comp.reset();
+        DeflateWriter {
+            comp,
+            out,
+            pending: Vec::with_capacity(CHUNK),
+            crc: crc32fast::Hasher::new(),
+            len: 0,
+        }
+    }
+
+    fn drain(&mut self, flush: FlushCompress) {
+        self.crc.update(&self.pending);
+        self.len += self.pending.len() as u64;
+        let mut input: &[u8] = &self.pending;
+        loop {
+            if self.out.capacity() - self.out.len() < CHUNK / 4 {
+                self.out.reserve(CHUNK);
+            }
+            let before = self.comp.total_in();
+            let status = self
+                .comp
+                .compress_vec(input, &mut self.out, flush)
+                .expect("deflate of in-memory text cannot fail");
+            input = &input[(self.comp.total_in() - before) as usize..];
+            let room_left = self.out.capacity() > self.out.len();
+            let done = match flush {
+                FlushCompress::Finish => status == Status::StreamEnd,
+                _ => input.is_empty() && room_left,
+            };
+            if done {
+                break;
+            }
+        }
+        self.pending.clear();
+    }
+
+    pub fn finish(mut self, flush: FlushCompress) -> (Vec<u8>, crc32fast::Hasher, u64) {
+        self.drain(flush);
+        (self.out, self.crc, self.len)
+    }
+
+    /// Like [`Self::finish`], giving the compressor back for the next segment.
+    fn finish_keep(mut self, flush: FlushCompress) -> (Vec<u8>, crc32fast::Hasher, u64, Compress) {
+        self.drain(flush);
+        (self.out, self.crc, self.len, self.comp)
+    }
+}
+
+impl fmt::Write for DeflateWriter {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        // The CRC and length are taken per chunk in `drain` (the encoder writes in pieces of
+        // a few bytes; one CRC call per piece cost more than the deflate).
+        self.pending.extend_from_slice(s.as_bytes());
+        if self.pending.len() >= CHUNK {
+            self.drain(FlushCompress::None);
+        }
+        Ok(())
+    }
+}
+
+/// Some text of the state part, deflated on its own.
+#[derive(Debug)]
+struct Segment {
+    deflated: Bytes,
+    crc: u32,
+    len: u64,
+}
+
+/// The state part of one encode: the gzip header, then the segments' deflated bytes.
+#[derive(Debug, Default)]
+pub struct Encoded {
+    pub parts: Vec<Bytes>,
+    /// CRC-32 and length of the state text.
+    pub crc: u32,
+    pub len: u64,
+    /// Segments reused from the last encode, and segments deflated by this one.
+    pub reused: usize,
+    pub deflated: usize,
+}
+
+impl Encoded {
+    fn push(&mut self, seg: &Segment, crc: &mut crc32fast::Hasher) {
+        if seg.len == 0 {
+            return;
+        }
+        crc.combine(&crc32fast::Hasher::new_with_initial_len(seg.crc, seg.len));
+        self.len += seg.len;
+        self.parts.push(seg.deflated.clone());
+    }
+}
+
+/// The segments of the last encode by key, and what encoding reuses (compressor, text buffer).
+pub struct SegmentCache {
+    segments: HashMap<u64, Arc<Segment>>,
+    comp: Option<Compress>,
+    text: String,
+}
+
+impl fmt::Debug for SegmentCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SegmentCache")
+            .field("segments", &self.segments.len())
+            .finish()
+    }
+}
+
+impl Default for SegmentCache {
+    fn default() -> Self {
+        SegmentCache {
+            segments: HashMap::new(),
+            comp: Some(Compress::new(Compression::new(STATE_LEVEL), false)),
+            text: String::new(),
+        }
+    }
+}
+
+/// Blocks of one source's connections, by the hash of each one's identity.
+fn blocks(ids: &[u64]) -> Vec<Range<usize>> {
+    let mut out = Vec::with_capacity(ids.len() / (BOUNDARY_MASK as usize + 1) + 1);
+    let mut start = 0;
+    for (i, id) in ids.iter().enumerate() {
+        if id & BOUNDARY_MASK == 0 || i + 1 - start == MAX_BLOCK {
+            out.push(start..i + 1);
+            start = i + 1;
+        }
+    }
+    if start < ids.len() {
+        out.push(start..ids.len());
+    }
+    out
+}
+
+impl SegmentCache {
+    /// Encode the state part of `views` through `registry`, whose collector encodes what
+    /// `part` holds, reusing every segment the last encode made that is still current.
+    pub fn encode(
+        &mut self,
+        registry: &Registry,
+        part: &Mutex<Part>,
+        views: Vec<SourceView>,
+        relative: bool,
+    ) -> Encoded {
+        let mut out = Encoded {
+            parts: vec![Bytes::from_static(&GZIP_HEADER)],
+            ..Encoded::default()
+        };
+        let mut crc = crc32fast::Hasher::new();
+        let mut kept: HashMap<u64, Arc<Segment>> = HashMap::with_capacity(self.segments.len());
+        // Identities and blocks, once for every family.
+        let identities: Vec<(Vec<u64>, Vec<Range<usize>>)> = views
+            .iter()
+            .map(|(_, snap)| {
+                let ids: Vec<u64> = snap
+                    .connections
+                    .iter()
+                    .map(|c| {
+                        let mut h = DefaultHasher::new();
+                        (c.provider, &c.id, &c.tenant).hash(&mut h);
+                        h.finish()
+                    })
+                    .collect();
+                let b = blocks(&ids);
+                (ids, b)
+            })
+            .collect();
+        for family in ConnFamily::exported(relative) {
+            let desc_len = self.render(registry, part, Part::Descriptor(family));
+            self.text_segment(&mut out, &mut crc, &mut kept);
+            for (view, (ids, ranges)) in views.iter().zip(&identities) {
+                let (src, snap) = view;
+                for range in ranges {
+                    let mut h = DefaultHasher::new();
+                    (family, &src.name).hash(&mut h);
+                    if family == ConnFamily::Info {
+                        src.label_names.hash(&mut h);
+                    }
+                    for i in range.clone() {
+                        h.write_u64(ids[i]);
+                        family.hash_value(&snap.connections[i], &mut h);
+                    }
+                    let key = h.finish();
+                    if let Some(seg) = self.segments.get(&key).or_else(|| kept.get(&key)) {
+                        out.push(seg, &mut crc);
+                        out.reused += 1;
+                        kept.insert(key, seg.clone());
+                        continue;
+                    }
+                    let block = Part::Block {
+                        family,
+                        source: view.clone(),
+                        range: range.clone(),
+                    };
+                    self.render(registry, part, block);
+                    let seg = self.deflate(desc_len);
+                    out.push(&seg, &mut crc);
+                    out.deflated += 1;
+                    kept.insert(key, seg);
+                }
+            }
+        }
+        self.render(registry, part, Part::Aggregates(Arc::new(views)));
+        self.text_segment(&mut out, &mut crc, &mut kept);
+        self.segments = kept;
+        self.text = String::new();
+        out.crc = crc.finalize();
+        out
+    }
+
+    /// Encode `what` into the text buffer; returns its length.
+    fn render(&mut self, registry: &Registry, part: &Mutex<Part>, what: Part) -> usize {
+        *part.lock().unwrap_or_else(|e| e.into_inner()) = what;
+        self.text.clear();
+        prometheus_client::encoding::text::encode_registry(&mut self.text, registry)
+            .expect("writing to a String cannot fail");
+        // Drop the part's references to the snapshots.
+        *part.lock().unwrap_or_else(|e| e.into_inner()) = Part::Nothing;
+        self.text.len()
+    }
+
+    /// The text buffer as a segment keyed by its own hash (descriptors, aggregates: small,
+    /// rendered every time, deflated only when they changed).
+    fn text_segment(
+        &mut self,
+        out: &mut Encoded,
+        crc: &mut crc32fast::Hasher,
+        kept: &mut HashMap<u64, Arc<Segment>>,
+    ) {
+        let mut h = DefaultHasher::new();
+        self.text.hash(&mut h);
+        let key = h.finish();
+        let seg = match self.segments.get(&key).or_else(|| kept.get(&key)) {
+            Some(seg) => {
+                out.reused += 1;
+                seg.clone()
+            }
+            None => {
+                out.deflated += 1;
+                self.deflate(0)
+            }
+        };
+        out.push(&seg, crc);
+        kept.insert(key, seg);
+    }
+
+    /// Deflate the text buffer from byte `from` as a segment of its own.
+    fn deflate(&mut self, from: usize) -> Arc<Segment> {
+        let text = &self.text[from..];
+        let comp = self.comp.take().expect("the compressor is put back");
+        let mut w = DeflateWriter::with(comp, Vec::with_capacity(text.len() / 4 + 64));
+        fmt::Write::write_str(&mut w, text).expect("the deflate writer cannot fail");
+        let (mut out, crc, len, comp) = w.finish_keep(FlushCompress::Sync);
+        self.comp = Some(comp);
+        out.shrink_to_fit();
+        Arc::new(Segment {
+            deflated: Bytes::from(out),
+            crc: crc.finalize(),
+            len,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_cover_every_connection_once_and_move_only_locally() {
+        let ids: Vec<u64> = (0..20_000u64)
+            .map(|i| {
+                let mut h = DefaultHasher::new();
+                i.hash(&mut h);
+                h.finish()
+            })
+            .collect();
+        let b = blocks(&ids);
+        assert_eq!(b.first().unwrap().start, 0);
+        assert_eq!(b.last().unwrap().end, ids.len());
+        assert!(b.windows(2).all(|w| w[0].end == w[1].start));
+        assert!(b.iter().all(|r| !r.is_empty() && r.len() <= MAX_BLOCK));
+        assert!((20..80).contains(&b.len()), "{} blocks", b.len());
+        // One connection removed: every block but the one that held it keeps its members.
+        let mut fewer = ids.clone();
+        fewer.remove(10_000);
+        let after = blocks(&fewer);
+        let members = |ids: &[u64], r: &Range<usize>| ids[r.clone()].to_vec();
+        let before: Vec<Vec<u64>> = b.iter().map(|r| members(&ids, r)).collect();
+        let same = after
+            .iter()
+            .filter(|r| before.contains(&members(&fewer, r)))
+            .count();
+        assert!(
+            same + 1 >= after.len(),
+            "{same} of {} blocks kept",
+            after.len()
+        );
+    }
+}
