@@ -2,7 +2,8 @@
 //! raw query in the same run and with the Debian package `prometheus-sql-exporter` (0.4.5).
 //!
 //! Run: `cargo bench --bench poll_scrape -- [scenario ...]` with scenarios
-//! `pg-100k` (100,000 connections, uncapped), `pg-1m` (1,000,000, cap 10,000), `sqlite-1m`
+//! `pg-100k` (100,000 connections, uncapped), `pg-100k-churn` (the same while 1% of the
+//! connections are refreshed between two polls, as a live fleet is), `pg-1m` (1,000,000, cap 10,000), `sqlite-1m`
 //! (1,000,000 in SQLite, cap 10,000), `pg-1m-uncapped` (the scrape that arrives during an
 //! encode) and `peer-100k` (prometheus-sql-exporter on the 100,000 table); default: all. Needs
 //! PostgreSQL on 127.0.0.1:5432, `psql`, `sqlite3`, and for the peer
@@ -337,12 +338,49 @@ fn watch_by_scraping(port: u16, tx: mpsc::Sender<(Option<f64>, f64)>) {
     }
 }
 
+/// Refreshes `n` random connections of the PostgreSQL table every `interval` until `stop`
+/// (their expiry and update time move, as the host app's refresh writes them).
+fn churn(
+    n: usize,
+    rows: usize,
+    interval: Duration,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    std::thread::spawn(move || {
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            // Not asserted: the table may be dropped under the last one.
+            let _ = Command::new("psql")
+                .args(["-X", "-q", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-c"])
+                .arg(format!(
+                    "UPDATE {SCHEMA}.xero_tokens SET expires_at = now() + interval '30 minutes', updated_at = now() \
+                     WHERE id IN (SELECT 1 + (random() * {})::bigint FROM generate_series(1, {n}))",
+                    rows - 1
+                ))
+                .stdout(Stdio::null())
+                .status();
+            std::thread::sleep(interval);
+        }
+    });
+}
+
 fn run_exporter(
     config: &str,
     dir: &std::path::Path,
     interval: Duration,
     scrape_during: bool,
+    churned: Option<(usize, usize)>,
 ) -> Run {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    struct Stop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let _stop = Stop(stop.clone());
+    if let Some((n, rows)) = churned {
+        churn(n, rows, interval, stop);
+    }
     let path = dir.join("ote.yml");
     std::fs::write(&path, config).unwrap();
     let port = free_port();
@@ -453,6 +491,7 @@ fn measure(
     dir: &std::path::Path,
     interval: Duration,
     scrape_during: bool,
+    churned: Option<(usize, usize)>,
 ) -> Figures {
     let (mut rt, mut rw, mut poll, mut cyc, mut rss, mut hwm, mut warm, mut during) = (
         vec![],
@@ -469,7 +508,7 @@ fn measure(
         let (t, w) = raw();
         rt.push(t);
         rw.push(w);
-        let run = run_exporter(config, dir, interval, scrape_during);
+        let run = run_exporter(config, dir, interval, scrape_during, churned);
         eprintln!(
             "  run {}: polls {:?} ms, cycle CPU {:?} ms, RSS at poll ends {:?} MiB, high-water {:.0} MiB, raw {t:.0} ms",
             r + 1,
@@ -571,6 +610,7 @@ fn peer(dir: &std::path::Path) -> Option<(f64, f64)> {
 fn main() {
     let all = [
         "pg-100k",
+        "pg-100k-churn",
         "pg-1m",
         "sqlite-1m",
         "pg-1m-uncapped",
@@ -613,15 +653,28 @@ fn main() {
                 pg(100_000, &mut loaded);
                 let interval = Duration::from_secs(3);
                 let cfg = exporter_config("postgres", PG, &table, 100_000, interval);
-                let f = measure(runs, &raw_pg, &cfg, dir.path(), interval, false);
+                let f = measure(runs, &raw_pg, &cfg, dir.path(), interval, false, None);
                 ours_100k = Some(f.warm_gzip);
                 rows.push(("PostgreSQL, 100,000, uncapped".to_string(), f));
+            }
+            "pg-100k-churn" => {
+                pg(100_000, &mut loaded);
+                let interval = Duration::from_secs(3);
+                let cfg = exporter_config("postgres", PG, &table, 100_000, interval);
+                let churned = Some((1_000, 100_000));
+                let f = measure(runs, &raw_pg, &cfg, dir.path(), interval, false, churned);
+                rows.push((
+                    "PostgreSQL, 100,000, uncapped, 1% refreshed between polls".to_string(),
+                    f,
+                ));
+                // The table is no longer as loaded.
+                loaded = 0;
             }
             "pg-1m" => {
                 pg(1_000_000, &mut loaded);
                 let interval = Duration::from_secs(6);
                 let cfg = exporter_config("postgres", PG, &table, 10_000, interval);
-                let f = measure(runs, &raw_pg, &cfg, dir.path(), interval, false);
+                let f = measure(runs, &raw_pg, &cfg, dir.path(), interval, false, None);
                 rows.push(("PostgreSQL, 1,000,000, cap 10,000".to_string(), f));
             }
             "sqlite-1m" => {
@@ -636,14 +689,14 @@ fn main() {
                     interval,
                 );
                 let raw = || raw_sqlite(&db);
-                let f = measure(runs, &raw, &cfg, dir.path(), interval, false);
+                let f = measure(runs, &raw, &cfg, dir.path(), interval, false, None);
                 rows.push(("SQLite, 1,000,000, cap 10,000".to_string(), f));
             }
             "pg-1m-uncapped" => {
                 pg(1_000_000, &mut loaded);
                 let interval = Duration::from_secs(30);
                 let cfg = exporter_config("postgres", PG, &table, 1_000_000, interval);
-                let f = measure(1, &raw_pg, &cfg, dir.path(), interval, true);
+                let f = measure(1, &raw_pg, &cfg, dir.path(), interval, true, None);
                 rows.push(("PostgreSQL, 1,000,000, uncapped".to_string(), f));
             }
             "peer-100k" => {
