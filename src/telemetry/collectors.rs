@@ -89,11 +89,12 @@ pub enum Part {
     Nothing,
     /// A per-connection family's `# HELP` and `# TYPE` lines alone.
     Descriptor(ConnFamily),
-    /// A per-connection family's descriptor, then its lines for connections `range` of one
-    /// source (the caller drops the descriptor).
+    /// A per-connection family's descriptor, then its lines for the connections of one
+    /// source whose indexes `order[range]` lists (the caller drops the descriptor).
     Block {
         family: ConnFamily,
         source: SourceView,
+        order: Arc<Vec<u32>>,
         range: Range<usize>,
     },
     /// The per-source families, whole.
@@ -120,10 +121,10 @@ fn block(
     enc: &mut DescriptorEncoder,
     fam: ConnFamily,
     (src, snap): &SourceView,
-    range: Range<usize>,
+    indexes: &[u32],
 ) -> Result<(), std::fmt::Error> {
     let mut f = family(enc, fam.desc(), MetricType::Gauge)?;
-    for c in &snap.connections[range] {
+    for c in indexes.iter().map(|i| &snap.connections[*i as usize]) {
         let id: [Lbl; 4] = [
             ("provider", c.provider),
             ("source", &src.name),
@@ -240,8 +241,9 @@ impl Collector for StateCollector {
             Part::Block {
                 family,
                 source,
+                order,
                 range,
-            } => block(&mut enc, *family, source, range.clone()),
+            } => block(&mut enc, *family, source, &order[range.clone()]),
             Part::Aggregates(views) => aggregates(&mut enc, views),
         }
     }

@@ -1,7 +1,8 @@
 //! The state part of `/metrics` as independently deflated segments, kept between encodes.
 //!
-//! Each per-connection family is cut into blocks of connections, with boundaries chosen by the
-//! connections' identities (content-defined, as rsync and backup tools cut files: a connection
+//! Each per-connection family lists a source's connections by id (not in query order: a
+//! database returns an updated row elsewhere in a scan) and is cut into blocks of connections,
+//! with boundaries chosen by the connections' identities (content-defined, as rsync and backup tools cut files: a connection
 //! added or removed moves the boundaries of its own block only). A block is keyed by a hash
 //! of what its lines say (identity and the family's value of each connection); a block whose
 //! key the last encode had is not encoded again: its deflated bytes are reused as they are.
@@ -168,6 +169,10 @@ impl Default for SegmentCache {
     }
 }
 
+/// One source's connections for an encode: their indexes in id order, the hash of each one's
+/// identity in that order, and the blocks they are cut into.
+type Listing = (Arc<Vec<u32>>, Vec<u64>, Vec<Range<usize>>);
+
 /// Blocks of one source's connections, by the hash of each one's identity.
 fn blocks(ids: &[u64]) -> Vec<Range<usize>> {
     let mut out = Vec::with_capacity(ids.len() / (BOUNDARY_MASK as usize + 1) + 1);
@@ -200,27 +205,33 @@ impl SegmentCache {
         };
         let mut crc = crc32fast::Hasher::new();
         let mut kept: HashMap<u64, Arc<Segment>> = HashMap::with_capacity(self.segments.len());
-        // Identities and blocks, once for every family.
-        let identities: Vec<(Vec<u64>, Vec<Range<usize>>)> = views
+        // Order by id, identities and blocks, once for every family.
+        let identities: Vec<Listing> = views
             .iter()
             .map(|(_, snap)| {
-                let ids: Vec<u64> = snap
-                    .connections
+                let conns = &snap.connections;
+                let mut order: Vec<u32> = (0..conns.len() as u32).collect();
+                order.sort_unstable_by(|a, b| {
+                    let (a, b) = (&conns[*a as usize], &conns[*b as usize]);
+                    (&a.id, a.provider, &a.tenant).cmp(&(&b.id, b.provider, &b.tenant))
+                });
+                let ids: Vec<u64> = order
                     .iter()
-                    .map(|c| {
+                    .map(|i| {
+                        let c = &conns[*i as usize];
                         let mut h = DefaultHasher::new();
                         (c.provider, &c.id, &c.tenant).hash(&mut h);
                         h.finish()
                     })
                     .collect();
                 let b = blocks(&ids);
-                (ids, b)
+                (Arc::new(order), ids, b)
             })
             .collect();
         for family in ConnFamily::exported(relative) {
             let desc_len = self.render(registry, part, Part::Descriptor(family));
             self.text_segment(&mut out, &mut crc, &mut kept);
-            for (view, (ids, ranges)) in views.iter().zip(&identities) {
+            for (view, (order, ids, ranges)) in views.iter().zip(&identities) {
                 let (src, snap) = view;
                 for range in ranges {
                     let mut h = DefaultHasher::new();
@@ -230,7 +241,7 @@ impl SegmentCache {
                     }
                     for i in range.clone() {
                         h.write_u64(ids[i]);
-                        family.hash_value(&snap.connections[i], &mut h);
+                        family.hash_value(&snap.connections[order[i] as usize], &mut h);
                     }
                     let key = h.finish();
                     if let Some(seg) = self.segments.get(&key).or_else(|| kept.get(&key)) {
@@ -242,6 +253,7 @@ impl SegmentCache {
                     let block = Part::Block {
                         family,
                         source: view.clone(),
+                        order: order.clone(),
                         range: range.clone(),
                     };
                     self.render(registry, part, block);
