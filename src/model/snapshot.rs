@@ -195,7 +195,10 @@ pub struct Accumulator {
     failing_window: Duration,
     /// Aggregates per provider index (as the caller numbers its providers).
     aggregates: Vec<Aggregates>,
-    /// The kept connections; the top is the one expiring last, the first to leave.
+    /// The kept connections in row order while fewer than the cap (no heap to maintain for a
+    /// fleet under its cap) ...
+    filling: Vec<Kept>,
+    /// ... then a heap whose top is the one expiring last, the first to leave.
     kept: std::collections::BinaryHeap<Kept>,
     total: u64,
 }
@@ -234,7 +237,8 @@ impl Accumulator {
             cap,
             failing_window,
             aggregates: Vec::new(),
-            kept: std::collections::BinaryHeap::with_capacity(cap.min(1 << 16) + 1),
+            filling: Vec::with_capacity(cap.min(1 << 16)),
+            kept: std::collections::BinaryHeap::new(),
             total: 0,
         }
     }
@@ -263,6 +267,10 @@ impl Accumulator {
             }
         }
         self.total += 1;
+        if self.filling.len() >= self.cap {
+            // The cap is reached: from now on the farthest expiry leaves first.
+            self.kept = std::collections::BinaryHeap::from(std::mem::take(&mut self.filling));
+        }
         if self.kept.len() >= self.cap {
             // Full: keep it only if it expires before the last kept one.
             match self.kept.peek() {
@@ -275,7 +283,7 @@ impl Accumulator {
                 _ => return,
             }
         }
-        self.kept.push(Kept {
+        let kept = Kept {
             expiry: r.refresh_expiry,
             row,
             connection: Connection {
@@ -290,7 +298,12 @@ impl Accumulator {
                 access_expiry: r.access_expiry.map(epoch),
                 id: r.id,
             },
-        });
+        };
+        if self.kept.is_empty() {
+            self.filling.push(kept);
+        } else {
+            self.kept.push(kept);
+        }
     }
 
     /// Connections added so far.
@@ -301,8 +314,14 @@ impl Accumulator {
     /// The snapshot: the kept connections in query order, and per provider (`providers`, in
     /// the caller's numbering, the source's own first) its windows and aggregates.
     pub fn finish(self, providers: Vec<(&'static str, Windows)>) -> SourceSnapshot {
-        let mut kept = self.kept.into_vec();
-        kept.sort_unstable_by_key(|k| k.row);
+        let mut kept = if self.kept.is_empty() {
+            self.filling
+        } else {
+            self.kept.into_vec()
+        };
+        if !kept.is_sorted_by_key(|k| k.row) {
+            kept.sort_unstable_by_key(|k| k.row);
+        }
         let connections: Vec<Connection> = kept.into_iter().map(|k| k.connection).collect();
         let mut aggregates = self.aggregates;
         let mut states: Vec<ProviderState> = providers
