@@ -14,6 +14,7 @@
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use serde::Deserialize;
+use std::borrow::Cow;
 
 /// One value read from a store, before mapping.
 #[derive(Debug, Clone, PartialEq)]
@@ -127,18 +128,24 @@ impl Cell {
 
     /// The cell as an identifier or label value (`connection`, `tenant`, extra labels).
     pub fn as_label(&self) -> Option<String> {
+        self.label_text().map(Cow::into_owned)
+    }
+
+    /// [`Cell::as_label`] borrowed where the cell holds the text already (a poll reads ids,
+    /// tenants and labels of every row: one copy, not two).
+    pub fn label_text(&self) -> Option<Cow<'_, str>> {
         match self {
             Cell::Null | Cell::NotUtf8 => None,
-            Cell::Bool(b) => Some(b.to_string()),
-            Cell::Int(i) => Some(i.to_string()),
-            Cell::Float(f) => Some(f.to_string()),
-            Cell::Text(s) => Some(s.clone()),
-            Cell::Time(t) => Some(t.to_rfc3339()),
-            Cell::Naive(n) => Some(n.format("%Y-%m-%dT%H:%M:%S%.f").to_string()),
+            Cell::Bool(b) => Some(Cow::Owned(b.to_string())),
+            Cell::Int(i) => Some(Cow::Owned(i.to_string())),
+            Cell::Float(f) => Some(Cow::Owned(f.to_string())),
+            Cell::Text(s) => Some(Cow::Borrowed(s)),
+            Cell::Time(t) => Some(Cow::Owned(t.to_rfc3339())),
+            Cell::Naive(n) => Some(Cow::Owned(n.format("%Y-%m-%dT%H:%M:%S%.f").to_string())),
             Cell::Json(v) => match v {
                 serde_json::Value::Null => None,
-                serde_json::Value::String(s) => Some(s.clone()),
-                other => Some(other.to_string()),
+                serde_json::Value::String(s) => Some(Cow::Borrowed(s)),
+                other => Some(Cow::Owned(other.to_string())),
             },
         }
     }

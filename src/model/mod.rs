@@ -33,6 +33,16 @@ pub use snapshot::{
 /// bytes.
 pub const MAX_LABEL_VALUE_BYTES: usize = 256;
 
+/// [`label_value`] of text the caller may have owned already, as an owned `String` made at
+/// most once.
+pub fn label_string(s: std::borrow::Cow<'_, str>) -> String {
+    if s.len() <= MAX_LABEL_VALUE_BYTES {
+        s.into_owned()
+    } else {
+        label_value(&s).into_owned()
+    }
+}
+
 /// An id or name taken from the store or a request, as exported. Quotes, backslashes and line
 /// feeds stay as they are (the encoder escapes them); a value longer than
 /// [`MAX_LABEL_VALUE_BYTES`] is cut at a character boundary and ends with `~` and 8 hex digits

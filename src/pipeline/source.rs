@@ -27,7 +27,7 @@ pub struct SourcePoller {
     clock: SharedClock,
     failing_window: chrono::Duration,
     /// The previous poll's connection keys and the provider of each key's index.
-    known: Option<(HashSet<u64>, Vec<&'static str>)>,
+    known: Option<(crate::sources::KeySet, Vec<&'static str>)>,
     /// Rows left out for their provider, as last logged.
     skipped: u64,
     /// The extra labels last reported as empty in every row (warned when that changes).

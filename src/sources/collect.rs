@@ -5,13 +5,13 @@
 //! removals), so memory follows what is exported.
 
 use super::mapping::{self, Rejection, Resolved};
-use super::RowSink;
+use super::{KeySet, RowSink};
 use crate::config::SourceConfig;
 use crate::model::{Accumulator, MappedConnection, RejectReason, SourceSnapshot, Windows};
 use crate::provider::{ProviderKind, ProviderProfile};
 use crate::timestamp::Cell;
 use chrono::{DateTime, Duration, Utc};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 /// Most distinct provider names taken from stores (`unknown_providers: {export: true}`).
 const MAX_STORE_PROVIDER_NAMES: usize = 256;
@@ -124,7 +124,7 @@ pub struct Collected {
     pub rejections: Rejections,
     /// [`connection_key`]s of every connection id seen (rejected rows whose id could be read
     /// included), to count removals at the next poll.
-    pub keys: HashSet<u64>,
+    pub keys: KeySet,
     /// The provider of each index packed into the keys.
     pub providers: Vec<&'static str>,
     /// Rows left out: their provider has no profile and `unknown_providers` does not export
@@ -146,7 +146,7 @@ pub struct PollRows<'a> {
     resolved: Option<Resolved>,
     providers: Providers<'a>,
     acc: Accumulator,
-    keys: HashSet<u64>,
+    keys: KeySet,
     rejections: Rejections,
     skipped: u64,
     row: usize,
@@ -170,7 +170,7 @@ impl<'a> PollRows<'a> {
             resolved: None,
             providers: Providers::new(cfg),
             acc: Accumulator::new(now, cfg.max_connections, failing_window),
-            keys: HashSet::with_capacity(expected),
+            keys: KeySet::with_capacity_and_hasher(expected, Default::default()),
             rejections: Rejections::default(),
             skipped: 0,
             row: 0,
@@ -179,9 +179,9 @@ impl<'a> PollRows<'a> {
         }
     }
 
-    /// Whether a connection id was already seen under any provider.
-    fn seen(&self, id: &str) -> bool {
-        let base = connection_key(id, 0);
+    /// Whether a connection id, by its key under provider 0, was already seen under any
+    /// provider.
+    fn seen(&self, base: u64) -> bool {
         (0..self.providers.profiles.len().min(0x100))
             .any(|p| self.keys.contains(&(base | p as u64)))
     }
@@ -251,7 +251,8 @@ impl RowSink for PollRows<'_> {
         }
         match mapped {
             Ok(c) => {
-                if self.seen(&c.id) {
+                let base = connection_key(&c.id, 0);
+                if self.seen(base) {
                     self.rejections.add(
                         self.row,
                         Rejection {
@@ -262,7 +263,7 @@ impl RowSink for PollRows<'_> {
                     );
                     return;
                 }
-                let key = connection_key(&c.id, p);
+                let key = base | p.min(0xff) as u64;
                 self.keys.insert(key);
                 if let (Some(observe), Some(h)) = (self.tokens.as_deref_mut(), c.token_hash) {
                     observe(key, h, &c);

@@ -2,7 +2,7 @@
 //! query returned, then map each row to a connection or a rejection.
 
 use crate::config::{FieldRef, Inference, Mapping, TimeField};
-use crate::model::{label_value, MappedConnection, RejectReason, Status};
+use crate::model::{label_string, MappedConnection, RejectReason, Status};
 use crate::provider::ProviderProfile;
 use crate::timestamp::{self, Cell, TimeError, TimeFormat, Zone};
 use chrono::{DateTime, Duration, Utc};
@@ -296,21 +296,26 @@ pub fn map_row(
     let id = id_cell
         .as_ref()
         .ok()
-        .and_then(|c| c.as_label())
+        .and_then(|c| c.label_text())
         .filter(|s| !s.trim().is_empty())
-        .map(|s| label_value(&s).into_owned());
+        .map(label_string);
+    let without_id = |reason| Rejection {
+        connection: None,
+        reason,
+        field: "connection",
+    };
+    let id = match (id, id_cell) {
+        (Some(v), _) => v,
+        (None, Err(e)) => return Err(without_id(reason(e))),
+        (None, Ok(c)) if matches!(*c, Cell::NotUtf8) => {
+            return Err(without_id(RejectReason::InvalidUtf8))
+        }
+        (None, Ok(_)) => return Err(without_id(RejectReason::MissingConnection)),
+    };
     let reject = |reason, field| Rejection {
-        connection: id.clone(),
+        connection: Some(id.clone()),
         reason,
         field,
-    };
-    let id_value = match (&id, id_cell) {
-        (Some(v), _) => v.clone(),
-        (None, Err(e)) => return Err(reject(reason(e), "connection")),
-        (None, Ok(c)) if matches!(*c, Cell::NotUtf8) => {
-            return Err(reject(RejectReason::InvalidUtf8, "connection"))
-        }
-        (None, Ok(_)) => return Err(reject(RejectReason::MissingConnection, "connection")),
     };
     let time = |slots: &Option<(Slot, Option<Slot>)>,
                 tf: Option<&TimeField>,
@@ -399,16 +404,14 @@ pub fn map_row(
         .tenant
         .as_ref()
         .and_then(|s| cell(cells, s).ok())
-        .and_then(|c| c.as_label())
-        .map(|s| label_value(&s).into_owned());
+        .and_then(|c| c.label_text().map(label_string));
     let labels = r
         .labels
         .iter()
         .map(|s| {
             cell(cells, s)
                 .ok()
-                .and_then(|c| c.as_label())
-                .map(|v| label_value(&v).into_owned())
+                .and_then(|c| c.label_text().map(label_string))
                 .unwrap_or_default()
         })
         .collect();
@@ -423,7 +426,7 @@ pub fn map_row(
     Ok(MappedConnection {
         token_hash,
         provider: provider.name(),
-        id: id_value,
+        id,
         tenant,
         labels,
         last_refresh,

@@ -211,8 +211,16 @@ impl Backend {
     }
 }
 
+/// The hasher of connection ids and of sets of their keys: foldhash with a fixed seed, the same
+/// in every poll of a process (nothing hashed is kept across restarts). Ids come from the
+/// host's own store, not from the network, so flooding resistance is not what it must have.
+pub type IdHasher = foldhash::fast::FixedState;
+
+/// A set of [`collect::connection_key`]s.
+pub type KeySet = std::collections::HashSet<u64, IdHasher>;
+
 /// A 64-bit hash of a connection id (a collision would only hide one removal).
 pub fn id_hash(id: &str) -> u64 {
-    use std::hash::{BuildHasher, BuildHasherDefault};
-    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(id)
+    use std::hash::BuildHasher;
+    IdHasher::default().hash_one(id)
 }

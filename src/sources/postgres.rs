@@ -65,7 +65,11 @@ fn decode(row: &PgRow, i: usize) -> Result<Cell, CollectError> {
         "DATE" => get!(NaiveDate)
             .map(|d| Cell::Time(d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc())),
         "JSON" | "JSONB" => get!(serde_json::Value).map(Cell::Json),
-        "UUID" => get!(uuid::Uuid).map(|u| Cell::Text(u.to_string())),
+        "UUID" => get!(uuid::Uuid).map(|u| {
+            // Straight into a buffer (no formatter): tenant ids are UUIDs in every row.
+            let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+            Cell::Text(u.hyphenated().encode_lower(&mut buf).to_owned())
+        }),
         _ => get!(String).map(Cell::Text),
     })
 }

@@ -238,10 +238,11 @@ macro_rules! decode_by_type {
         let row = $row;
         let i = $i;
         let col = &row.columns()[i];
-        let type_name = col.type_info().name().to_string();
+        // Borrowed: a poll decodes every cell, and the name is only copied into an error.
+        let type_name = col.type_info().name();
         let err = |_| CollectError::Decode {
             column: col.name().to_string(),
-            type_name: type_name.clone(),
+            type_name: type_name.to_string(),
         };
         #[allow(unused_macros)]
         macro_rules! get {
@@ -249,7 +250,7 @@ macro_rules! decode_by_type {
                 row.try_get::<Option<$t>, _>(i).map_err(err)?
             };
         }
-        let $ty = type_name.as_str();
+        let $ty = type_name;
         let cell: Option<Cell> = $body;
         Ok(cell.unwrap_or(Cell::Null))
     }};

@@ -19,7 +19,14 @@ use flate2::{Compress, Compression, FlushCompress, Status};
 use prometheus_client::registry::Registry;
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
+
+/// Block and segment keys: foldhash's higher-quality variant with a fixed seed (keys only live
+/// in this process; a colliding key would reuse the wrong block, so mixing matters more than
+/// the last nanosecond).
+fn hasher() -> foldhash::quality::FoldHasher {
+    foldhash::quality::FixedState::default().build_hasher()
+}
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
@@ -219,7 +226,7 @@ impl SegmentCache {
                     .iter()
                     .map(|i| {
                         let c = &conns[*i as usize];
-                        let mut h = DefaultHasher::new();
+                        let mut h = hasher();
                         (c.provider, &c.id, &c.tenant).hash(&mut h);
                         h.finish()
                     })
@@ -234,7 +241,7 @@ impl SegmentCache {
             for (view, (order, ids, ranges)) in views.iter().zip(&identities) {
                 let (src, snap) = view;
                 for range in ranges {
-                    let mut h = DefaultHasher::new();
+                    let mut h = hasher();
                     (family, &src.name).hash(&mut h);
                     if family == ConnFamily::Info {
                         src.label_names.hash(&mut h);
@@ -291,7 +298,7 @@ impl SegmentCache {
         crc: &mut crc32fast::Hasher,
         kept: &mut HashMap<u64, Arc<Segment>>,
     ) {
-        let mut h = DefaultHasher::new();
+        let mut h = hasher();
         self.text.hash(&mut h);
         let key = h.finish();
         let seg = match self.segments.get(&key).or_else(|| kept.get(&key)) {
@@ -333,7 +340,7 @@ mod tests {
     fn blocks_cover_every_connection_once_and_move_only_locally() {
         let ids: Vec<u64> = (0..20_000u64)
             .map(|i| {
-                let mut h = DefaultHasher::new();
+                let mut h = hasher();
                 i.hash(&mut h);
                 h.finish()
             })
