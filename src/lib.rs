@@ -14,6 +14,7 @@
 //!   proxy) and the classification of what they carry.
 //! - [`detect`]: every detector (failing connections, retry loops, races, token regressions),
 //!   each with its memory bound.
+//! - [`diagnosis`]: per connection, the likely cause of a failure or risk, its evidence and fix.
 //! - [`pipeline`]: the one sink that counts events and feeds detectors; the one poll loop.
 //! - [`telemetry`]: the metric catalogue, registries, `/metrics` bodies, counter persistence.
 //! - [`http`]: endpoints, the hardened listener, `--web.config.file`.
@@ -25,6 +26,7 @@ pub mod app;
 pub mod clock;
 pub mod config;
 pub mod detect;
+pub mod diagnosis;
 pub mod events;
 pub mod http;
 pub mod model;

@@ -219,6 +219,7 @@ impl Exporter {
                 inlets: self.inlet_lines.clone(),
                 lifecycle,
                 shard: self.config.shard,
+                detector: self.core.sink.detector().clone(),
             },
             &opts.telemetry_path,
         )

@@ -53,6 +53,9 @@ pub struct LastRefresh {
 pub struct Mapping {
     pub connection: FieldRef,
     pub tenant: Option<FieldRef>,
+    /// The user who authorised the connection (never exported as a label: the diagnosis uses
+    /// it to tell one user's revocation from a single disconnect).
+    pub user: Option<FieldRef>,
     pub last_refresh: LastRefresh,
     pub access_expires: Option<TimeField>,
     pub refresh_expires: Option<TimeField>,
@@ -197,6 +200,7 @@ impl<'de> Deserialize<'de> for RawField {
 pub struct RawFields {
     pub(crate) connection: Option<RawField>,
     tenant: Option<RawField>,
+    user: Option<RawField>,
     pub(crate) last_refresh: Option<RawField>,
     pub(crate) access_expires: Option<RawField>,
     refresh_expires: Option<RawField>,
@@ -216,6 +220,7 @@ impl RawFields {
         take!(
             connection,
             tenant,
+            user,
             last_refresh,
             access_expires,
             refresh_expires,
@@ -251,6 +256,7 @@ impl RawFields {
             match *name {
                 "connection" => f.connection = field,
                 "tenant" => f.tenant = field,
+                "user" => f.user = field,
                 "last_refresh" => f.last_refresh = field,
                 "access_expires" => f.access_expires = field,
                 "refresh_expires" => f.refresh_expires = field,
@@ -309,6 +315,7 @@ pub(crate) fn mapping(
             .and_then(|f| field_ref(&format!("{fat}.{name}"), f, FieldKind::Plain, problems))
     };
     let tenant = plain("tenant", &fields.tenant, problems);
+    let user = plain("user", &fields.user, problems);
     let provider = plain("provider", &fields.provider, problems);
     let refresh_token = plain("refresh_token", &fields.refresh_token, problems);
     let time = |name: &str, f: &Option<RawField>, problems: &mut Problems| {
@@ -386,6 +393,7 @@ pub(crate) fn mapping(
     Some(Mapping {
         connection: connection?,
         tenant,
+        user,
         last_refresh: last_refresh?,
         access_expires,
         refresh_expires,

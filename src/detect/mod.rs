@@ -17,6 +17,7 @@
 //! connection is not tracked while every tracked one is inside it. A flood of failures, of
 //! distinct ids or of long ids does not grow it past that.
 
+pub mod memory;
 pub mod regression;
 
 use crate::clock::SharedClock;
@@ -75,6 +76,8 @@ pub struct Detector {
     inlets: Mutex<HashMap<(&'static str, String), Inlet>>,
     /// Keys the connection-id hashes (random per process).
     hasher: std::collections::hash_map::RandomState,
+    /// Per-connection facts for the diagnosis, kept past the window.
+    memory: Mutex<memory::Memory>,
 }
 
 /// Window in which a second success or an `invalid_grant` after a success means a race.
@@ -101,6 +104,7 @@ impl Detector {
             retry_loop: AtomicUsize::new(retry_loop.max(2)),
             inlets: Mutex::new(HashMap::new()),
             hasher: std::collections::hash_map::RandomState::new(),
+            memory: Mutex::new(memory::Memory::default()),
         }
     }
 
@@ -118,6 +122,33 @@ impl Detector {
         self.retry_loop.load(Ordering::Relaxed)
     }
 
+    fn remember(&self, provider: &str, connection: &str, at: DateTime<Utc>, seen: memory::Seen) {
+        self.memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(provider, connection, at, seen);
+    }
+
+    /// Run `f` over the per-connection facts (one lock for a whole diagnosis).
+    pub fn with_memory<T>(&self, f: impl FnOnce(&memory::Memory) -> T) -> T {
+        f(&self.memory.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Now, as the exporter's clock says.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// `detect.window` as configured now.
+    pub fn current_window(&self) -> Duration {
+        self.window()
+    }
+
+    /// `detect.retry_loop_failures` as configured now.
+    pub fn current_retry_loop(&self) -> usize {
+        self.retry_loop()
+    }
+
     /// Observe a refresh; returns whether it reveals a race.
     pub fn refresh(
         &self,
@@ -128,6 +159,54 @@ impl Detector {
         failure: Option<RefreshError>,
     ) -> bool {
         let at = at.unwrap_or_else(|| self.clock.now());
+        let race = self.refresh_in_window(provider, source, connection, at, failure);
+        let seen = match failure {
+            None => memory::Seen::Refreshed,
+            Some(e) => memory::Seen::Failed(memory::Failure::of_refresh(e)),
+        };
+        self.remember(provider, connection, at, seen);
+        if race {
+            self.remember(provider, connection, at, memory::Seen::Race);
+        }
+        race
+    }
+
+    /// An API answer other than a dead-token 401 (see [`Detector::api_failure`]): a success
+    /// clears an earlier 401 `TokenExpired` or 403; those two are remembered.
+    pub fn api_answer(
+        &self,
+        provider: &'static str,
+        connection: &str,
+        at: Option<DateTime<Utc>>,
+        outcome: crate::model::ApiOutcome,
+    ) {
+        use crate::model::{ApiOutcome, UnauthorizedReason};
+        let seen = match outcome {
+            ApiOutcome::Ok => memory::Seen::ApiOk,
+            ApiOutcome::Unauthorized(UnauthorizedReason::TokenExpired) => {
+                memory::Seen::TokenExpired
+            }
+            ApiOutcome::Forbidden => memory::Seen::Forbidden,
+            _ => return,
+        };
+        let at = at.unwrap_or_else(|| self.clock.now());
+        self.remember(provider, connection, at, seen);
+    }
+
+    /// The stored refresh token of a connection went back to an earlier value.
+    pub fn reverted(&self, provider: &'static str, connection: &str) {
+        let at = self.clock.now();
+        self.remember(provider, connection, at, memory::Seen::Reverted);
+    }
+
+    fn refresh_in_window(
+        &self,
+        provider: &'static str,
+        source: &str,
+        connection: &str,
+        at: DateTime<Utc>,
+        failure: Option<RefreshError>,
+    ) -> bool {
         let key = self.hasher.hash_one(connection);
         let mut inlets = self.inlets.lock().unwrap_or_else(|e| e.into_inner());
         let inlet = inlets.entry((provider, source.to_string())).or_default();
@@ -167,6 +246,12 @@ impl Detector {
         at: Option<DateTime<Utc>>,
     ) {
         let at = at.unwrap_or_else(|| self.clock.now());
+        self.remember(
+            provider,
+            connection,
+            at,
+            memory::Seen::Failed(memory::Failure::Unauthorized),
+        );
         let key = self.hasher.hash_one(connection);
         let mut inlets = self.inlets.lock().unwrap_or_else(|e| e.into_inner());
         let inlet = inlets.entry((provider, source.to_string())).or_default();

@@ -33,6 +33,8 @@ pub struct AppState {
     pub lifecycle: Option<Lifecycle>,
     /// This instance's shard, for `/api/v1/shard`.
     pub shard: crate::config::Shard,
+    /// The detectors' per-connection facts, for the diagnosis.
+    pub detector: Arc<crate::detect::Detector>,
 }
 
 /// The lifecycle API's ends: reload requests and the shutdown.
@@ -67,6 +69,7 @@ pub fn router(state: AppState, telemetry_path: &str) -> Router {
         .route("/-/quit", post(quit).put(quit))
         .route(telemetry_path, get(metrics))
         .route("/api/v1/shard", get(shard_of))
+        .route("/api/v1/connections", get(super::connections::list))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
@@ -262,7 +265,7 @@ async fn ready(State(s): State<AppState>) -> Response {
 }
 
 /// Escape text for HTML.
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -277,16 +280,20 @@ fn esc(s: &str) -> String {
     out
 }
 
-/// How many at-risk connections the landing page lists.
-const AT_RISK_ROWS: usize = 20;
-
 /// The landing page runs no script and loads nothing: a strict policy makes any escaping slip
 /// inert. `headers` of `--web.config.file` override it.
 const LANDING_CSP: &str =
     "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
-async fn landing(State(s): State<AppState>) -> impl IntoResponse {
-    let now = s.clock.now().timestamp() as f64;
+#[derive(serde::Deserialize)]
+struct LandingQuery {
+    cause: Option<String>,
+}
+
+async fn landing(
+    State(s): State<AppState>,
+    q: Result<axum::extract::Query<LandingQuery>, axum::extract::rejection::QueryRejection>,
+) -> impl IntoResponse {
     let mut h = String::new();
     let _ = write!(
         h,
@@ -295,19 +302,18 @@ async fn landing(State(s): State<AppState>) -> impl IntoResponse {
          td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}.down{{color:#b00}}</style></head><body>\
          <h1>OAuth Token Exporter</h1><p>Version {}</p>\
          <ul><li><a href=\"{}\">Metrics</a></li><li><a href=\"-/healthy\">Health</a></li><li><a href=\"-/ready\">Readiness</a></li></ul>\
-         <h2>Sources</h2><table><tr><th>source</th><th>store</th><th>provider</th><th>up</th><th>last success</th><th>connections</th><th>needs re-auth</th><th>expiring within 7d</th><th>not exported (cap)</th></tr>",
+         <h2>Sources</h2><table><tr><th>source</th><th>store</th><th>provider</th><th>up</th><th>last success</th><th>connections</th><th>needs re-auth</th><th>expiring within 7d</th><th>not exported (cap)</th><th>rows rejected (last poll)</th></tr>",
         env!("CARGO_PKG_VERSION"),
         // Relative to `/`, so the link also works behind a reverse proxy that adds a prefix.
         esc(s.telemetry_path.trim_start_matches('/'))
     );
-    let mut at_risk = Vec::new();
     for src in s.sources.get().iter() {
         let snap = src.snapshot();
         let totals = snap.totals();
         let total: u64 = totals.by_status.iter().sum();
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&src.name),
             src.kind.as_str(),
             snap.providers
@@ -317,17 +323,15 @@ async fn landing(State(s): State<AppState>) -> impl IntoResponse {
                 .join(", "),
             if src.is_up() { "" } else { "down" },
             if src.is_up() { "yes" } else { "no" },
-            snap.polled_at.map(|t| t.to_rfc3339()).unwrap_or_else(|| "never".into()),
+            snap.polled_at
+                .map(|t| super::connections::human_time(t, s.clock.now()))
+                .unwrap_or_else(|| "never".into()),
             total,
             totals.by_status[Status::NeedsReauth.index()],
             totals.expiring[1],
             snap.truncated,
+            snap.rejected,
         );
-        for c in &snap.connections {
-            if c.expired || c.status != Status::Active || c.refresh_expiry - now < 7.0 * 86400.0 {
-                at_risk.push((src.name.clone(), c.clone()));
-            }
-        }
     }
     h.push_str("</table><h2>Event inlets</h2>");
     let inlets = s.inlets.read().unwrap_or_else(|e| e.into_inner()).clone();
@@ -340,38 +344,7 @@ async fn landing(State(s): State<AppState>) -> impl IntoResponse {
         }
         h.push_str("</ul>");
     }
-    h.push_str("<h2>Connections at risk</h2>");
-    at_risk.sort_by(|a, b| a.1.refresh_expiry.total_cmp(&b.1.refresh_expiry));
-    if at_risk.is_empty() {
-        h.push_str(
-            "<p>None: every exported connection is active and more than 7 days from expiry.</p>",
-        );
-    } else {
-        let _ = write!(
-            h,
-            "<p>{} connection(s) need re-authorisation or expire within 7 days; the {} closest to expiry:</p>\
-             <table><tr><th>source</th><th>connection</th><th>tenant</th><th>status</th><th>idle days</th><th>refresh token expires</th></tr>",
-            at_risk.len(),
-            at_risk.len().min(AT_RISK_ROWS)
-        );
-        for (src, c) in at_risk.iter().take(AT_RISK_ROWS) {
-            let expires = chrono::DateTime::from_timestamp(c.refresh_expiry as i64, 0)
-                .map(|t| t.to_rfc3339())
-                .unwrap_or_default();
-            let _ = write!(
-                h,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{}{}</td></tr>",
-                esc(src),
-                esc(&c.id),
-                esc(&c.tenant),
-                c.status.as_str(),
-                c.age / 86400.0,
-                expires,
-                if c.expired { " (expired)" } else { "" }
-            );
-        }
-        h.push_str("</table>");
-    }
+    super::connections::page_section(&s, q.ok().and_then(|q| q.0.cause), &mut h);
     h.push_str("</body></html>");
     (
         [

@@ -57,6 +57,8 @@ pub struct MappedConnection {
     /// one per row.
     pub provider: &'static str,
     pub tenant: Option<String>,
+    /// Who authorised it, when the `user` field is mapped.
+    pub user: Option<String>,
     /// Values of the configured extra labels, in config order ("" when NULL).
     pub labels: Vec<String>,
     pub last_refresh: DateTime<Utc>,
@@ -75,6 +77,8 @@ pub struct Connection {
     pub id: String,
     pub provider: &'static str,
     pub tenant: String,
+    /// Who authorised it (the `user` field; not exported as a label).
+    pub user: Option<String>,
     pub labels: Vec<String>,
     pub last_refresh: f64,
     pub age: f64,
@@ -130,6 +134,8 @@ pub struct SourceSnapshot {
     pub providers: Vec<ProviderState>,
     /// Connections left out by the cap.
     pub truncated: u64,
+    /// Rows the poll rejected (each counted in `oauth_exporter_rows_rejected_total`).
+    pub rejected: u64,
 }
 
 fn epoch(t: DateTime<Utc>) -> f64 {
@@ -290,6 +296,7 @@ impl Accumulator {
                 provider: r.provider,
                 status,
                 tenant: r.tenant.unwrap_or_default(),
+                user: r.user,
                 labels: r.labels,
                 last_refresh: epoch(r.last_refresh),
                 age: (now - r.last_refresh).num_milliseconds() as f64 / 1000.0,
@@ -342,6 +349,8 @@ impl Accumulator {
             truncated: self.total - connections.len() as u64,
             connections,
             providers: states,
+            // Set by the poll, which knows its rejections.
+            rejected: 0,
         }
     }
 }
@@ -375,6 +384,7 @@ mod tests {
             id: id.into(),
             provider: "xero",
             tenant: Some(format!("t-{id}")),
+            user: None,
             labels: vec![],
             last_refresh: last,
             refresh_expiry: last + Duration::days(60),

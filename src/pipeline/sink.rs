@@ -27,6 +27,11 @@ impl Sink {
         self.detector.reconfigure(window, retry_loop);
     }
 
+    /// The detectors (the diagnosis reads their per-connection facts).
+    pub fn detector(&self) -> &Arc<Detector> {
+        &self.detector
+    }
+
     /// The counters (self-health, persistence).
     pub fn live(&self) -> &Arc<Live> {
         &self.live
@@ -88,9 +93,14 @@ impl Sink {
                     ),
                     ApiOutcome::Ok | ApiOutcome::OtherStatus => {}
                 }
-                if let (true, Some(connection)) = (outcome.is_dead_token(), &e.connection) {
-                    self.detector
-                        .api_failure(provider, source, connection, e.time);
+                if let Some(connection) = &e.connection {
+                    if outcome.is_dead_token() {
+                        self.detector
+                            .api_failure(provider, source, connection, e.time);
+                    } else {
+                        self.detector
+                            .api_answer(provider, connection, e.time, outcome);
+                    }
                 }
             }
         }
@@ -137,6 +147,7 @@ impl Sink {
     ) {
         history.record(changed, present);
         for (connection, provider) in reverted {
+            self.detector.reverted(provider, &connection);
             self.live
                 .events
                 .inc(EventCounter::Regressions, provider, source, None, 1);

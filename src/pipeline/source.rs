@@ -94,7 +94,7 @@ impl SourcePoller {
         let mut rows = PollRows::new(&self.cfg, now, self.failing_window, expected, tokens);
         let limit_hit = self.backend.fetch(&self.cfg.mapping, &mut rows).await?;
         let Collected {
-            snapshot: snap,
+            snapshot: mut snap,
             rejections,
             keys,
             providers,
@@ -108,6 +108,7 @@ impl SourcePoller {
             self.empty_labels = empty_labels;
         }
         self.record_rejections(&rejections);
+        snap.rejected = rejections.total();
         self.sink
             .stored_tokens(&mut self.tokens, &self.cfg.name, changed, reverted, |k| {
                 keys.contains(k)

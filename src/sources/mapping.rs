@@ -22,6 +22,7 @@ pub struct Resolved {
     pub needed: Vec<usize>,
     connection: Slot,
     tenant: Option<Slot>,
+    user: Option<Slot>,
     last_refresh: Option<(Slot, Option<Slot>)>,
     access_expires: Option<(Slot, Option<Slot>)>,
     refresh_expires: Option<(Slot, Option<Slot>)>,
@@ -91,6 +92,7 @@ pub fn resolve(mapping: &Mapping, columns: &[String]) -> Result<Resolved, Missin
     };
     let connection = r.slot(&mapping.connection)?;
     let tenant = mapping.tenant.as_ref().map(|f| r.slot(f)).transpose()?;
+    let user = mapping.user.as_ref().map(|f| r.slot(f)).transpose()?;
     let last_refresh = mapping
         .last_refresh
         .field
@@ -133,6 +135,7 @@ pub fn resolve(mapping: &Mapping, columns: &[String]) -> Result<Resolved, Missin
         needed: r.needed,
         connection,
         tenant,
+        user,
         last_refresh,
         access_expires,
         refresh_expires,
@@ -189,6 +192,9 @@ pub fn columns(m: &Mapping) -> Vec<String> {
     }
     if let Some(t) = &m.tenant {
         add(t);
+    }
+    if let Some(u) = &m.user {
+        add(u);
     }
     if let Some(s) = &m.status {
         add(&s.at);
@@ -405,6 +411,12 @@ pub fn map_row(
         .as_ref()
         .and_then(|s| cell(cells, s).ok())
         .and_then(|c| c.label_text().map(label_string));
+    let user = r
+        .user
+        .as_ref()
+        .and_then(|s| cell(cells, s).ok())
+        .and_then(|c| c.label_text().map(label_string))
+        .filter(|u| !u.is_empty());
     let labels = r
         .labels
         .iter()
@@ -428,6 +440,7 @@ pub fn map_row(
         provider: provider.name(),
         id,
         tenant,
+        user,
         labels,
         last_refresh,
         refresh_expiry,

@@ -86,6 +86,11 @@ pub mod names {
         "oauth_connections_failing",
         "Distinct connections with a failure in the last detect window",
     );
+    pub const DIAGNOSIS: Desc = ("oauth_connection_diagnosis", "1 for each likely cause of an exported connection's failure or risk (two when the data cannot separate them); healthy connections have no series");
+    pub const BY_DIAGNOSIS: Desc = (
+        "oauth_connections_by_diagnosis",
+        "Exported connections by the most likely cause of their failure or risk (healthy included)",
+    );
     pub const RETRYING: Desc = ("oauth_connections_retrying_invalid_grant", "Connections with at least detect.retry_loop_failures invalid_grant failures in the last detect window (retrying in a loop)");
     pub const REFRESH_WINDOW: Desc = ("oauth_provider_refresh_token_lifetime_seconds", "The provider's refresh-token inactivity window as configured for the source (Xero 60 days, QuickBooks 100 days, ...)");
     pub const ACCESS_LIFETIME: Desc = (

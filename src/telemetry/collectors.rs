@@ -282,10 +282,53 @@ impl Collector for DetectCollector {
                 ConstGauge::new(*failing as i64).encode(f.encode_family(&labels)?)?;
             }
         }
-        let mut f = family(&mut enc, RETRYING, MetricType::Gauge)?;
-        for (provider, source, _, looping) in &inlets {
-            let labels: [Lbl; 2] = [("provider", provider), ("source", source)];
-            ConstGauge::new(*looping as i64).encode(f.encode_family(&labels)?)?;
+        {
+            let mut f = family(&mut enc, RETRYING, MetricType::Gauge)?;
+            for (provider, source, _, looping) in &inlets {
+                let labels: [Lbl; 2] = [("provider", provider), ("source", source)];
+                ConstGauge::new(*looping as i64).encode(f.encode_family(&labels)?)?;
+            }
+        }
+        let diagnosed =
+            crate::diagnosis::diagnose_all(&self.sources, &self.detector, self.detector.now());
+        {
+            let mut f = family(&mut enc, DIAGNOSIS, MetricType::Gauge)?;
+            for s in &diagnosed {
+                for (c, d) in s.snapshot.connections.iter().zip(&s.diagnoses) {
+                    if d.is_healthy() {
+                        continue;
+                    }
+                    for cause in &d.causes {
+                        let labels: [Lbl; 5] = [
+                            ("provider", c.provider),
+                            ("source", &s.source.name),
+                            ("connection", &c.id),
+                            ("tenant", &c.tenant),
+                            ("cause", cause.as_str()),
+                        ];
+                        ConstGauge::new(1).encode(f.encode_family(&labels)?)?;
+                    }
+                }
+            }
+        }
+        let mut f = family(&mut enc, BY_DIAGNOSIS, MetricType::Gauge)?;
+        for s in &diagnosed {
+            for p in &s.snapshot.providers {
+                let mut counts = [0i64; crate::diagnosis::Cause::ALL.len()];
+                for (c, d) in s.snapshot.connections.iter().zip(&s.diagnoses) {
+                    if c.provider == p.provider {
+                        counts[d.cause() as usize] += 1;
+                    }
+                }
+                for cause in crate::diagnosis::Cause::ALL {
+                    let labels: [Lbl; 3] = [
+                        ("provider", p.provider),
+                        ("source", &s.source.name),
+                        ("cause", cause.as_str()),
+                    ];
+                    ConstGauge::new(counts[cause as usize]).encode(f.encode_family(&labels)?)?;
+                }
+            }
         }
         Ok(())
     }

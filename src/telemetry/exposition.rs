@@ -290,6 +290,7 @@ mod tests {
             id: format!("c{i}"),
             provider: "xero",
             tenant: format!("t\"{i}"),
+            user: None,
             labels: vec![format!("org {}", i % 7)],
             last_refresh: t,
             age: 10.0 + version as f64,
