@@ -1,6 +1,8 @@
-//! `api/openapi.yaml` is the ingest API's contract, and the real binary keeps it: Schemathesis
-//! generates valid and invalid batches from the document (examples, boundary coverage,
-//! fuzzing) and checks every answer (no server error, documented status codes and content
+//! `api/openapi.yaml` is the contract of the ingest API and of `GET /api/v1/connections`, and
+//! the real binary keeps it: Schemathesis generates valid and invalid batches and queries from
+//! the document (examples, boundary coverage, fuzzing; the connections list over a store with
+//! healthy, at-risk, expired and flagged connections, some ids and names that need escaping)
+//! and checks every answer (no server error, documented status codes and content
 //! types, answers matching their schemas, valid batches accepted; a batch is accepted in part
 //! by design, so Schemathesis's whole-body negative check is the one left out).
 //! Schemathesis comes from PyPI (`.ci/run` installs it into `target/schemathesis`); without it
@@ -66,11 +68,35 @@ async fn the_ingest_api_keeps_its_openapi_contract_under_schemathesis() {
         return;
     };
     oauth_token_exporter::sources::install_tls_provider();
-    let dir = tempfile::tempdir().unwrap();
+    let now = chrono::Utc::now().timestamp();
+    let rows = (0..40)
+        .map(|i| {
+            let status = ["active", "needs_reauth", "revoked", "weird"][i % 4];
+            format!(
+                "('c{i}\"<&>', 't{i}', 'Org \u{e9}{i} <b>', 'user{}', {}, '{status}')",
+                i % 3,
+                now - (i as i64) * 2 * 86400
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    let insert = format!("INSERT INTO tokens VALUES {rows}");
+    let (dir, db, _pool) = sqlite_db(&[
+        "CREATE TABLE tokens (id TEXT, tenant_id TEXT, tenant_name TEXT, user_id TEXT, refreshed_at INTEGER, status TEXT)",
+        &insert,
+    ])
+    .await;
     let config = dir.path().join("c.yml");
     std::fs::write(
         &config,
-        "ingest:\n  source: app\n  token_env: OTE_OPENAPI_TOKEN\n",
+        format!(
+            "ingest:\n  source: app\n  token_env: OTE_OPENAPI_TOKEN\n\
+             sources:\n  - name: store\n    kind: sqlite\n    dsn: {}\n\
+             \x20   query: SELECT * FROM tokens\n\
+             \x20   fields: {{connection: id, tenant: tenant_id, user: user_id, last_refresh: {{column: refreshed_at, format: epoch_seconds}}, status: status}}\n\
+             \x20   labels: {{tenant_name: tenant_name}}\n",
+            db.display()
+        ),
     )
     .unwrap();
     let port = free_port();
@@ -90,6 +116,17 @@ async fn the_ingest_api_keeps_its_openapi_contract_under_schemathesis() {
         answers(&format!("{base}/-/healthy")).await,
         "the exporter did not start"
     );
+    // The store has been polled: the list has something to page through.
+    let mut listed = serde_json::Value::Null;
+    for _ in 0..100 {
+        listed = serde_json::from_str(&get_text(&format!("{base}/api/v1/connections?limit=1")).await)
+            .unwrap();
+        if listed["total"] == 40 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(listed["total"], 40, "{listed}");
 
     let spec = root().join("api/openapi.yaml");
     let (st2, spec2, base2) = (st.clone(), spec.clone(), base.clone());
@@ -120,18 +157,29 @@ async fn the_ingest_api_keeps_its_openapi_contract_under_schemathesis() {
         .sum();
     assert!(refreshes > 0.0, "no generated refresh was counted");
 
-    // The checks are live: a contract that misstates the answer is caught.
-    let broken = dir.path().join("broken.yaml");
+    // The checks are live: a contract that misstates an answer is caught, on either endpoint.
     let text = std::fs::read_to_string(&spec).unwrap();
-    let wrong = text.replacen(
-        "accepted: {type: integer, minimum: 0}",
-        "accepted: {type: string}",
-        1,
-    );
-    assert_ne!(wrong, text);
-    std::fs::write(&broken, wrong).unwrap();
-    let (ok, said) = tokio::task::spawn_blocking(move || run(&st, &broken, &base))
-        .await
-        .unwrap();
-    assert!(!ok, "a wrong answer schema went unnoticed:\n{said}");
+    for (i, (right, wrong)) in [
+        (
+            "accepted: {type: integer, minimum: 0}",
+            "accepted: {type: string}",
+        ),
+        (
+            "refresh_token_expired: {type: boolean}",
+            "refresh_token_expired: {type: string}",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let broken = dir.path().join(format!("broken{i}.yaml"));
+        let changed = text.replacen(right, wrong, 1);
+        assert_ne!(changed, text);
+        std::fs::write(&broken, changed).unwrap();
+        let (st, base) = (st.clone(), base.clone());
+        let (ok, said) = tokio::task::spawn_blocking(move || run(&st, &broken, &base))
+            .await
+            .unwrap();
+        assert!(!ok, "a wrong answer schema ({wrong}) went unnoticed:\n{said}");
+    }
 }

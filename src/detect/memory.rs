@@ -138,7 +138,13 @@ pub enum Seen {
 pub struct Memory {
     facts: HashMap<u64, Facts>,
     hasher: std::collections::hash_map::RandomState,
+    /// New connections not remembered since the memory was last found full: a flood of new
+    /// ids sweeps the map once per [`SWEEP_EVERY`] of them, not once each.
+    refused: u64,
 }
+
+/// While full, new connections between two sweeps for healthy ones to forget.
+const SWEEP_EVERY: u64 = 4096;
 
 impl Memory {
     fn key(&self, provider: &str, connection: &str) -> u64 {
@@ -149,10 +155,14 @@ impl Memory {
     pub fn record(&mut self, provider: &str, connection: &str, at: DateTime<Utc>, seen: Seen) {
         let key = self.key(provider, connection);
         if self.facts.len() >= MAX_REMEMBERED && !self.facts.contains_key(&key) {
-            self.facts.retain(|_, f| f.failing_now());
+            if self.refused.is_multiple_of(SWEEP_EVERY) {
+                self.facts.retain(|_, f| f.failing_now());
+            }
             if self.facts.len() >= MAX_REMEMBERED {
+                self.refused += 1;
                 return;
             }
+            self.refused = 0;
         }
         let f = self.facts.entry(key).or_default();
         let later = |t: &mut Option<DateTime<Utc>>| *t = (*t).max(Some(at));
@@ -279,5 +289,11 @@ mod tests {
         assert_eq!(m.len(), MAX_REMEMBERED / 2 + 1);
         assert!(m.facts("xero", "1").is_some() && m.facts("xero", "0").is_none());
         assert!(m.facts("xero", "new").is_some());
+        // Full of failing connections: a flood of new ones is refused, sweeping rarely.
+        for i in 0..MAX_REMEMBERED {
+            m.record("xero", &format!("f{i}"), t(2), Seen::Failed(Failure::InvalidGrant));
+        }
+        assert_eq!(m.len(), MAX_REMEMBERED);
+        assert!(m.refused > 0 && m.facts("xero", "new").is_some());
     }
 }
