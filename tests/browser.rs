@@ -212,14 +212,66 @@ async fn the_landing_page_in_a_real_browser_shows_sources_inlets_and_connections
         "the down source in red: the inline style survives the page's CSP"
     );
 
-    // Connections at risk, closest to expiry first, hostile ids shown as text.
-    let at_risk = table(&c, "Connections at risk").await;
+    // Connections: failing and at-risk ones with their cause, closest to expiry first, hostile
+    // ids shown as text, times for people.
+    let at_risk = table(&c, "Connections").await;
     let ids: Vec<&str> = at_risk.iter().map(|r| r[1].as_str()).collect();
     assert_eq!(ids, ["gone-61", "idle-58", hostile_img], "{at_risk:?}");
     assert_eq!(at_risk[2][2], hostile_script, "tenant shown verbatim");
     assert_eq!(at_risk[1][2], "Idle & \"Sons\"");
-    assert!(at_risk[0][5].ends_with("(expired)"), "{:?}", at_risk[0]);
-    assert_eq!(at_risk[1][4], "58.0", "idle days");
+    for r in &at_risk {
+        assert_eq!(r[4], "idle_expiry", "{r:?}");
+        assert!(
+            r[8].starts_with("Refresh every connection"),
+            "the fix: {r:?}"
+        );
+    }
+    assert!(
+        at_risk[0][6].ends_with(" ago)"),
+        "expired: {:?}",
+        at_risk[0]
+    );
+    assert!(at_risk[1][6].contains(" UTC (in "), "{:?}", at_risk[1]);
+    assert!(
+        at_risk[0][7].contains("the refresh token expired at") && at_risk[0][7].contains("61 d"),
+        "evidence: {:?}",
+        at_risk[0]
+    );
+    assert!(
+        at_risk[1][7].contains("no refresh for 58 d"),
+        "{:?}",
+        at_risk[1]
+    );
+    assert!(
+        !app[4].contains("+00:00") && app[4].ends_with(" ago)"),
+        "last success for people: {:?}",
+        app[4]
+    );
+    // Counts by cause that add up to the connections, each a link that filters the view.
+    let counts = c
+        .execute(
+            "return [...document.querySelectorAll('ul.causes li')].map(e => e.textContent)",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(counts, serde_json::json!(["healthy: 1", "idle_expiry: 3"]));
+    let filtered = follow(&c, "healthy").await;
+    assert!(
+        c.current_url()
+            .await
+            .unwrap()
+            .as_str()
+            .ends_with("/?cause=healthy"),
+        "the cause links filter the page"
+    );
+    assert!(
+        filtered.contains("Showing healthy (1 connection(s))"),
+        "{filtered}"
+    );
+    assert!(filtered.contains("No failing or at-risk connection in this view."));
+    let all = follow(&c, "Show all").await;
+    assert!(all.contains("idle-58"), "{all}");
     let injected = c
         .execute(
             "return [document.scripts.length, document.images.length, typeof window.__pwned]",
@@ -248,6 +300,7 @@ async fn the_landing_page_in_a_real_browser_shows_sources_inlets_and_connections
     );
     let source = c.source().await.unwrap();
     assert!(!source.contains(MARKER), "a token value reached the page");
+    assert!(source.contains("4 exported connection(s) by most likely cause"));
     assert!(
         !source.contains("0123456789abcdef"),
         "the ingest token reached the page"

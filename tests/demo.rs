@@ -85,7 +85,11 @@ async fn the_demo_serves_a_live_fleet_whose_gauges_and_counters_move() {
     let landing = tokio::task::spawn_blocking(move || get(addr, "/"))
         .await
         .unwrap();
-    assert!(landing.contains("Connections at risk"));
+    assert!(landing.contains("exported connection(s) by most likely cause"));
+    assert!(
+        landing.contains("<td>idle_expiry"),
+        "the demo's idle tenants are diagnosed"
+    );
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(10), demo)
         .await

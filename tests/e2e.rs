@@ -114,7 +114,8 @@ impl Stack {
                  event_tables:\n  - name: app_events\n    kind: {kind}\n    dsn: {exporter_dsn}\n    table: {prefix}oauth_events\n\
                  \x20   state_file: {}\n    start: beginning\n    interval: 1s\n    timeout: 1s\n\
                  proxy:\n  source: proxy\n  identity_url: {sim_url}\n  api_url: {sim_url}\n  timeout: 5s\n\
-                 persistence:\n  file: {}\n",
+                 persistence:\n  file: {}\n\
+                 client_secrets:\n  - {{provider: xero, client: app, expires: '2099-01-01'}}\n",
                 dir.path().join("events.cursor").display(),
                 dir.path().join("inlets.json").display()
             );

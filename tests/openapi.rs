@@ -119,8 +119,9 @@ async fn the_ingest_api_keeps_its_openapi_contract_under_schemathesis() {
     // The store has been polled: the list has something to page through.
     let mut listed = serde_json::Value::Null;
     for _ in 0..100 {
-        listed = serde_json::from_str(&get_text(&format!("{base}/api/v1/connections?limit=1")).await)
-            .unwrap();
+        listed =
+            serde_json::from_str(&get_text(&format!("{base}/api/v1/connections?limit=1")).await)
+                .unwrap();
         if listed["total"] == 40 {
             break;
         }
@@ -180,6 +181,9 @@ async fn the_ingest_api_keeps_its_openapi_contract_under_schemathesis() {
         let (ok, said) = tokio::task::spawn_blocking(move || run(&st, &broken, &base))
             .await
             .unwrap();
-        assert!(!ok, "a wrong answer schema ({wrong}) went unnoticed:\n{said}");
+        assert!(
+            !ok,
+            "a wrong answer schema ({wrong}) went unnoticed:\n{said}"
+        );
     }
 }

@@ -382,7 +382,8 @@ async fn exported_names() -> BTreeSet<String> {
          ingest:\n  token_env: T\n\
          nango_webhook:\n  source: nango\n\
          proxy:\n  source: proxy\n  identity_url: {sim_url}\n  api_url: {sim_url}\n\
-         persistence:\n  file: {inlets}\n",
+         persistence:\n  file: {inlets}\n\
+         client_secrets:\n  - {{provider: xero, client: app, expires: 2099-01-01}}\n",
         db = db.display(),
         state = d.path().join("c").display(),
         inlets = d.path().join("inlets.json").display()

@@ -41,7 +41,7 @@ STATE = {
     "oauth_provider_refresh_token_lifetime_seconds", "oauth_provider_access_token_lifetime_seconds",
     "oauth_provider_refresh_token_max_lifetime_seconds", "oauth_exporter_connections_truncated",
     "oauth_connections_removed_total", "oauth_refresh_token_regressions_total",
-    "oauth_exporter_rows_rejected_total",
+    "oauth_exporter_rows_rejected_total", "oauth_client_secret_expiry_timestamp_seconds",
 }
 # Per-source aggregates of the state: split between shards.
 AGGREGATES = {

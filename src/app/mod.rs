@@ -136,6 +136,7 @@ impl Exporter {
         ));
         let live = Arc::new(Live::new());
         live.config_reload_ok.set(1);
+        live.set_client_secrets(&config.client_secrets);
         live.config_reload_time
             .set(clock.now().timestamp_millis() as f64 / 1000.0);
         let sources = SourceSet::default();

@@ -531,6 +531,10 @@ impl Running {
         self.sources_set
             .set(sources.iter().map(|s| s.handle.clone()).collect());
         *self.inlet_lines.write().unwrap_or_else(|e| e.into_inner()) = new.inlet_lines();
+        self.core
+            .sink
+            .live()
+            .set_client_secrets(&new.client_secrets);
         self.web_router.set(merge(
             self.endpoints.clone(),
             inlets.iter().filter_map(|i| i.routes.as_ref()),

@@ -9,6 +9,7 @@
 //! [`inlets`] (event tables, ingest API, Nango webhooks, proxy), and here `global`, `detect`
 //! and `persistence`; [`defaults`] holds every default.
 
+pub mod client_secrets;
 pub(crate) mod common;
 pub mod defaults;
 pub mod fields;
@@ -57,6 +58,8 @@ pub struct Config {
     /// `--collector.relative-metrics`: also export the gauges that change on every poll but
     /// follow from a timestamp (`oauth_refresh_token_age_seconds`).
     pub relative_metrics: bool,
+    /// When the app's own client secrets expire (`client_secrets`).
+    pub client_secrets: Vec<client_secrets::ClientSecret>,
 }
 
 /// Settings of the failure detectors.
@@ -306,7 +309,13 @@ struct RawPersistence {
 
 /// The top-level keys.
 fn top_level_keys() -> Vec<&'static str> {
-    let mut keys = vec!["global", "detect", "persistence", "sources"];
+    let mut keys = vec![
+        "global",
+        "detect",
+        "persistence",
+        "sources",
+        "client_secrets",
+    ];
     keys.extend(Inlets::KEYS);
     keys
 }
@@ -421,7 +430,9 @@ pub fn parse(
             }
         }
         Some(serde_json::Value::Null) | None => {
-            if !Inlets::KEYS.iter().any(|k| top.contains_key(*k)) {
+            if !Inlets::KEYS.iter().any(|k| top.contains_key(*k))
+                && !top.contains_key("client_secrets")
+            {
                 problems.add(
                     "sources",
                     "at least one source, event table or inlet (`ingest`, `nango_webhook`, `proxy`) is required",
@@ -442,8 +453,13 @@ pub fn parse(
             interval,
         })
     });
+    let client_secrets = top
+        .remove("client_secrets")
+        .map(|v| client_secrets::validate(v, &mut problems))
+        .unwrap_or_default();
     let mut config = Config {
         file: file.to_string(),
+        client_secrets,
         detect,
         sources,
         inlets,

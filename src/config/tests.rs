@@ -392,3 +392,66 @@ fn a_document_source_mapping_no_freshness_field_is_warned_about_and_one_that_doe
     assert!(!warned("{connection: realm, access_expires: exp}"));
     assert!(!warned("{connection: realm, last_refresh: refreshed_at}"));
 }
+
+#[test]
+fn client_secrets_take_a_date_a_time_or_a_file_and_name_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("expiry");
+    std::fs::write(&good, "2027-03-01T12:00:00+02:00\n").unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s3cr3t-client-secret-value\n").unwrap();
+    let c = ok(&format!(
+        r#"
+ingest: {{source: app, token_env: PG_DSN}}
+client_secrets:
+  - {{provider: microsoft, client: billing, expires: 2027-03-01}}
+  - {{provider: xero, client: main, expires_file: {}}}
+"#,
+        good.display()
+    ));
+    use client_secrets::Expiry;
+    assert_eq!(
+        c.client_secrets[0].expiry,
+        Expiry::At("2027-03-01T00:00:00Z".parse().unwrap())
+    );
+    assert_eq!(c.client_secrets[1].expiry, Expiry::File(good.clone()));
+    assert_eq!(
+        client_secrets::read_expiry_file(&good).unwrap(),
+        "2027-03-01T10:00:00Z"
+            .parse::<chrono::DateTime<chrono::Utc>>()
+            .unwrap()
+    );
+    let p = problems(&format!(
+        r#"
+ingest: {{source: app, token_env: PG_DSN}}
+client_secrets:
+  - {{provider: microsoft, client: a, expires: next march}}
+  - {{provider: microsoft, client: b, expires_file: {}}}
+  - {{provider: microsoft, client: c, expires_file: {}}}
+  - {{provider: microsoft, client: d}}
+  - {{provider: microsoft, client: a, expires: 2027-01-01}}
+  - {{provider: '', client: e, expires: 2027-01-01}}
+  - {{provider: x, client: f, expires: 2027-01-01, secret: no}}
+"#,
+        dir.path().join("missing").display(),
+        secret.display()
+    ));
+    let all = p.join("\n");
+    for want in [
+        "client_secrets[0].expires: is not a date",
+        "client_secrets[1].expires_file: ",
+        "cannot be read: entity not found",
+        "client_secrets[2].expires_file: ",
+        "its first line is not a date",
+        "client_secrets[3]: give exactly one of `expires` and `expires_file`",
+        "client_secrets[4]: a second entry for provider \"microsoft\" and client \"a\"",
+        "client_secrets[5].provider: must be 1 to 256 bytes",
+        "client_secrets[6]",
+    ] {
+        assert!(all.contains(want), "{want:?} not in:\n{all}");
+    }
+    assert!(
+        !all.contains("s3cr3t-client-secret-value"),
+        "a file's content is never repeated:\n{all}"
+    );
+}

@@ -1,5 +1,5 @@
 //! What the events said about each connection, kept longer than the detectors' window so that a
-//! connection's diagnosis ([`crate::diagnosis`]) can say what failed, since when and how often.
+//! connection's diagnosis can say what failed, since when and how often.
 //!
 //! Keyed by a keyed hash of (provider, connection id), whatever inlet reported the event (an id
 //! names one connection whichever way its events arrive); the id itself is not kept (the
@@ -291,7 +291,12 @@ mod tests {
         assert!(m.facts("xero", "new").is_some());
         // Full of failing connections: a flood of new ones is refused, sweeping rarely.
         for i in 0..MAX_REMEMBERED {
-            m.record("xero", &format!("f{i}"), t(2), Seen::Failed(Failure::InvalidGrant));
+            m.record(
+                "xero",
+                &format!("f{i}"),
+                t(2),
+                Seen::Failed(Failure::InvalidGrant),
+            );
         }
         assert_eq!(m.len(), MAX_REMEMBERED);
         assert!(m.refused > 0 && m.facts("xero", "new").is_some());

@@ -86,6 +86,7 @@ pub mod names {
         "oauth_connections_failing",
         "Distinct connections with a failure in the last detect window",
     );
+    pub const CLIENT_SECRET_EXPIRY: Desc = ("oauth_client_secret_expiry_timestamp_seconds", "When the app's client secret expires (client_secrets in the config; from a file, read at every scrape)");
     pub const DIAGNOSIS: Desc = ("oauth_connection_diagnosis", "1 for each likely cause of an exported connection's failure or risk (two when the data cannot separate them); healthy connections have no series");
     pub const BY_DIAGNOSIS: Desc = (
         "oauth_connections_by_diagnosis",

@@ -334,6 +334,32 @@ impl Collector for DetectCollector {
     }
 }
 
+/// The app's client secrets' expiry (`client_secrets`), files read at scrape time.
+#[derive(Debug)]
+struct ClientSecretCollector {
+    live: Arc<Live>,
+}
+
+impl Collector for ClientSecretCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut secrets = self
+            .live
+            .client_secrets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if secrets.is_empty() {
+            return Ok(());
+        }
+        let mut f = family(&mut enc, names::CLIENT_SECRET_EXPIRY, MetricType::Gauge)?;
+        for s in secrets.iter_mut() {
+            let Some(t) = s.current() else { continue };
+            let labels: [Lbl; 2] = [("provider", &s.cfg.provider), ("client", &s.cfg.client)];
+            ConstGauge::new(t).encode(f.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
 /// The live registry over `live` (series are created at their start values by whoever owns
 /// them: `pipeline::Health` for self-health, `pipeline::Sink::init` for event counters);
 /// `persistence` adds the persistence file's write errors.
@@ -373,6 +399,7 @@ pub fn live_registry(
         sources: sources.clone(),
         detector,
     }));
+    r.register_collector(Box::new(ClientSecretCollector { live: live.clone() }));
     r.register(
         CONFIG_RELOAD_OK.0,
         CONFIG_RELOAD_OK.1,

@@ -218,6 +218,44 @@ pub struct Live {
     /// Sources whose saved counters were already added back in this process: a source is
     /// restored at most once, however often a reload restarts its inlet.
     restored: Mutex<HashSet<String>>,
+    /// The app's client secrets (`client_secrets`; replaced by a reload).
+    pub client_secrets: Mutex<Vec<SecretExpiry>>,
+}
+
+/// One configured client secret and, for one read from a file, the last expiry read and the
+/// last error logged.
+#[derive(Debug)]
+pub struct SecretExpiry {
+    pub cfg: crate::config::client_secrets::ClientSecret,
+    last_good: Option<f64>,
+    last_error: Option<String>,
+}
+
+impl SecretExpiry {
+    /// The expiry as of now, in epoch seconds: a file is read again (its last good value
+    /// stays, and the failure is logged once, when it cannot be read or parsed).
+    pub fn current(&mut self) -> Option<f64> {
+        use crate::config::client_secrets::{read_expiry_file, Expiry};
+        let epoch = |t: chrono::DateTime<chrono::Utc>| t.timestamp_millis() as f64 / 1000.0;
+        match &self.cfg.expiry {
+            Expiry::At(t) => Some(epoch(*t)),
+            Expiry::File(path) => {
+                match read_expiry_file(path) {
+                    Ok(t) => {
+                        self.last_good = Some(epoch(t));
+                        self.last_error = None;
+                    }
+                    Err(e) => {
+                        if self.last_error.as_ref() != Some(&e) {
+                            tracing::warn!(file = %path.display(), provider = %self.cfg.provider, client = %self.cfg.client, error = %e, "The client secret's expiry file cannot be used; the last value read stays exported.");
+                            self.last_error = Some(e);
+                        }
+                    }
+                }
+                self.last_good
+            }
+        }
+    }
 }
 
 impl Default for Live {
@@ -239,6 +277,7 @@ impl Default for Live {
             config_reload_ok: Gauge::default(),
             config_reload_time: FloatGauge::default(),
             restored: Mutex::new(HashSet::new()),
+            client_secrets: Mutex::new(Vec::new()),
         }
     }
 }
@@ -257,6 +296,26 @@ impl Live {
 
     /// Create every series of a polled source at its start value, so rates work from the
     /// first scrape.
+    /// Take the configured client secrets (start, reload); an entry that stays keeps what was
+    /// last read from its file.
+    pub fn set_client_secrets(&self, list: &[crate::config::client_secrets::ClientSecret]) {
+        let mut cur = self
+            .client_secrets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut old = std::mem::take(&mut *cur);
+        for cfg in list {
+            match old.iter().position(|o| o.cfg == *cfg) {
+                Some(i) => cur.push(old.swap_remove(i)),
+                None => cur.push(SecretExpiry {
+                    cfg: cfg.clone(),
+                    last_good: None,
+                    last_error: None,
+                }),
+            }
+        }
+    }
+
     pub fn init_source(&self, source: &str, provider: &'static str) {
         let s = SourceLabels {
             source: source.to_string(),
