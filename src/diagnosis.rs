@@ -147,6 +147,12 @@ impl Diagnosis {
         }
     }
 
+    fn say(&mut self, evidence: bool, text: impl FnOnce() -> String) {
+        if evidence {
+            self.evidence.push(text());
+        }
+    }
+
     pub fn cause(&self) -> Cause {
         self.causes.first().copied().unwrap_or(Cause::Healthy)
     }
@@ -251,6 +257,9 @@ pub struct Context<'a> {
     pub window: Duration,
     pub retry_loop: usize,
     pub fleet: &'a Fleet,
+    /// Whether to write the evidence out (the API and the page); the metrics need only the
+    /// causes, and a scrape must not format words for every at-risk connection.
+    pub evidence: bool,
 }
 
 /// Diagnose one connection from its state and its facts.
@@ -268,19 +277,21 @@ pub fn diagnose(
     let f = facts.unwrap_or(&empty);
     if let Some(run) = f.failing {
         d.since = Some(run.first);
-        d.evidence.push(format!(
-            "{} failure(s) since {}, the latest {} at {}",
-            run.count,
-            at(run.first),
-            run.kind.as_str(),
-            at(run.last)
-        ));
+        d.say(cx.evidence, || {
+            format!(
+                "{} failure(s) since {}, the latest {} at {}",
+                run.count,
+                at(run.first),
+                run.kind.as_str(),
+                at(run.last)
+            )
+        });
         match run.kind {
             Failure::InvalidClient => {
                 d.causes.push(Cause::ClientCredentials);
-                d.evidence.push(
-                    "invalid_client: the token endpoint refused the app's own credentials".into(),
-                );
+                d.say(cx.evidence, || {
+                    "invalid_client: the token endpoint refused the app's own credentials".into()
+                });
             }
             Failure::ProviderError => {
                 d.causes.push(Cause::ProviderIncident);
@@ -289,9 +300,9 @@ pub fn diagnose(
             }
             Failure::OtherRefresh => {
                 d.causes.push(Cause::Unknown);
-                d.evidence.push(
-                    "a token endpoint error other than invalid_grant or invalid_client".into(),
-                );
+                d.say(cx.evidence, || {
+                    "a token endpoint error other than invalid_grant or invalid_client".into()
+                });
             }
             Failure::InvalidGrant | Failure::Unauthorized => {
                 dead_token(&mut d, c, f, run.first, expiry, last_refresh, idle, cx)
@@ -299,59 +310,68 @@ pub fn diagnose(
         }
         if run.invalid_grants as usize >= cx.retry_loop {
             d.causes.push(Cause::RetryingDeadToken);
-            d.evidence.push(format!(
-                "{} invalid_grant answers since the first: the dead token is being retried",
-                run.invalid_grants
-            ));
+            d.say(cx.evidence, || {
+                format!(
+                    "{} invalid_grant answers since the first: the dead token is being retried",
+                    run.invalid_grants
+                )
+            });
         }
         return d;
     }
     if let Some(t) = f.token_expired {
         d.causes.push(Cause::AccessTokenExpired);
         d.since = Some(t);
-        d.evidence.push(format!(
-            "401 TokenExpired at {}: an access token was used after its lifetime",
-            at(t)
-        ));
+        d.say(cx.evidence, || {
+            format!(
+                "401 TokenExpired at {}: an access token was used after its lifetime",
+                at(t)
+            )
+        });
     }
     if let Some(t) = f.forbidden {
         d.causes.push(Cause::Forbidden);
         d.since = d.since.min(Some(t)).or(Some(t));
-        d.evidence.push(format!(
-            "403 at {}: the tenant or the role refused the call",
-            at(t)
-        ));
+        d.say(cx.evidence, || {
+            format!("403 at {}: the tenant or the role refused the call", at(t))
+        });
     }
     if let Some(t) = f.race.max(f.reverted).filter(|t| cx.now - *t <= cx.window) {
         d.causes.push(Cause::StaleToken);
         d.since = d.since.or(Some(t));
-        d.evidence.push(stale_evidence(f, t));
+        d.say(cx.evidence, || stale_evidence(f, t));
     }
     if c.expired {
         d.causes.push(Cause::IdleExpiry);
         d.since = d.since.or(Some(expiry));
-        d.evidence.push(format!(
+        d.say(cx.evidence, || {
+            format!(
             "the refresh token expired at {}: no refresh for {} (it lives {} from its last use)",
             at(expiry),
             days(cx.now - last_refresh),
             days(idle)
-        ));
+        )
+        });
     } else if expiry - cx.now <= Duration::days(AT_RISK_DAYS) && c.status == Status::Active {
         d.causes.push(Cause::IdleExpiry);
         d.since = d.since.or(Some(last_refresh));
-        d.evidence.push(format!(
-            "no refresh for {}: the refresh token expires in {} (at {})",
-            days(cx.now - last_refresh),
-            days(expiry - cx.now),
-            at(expiry)
-        ));
+        d.say(cx.evidence, || {
+            format!(
+                "no refresh for {}: the refresh token expires in {} (at {})",
+                days(cx.now - last_refresh),
+                days(expiry - cx.now),
+                at(expiry)
+            )
+        });
     }
     if d.causes.is_empty() && c.status != Status::Active {
         d.causes.push(Cause::Unknown);
-        d.evidence.push(format!(
-            "the store says {}; no failure of this connection reached an event inlet",
-            c.status.as_str()
-        ));
+        d.say(cx.evidence, || {
+            format!(
+                "the store says {}; no failure of this connection reached an event inlet",
+                c.status.as_str()
+            )
+        });
         d.separate_by = Some("the refresh outcomes of this connection in an event inlet (event table, ingest API, Nango webhook or the proxy)");
     }
     if d.causes.is_empty() {
@@ -388,7 +408,7 @@ fn dead_token(
 ) {
     if first >= expiry || (c.expired && f.last_success.is_none_or(|s| s <= last_refresh)) {
         d.causes.push(Cause::IdleExpiry);
-        d.evidence.push(format!(
+        d.say(cx.evidence, || format!(
             "age {} at the first failure: the refresh token had expired at {} ({} from its last use)",
             days(first - last_refresh),
             at(expiry),
@@ -402,11 +422,13 @@ fn dead_token(
         .filter(|t| *t <= first + cx.window && first - *t <= cx.window);
     if let Some(t) = stale {
         d.causes.push(Cause::StaleToken);
-        d.evidence.push(format!(
-            "{} ({} before the first failure)",
-            stale_evidence(f, t),
-            human(first - t)
-        ));
+        d.say(cx.evidence, || {
+            format!(
+                "{} ({} before the first failure)",
+                stale_evidence(f, t),
+                human(first - t)
+            )
+        });
         return;
     }
     let around = cx.fleet.around(c.provider, first);
@@ -415,44 +437,50 @@ fn dead_token(
         let (total, near) = cx.fleet.of_user(c.provider, user, first);
         if near >= 2 {
             d.causes.push(Cause::UserRevoked);
-            d.evidence.push(format!(
+            d.say(cx.evidence, || format!(
                 "{near} of the {total} connections user {user} authorised began failing within {window}"
             ));
         } else if around >= MASS_FAILURE {
             d.causes.push(Cause::ProviderIncident);
-            d.evidence.push(format!(
-                "{around} connections of {} began failing within {window}, across users",
-                c.provider
-            ));
+            d.say(cx.evidence, || {
+                format!(
+                    "{around} connections of {} began failing within {window}, across users",
+                    c.provider
+                )
+            });
         } else if total <= 1 {
             d.causes.push(Cause::Disconnected);
             d.causes.push(Cause::UserRevoked);
-            d.evidence.push(format!(
+            d.say(cx.evidence, || format!(
                 "the only connection user {user} authorised here; {} before its refresh token would expire",
                 days(expiry - first)
             ));
             d.separate_by = Some("the user has no other connection to compare with: ask the customer whether the app was disconnected, or their password changed or they left the organisation");
         } else {
             d.causes.push(Cause::Disconnected);
-            d.evidence.push(format!(
-                "the other {} connection(s) user {user} authorised are not failing",
-                total - 1
-            ));
+            d.say(cx.evidence, || {
+                format!(
+                    "the other {} connection(s) user {user} authorised are not failing",
+                    total - 1
+                )
+            });
         }
         return;
     }
     if around >= MASS_FAILURE {
         d.causes.push(Cause::UserRevoked);
         d.causes.push(Cause::ProviderIncident);
-        d.evidence.push(format!(
-            "{around} connections of {} began failing within {window} of this one",
-            c.provider
-        ));
+        d.say(cx.evidence, || {
+            format!(
+                "{around} connections of {} began failing within {window} of this one",
+                c.provider
+            )
+        });
         d.separate_by = Some("the authorising user of each connection (map the `user` field): one user's connections fail together after a password change or removal, unrelated users' in an incident");
     } else {
         d.causes.push(Cause::Disconnected);
         d.causes.push(Cause::UserRevoked);
-        d.evidence.push(format!(
+        d.say(cx.evidence, || format!(
             "only {around} connection(s) of {} began failing within {window} of this one, {} before its refresh token would expire",
             c.provider,
             days(expiry - first)
@@ -462,17 +490,20 @@ fn dead_token(
 }
 
 /// Every exported connection of one source, diagnosed (in the snapshot's order).
+#[derive(Debug)]
 pub struct SourceDiagnosis {
     pub source: Arc<SourceHandle>,
     pub snapshot: Arc<SourceSnapshot>,
     pub diagnoses: Vec<Diagnosis>,
 }
 
-/// Diagnose every exported connection of every source, as of now.
+/// Diagnose every exported connection of every source, as of now; `evidence`: with the
+/// evidence in words.
 pub fn diagnose_all(
     sources: &SourceSet,
     detector: &Detector,
     now: DateTime<Utc>,
+    evidence: bool,
 ) -> Vec<SourceDiagnosis> {
     let window = detector.current_window();
     let retry_loop = detector.current_retry_loop();
@@ -510,6 +541,7 @@ pub fn diagnose_all(
             window,
             retry_loop,
             fleet: &fleet,
+            evidence,
         };
         views
             .into_iter()

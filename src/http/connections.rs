@@ -95,7 +95,7 @@ pub fn visit(
     f: &Checked,
     mut each: impl FnMut(usize, &Listed<'_>),
 ) -> (usize, [usize; Cause::ALL.len()]) {
-    let diagnosed = diagnose_all(&s.sources, &s.detector, s.clock.now());
+    let diagnosed = diagnose_all(&s.sources, &s.detector, s.clock.now(), true);
     let mut all: Vec<Listed<'_>> = Vec::new();
     let mut counts = [0; Cause::ALL.len()];
     for sd in &diagnosed {

@@ -99,6 +99,8 @@ pub enum Part {
     },
     /// The per-source families, whole.
     Aggregates(Arc<Vec<SourceView>>),
+    /// The diagnosis of every exported connection, as of the encode.
+    Diagnosis(Arc<Vec<crate::diagnosis::SourceDiagnosis>>),
 }
 
 /// Encodes the [`Part`] it is given of the snapshots of every source.
@@ -232,6 +234,61 @@ fn aggregates(enc: &mut DescriptorEncoder, views: &[SourceView]) -> Result<(), s
     Ok(())
 }
 
+/// `oauth_connection_diagnosis` (failing and at-risk connections) and
+/// `oauth_connections_by_diagnosis` (every source and provider, every cause).
+fn diagnosis(
+    enc: &mut DescriptorEncoder,
+    diagnosed: &[crate::diagnosis::SourceDiagnosis],
+) -> Result<(), std::fmt::Error> {
+    use names::*;
+    {
+        let mut f = family(enc, DIAGNOSIS, MetricType::Gauge)?;
+        for s in diagnosed {
+            // By id, so that a store returning its rows in another order changes nothing.
+            let mut listed: Vec<_> = s
+                .snapshot
+                .connections
+                .iter()
+                .zip(&s.diagnoses)
+                .filter(|(_, d)| !d.is_healthy())
+                .collect();
+            listed.sort_unstable_by(|a, b| (&a.0.id, a.0.provider).cmp(&(&b.0.id, b.0.provider)));
+            for (c, d) in listed {
+                for cause in &d.causes {
+                    let labels: [Lbl; 5] = [
+                        ("provider", c.provider),
+                        ("source", &s.source.name),
+                        ("connection", &c.id),
+                        ("tenant", &c.tenant),
+                        ("cause", cause.as_str()),
+                    ];
+                    ConstGauge::new(1).encode(f.encode_family(&labels)?)?;
+                }
+            }
+        }
+    }
+    let mut f = family(enc, BY_DIAGNOSIS, MetricType::Gauge)?;
+    for s in diagnosed {
+        for p in &s.snapshot.providers {
+            let mut counts = [0i64; crate::diagnosis::Cause::ALL.len()];
+            for (c, d) in s.snapshot.connections.iter().zip(&s.diagnoses) {
+                if c.provider == p.provider {
+                    counts[d.cause() as usize] += 1;
+                }
+            }
+            for cause in crate::diagnosis::Cause::ALL {
+                let labels: [Lbl; 3] = [
+                    ("provider", p.provider),
+                    ("source", &s.source.name),
+                    ("cause", cause.as_str()),
+                ];
+                ConstGauge::new(counts[cause as usize]).encode(f.encode_family(&labels)?)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Collector for StateCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let part = self.part.lock().unwrap_or_else(|e| e.into_inner());
@@ -245,6 +302,7 @@ impl Collector for StateCollector {
                 range,
             } => block(&mut enc, *family, source, &order[range.clone()]),
             Part::Aggregates(views) => aggregates(&mut enc, views),
+            Part::Diagnosis(diagnosed) => diagnosis(&mut enc, diagnosed),
         }
     }
 }
@@ -287,47 +345,6 @@ impl Collector for DetectCollector {
             for (provider, source, _, looping) in &inlets {
                 let labels: [Lbl; 2] = [("provider", provider), ("source", source)];
                 ConstGauge::new(*looping as i64).encode(f.encode_family(&labels)?)?;
-            }
-        }
-        let diagnosed =
-            crate::diagnosis::diagnose_all(&self.sources, &self.detector, self.detector.now());
-        {
-            let mut f = family(&mut enc, DIAGNOSIS, MetricType::Gauge)?;
-            for s in &diagnosed {
-                for (c, d) in s.snapshot.connections.iter().zip(&s.diagnoses) {
-                    if d.is_healthy() {
-                        continue;
-                    }
-                    for cause in &d.causes {
-                        let labels: [Lbl; 5] = [
-                            ("provider", c.provider),
-                            ("source", &s.source.name),
-                            ("connection", &c.id),
-                            ("tenant", &c.tenant),
-                            ("cause", cause.as_str()),
-                        ];
-                        ConstGauge::new(1).encode(f.encode_family(&labels)?)?;
-                    }
-                }
-            }
-        }
-        let mut f = family(&mut enc, BY_DIAGNOSIS, MetricType::Gauge)?;
-        for s in &diagnosed {
-            for p in &s.snapshot.providers {
-                let mut counts = [0i64; crate::diagnosis::Cause::ALL.len()];
-                for (c, d) in s.snapshot.connections.iter().zip(&s.diagnoses) {
-                    if c.provider == p.provider {
-                        counts[d.cause() as usize] += 1;
-                    }
-                }
-                for cause in crate::diagnosis::Cause::ALL {
-                    let labels: [Lbl; 3] = [
-                        ("provider", p.provider),
-                        ("source", &s.source.name),
-                        ("cause", cause.as_str()),
-                    ];
-                    ConstGauge::new(counts[cause as usize]).encode(f.encode_family(&labels)?)?;
-                }
             }
         }
         Ok(())

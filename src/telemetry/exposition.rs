@@ -64,6 +64,8 @@ pub struct Exposition {
     cache: Mutex<Option<Arc<StateCache>>>,
     /// Held by the one encode at a time; keeps the segments between encodes.
     encoder: Mutex<SegmentCache>,
+    /// The per-connection facts the diagnosis families are encoded from.
+    detector: Arc<Detector>,
 }
 
 impl Exposition {
@@ -76,7 +78,8 @@ impl Exposition {
         persistence: bool,
         relative: bool,
     ) -> Self {
-        let live_registry = collectors::live_registry(&live, &sources, detector, persistence);
+        let live_registry =
+            collectors::live_registry(&live, &sources, detector.clone(), persistence);
         let part = Arc::new(Mutex::new(Part::Nothing));
         Exposition {
             state: collectors::state_registry(part.clone()),
@@ -89,6 +92,7 @@ impl Exposition {
             pending: AtomicUsize::new(0),
             cache: Mutex::new(None),
             encoder: Mutex::new(SegmentCache::default()),
+            detector,
         }
     }
 
@@ -168,7 +172,14 @@ impl Exposition {
             .iter()
             .map(|h| (h.clone(), h.snapshot()))
             .collect();
-        let encoded = encoder.encode(&self.state, &self.part, views, self.relative);
+        // Causes only (no words): the API and the page write the evidence out on request.
+        let diagnosed = crate::diagnosis::diagnose_all(
+            &self.sources,
+            &self.detector,
+            self.detector.now(),
+            false,
+        );
+        let encoded = encoder.encode(&self.state, &self.part, views, diagnosed, self.relative);
         let fresh = Arc::new(StateCache {
             generation,
             gzip_prefix: encoded.parts,
@@ -405,7 +416,9 @@ mod tests {
                 .iter()
                 .map(|h| (h.clone(), h.snapshot()))
                 .collect();
-            let again = cache.encode(&e.state, &e.part, views, relative);
+            let diagnosed =
+                crate::diagnosis::diagnose_all(&sources, &e.detector, e.detector.now(), false);
+            let again = cache.encode(&e.state, &e.part, views, diagnosed, relative);
             assert!(again.reused > 20, "{} reused", again.reused);
             assert_eq!(again.deflated, 0);
         }

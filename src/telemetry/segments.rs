@@ -204,6 +204,7 @@ impl SegmentCache {
         registry: &Registry,
         part: &Mutex<Part>,
         views: Vec<SourceView>,
+        diagnosed: Vec<crate::diagnosis::SourceDiagnosis>,
         relative: bool,
     ) -> Encoded {
         let mut out = Encoded {
@@ -272,6 +273,8 @@ impl SegmentCache {
             }
         }
         self.render(registry, part, Part::Aggregates(Arc::new(views)));
+        self.text_segment(&mut out, &mut crc, &mut kept);
+        self.render(registry, part, Part::Diagnosis(Arc::new(diagnosed)));
         self.text_segment(&mut out, &mut crc, &mut kept);
         self.segments = kept;
         self.text = String::new();
