@@ -156,6 +156,29 @@ pub struct SegmentCache {
     segments: HashMap<u64, Arc<Segment>>,
     comp: Option<Compress>,
     text: String,
+    /// The last diagnosis encoded: its fingerprint and the key of its segment (a poll that
+    /// changed no connection's causes neither renders nor deflates the diagnosis families).
+    diagnosis: Option<(u64, u64)>,
+}
+
+/// What the diagnosis families say, as one number: per source its name and providers, and the
+/// order-independent sum over its connections of (id, provider, tenant, causes).
+fn diagnosis_fingerprint(diagnosed: &[crate::diagnosis::SourceDiagnosis]) -> u64 {
+    let mut h = hasher();
+    for s in diagnosed {
+        s.source.name.hash(&mut h);
+        for p in &s.snapshot.providers {
+            p.provider.hash(&mut h);
+        }
+        let mut sum = 0u64;
+        for (c, d) in s.snapshot.connections.iter().zip(&s.diagnoses) {
+            let mut one = hasher();
+            (&c.id, c.provider, &c.tenant, &d.causes).hash(&mut one);
+            sum = sum.wrapping_add(one.finish());
+        }
+        (sum, s.snapshot.connections.len()).hash(&mut h);
+    }
+    h.finish()
 }
 
 impl fmt::Debug for SegmentCache {
@@ -172,6 +195,7 @@ impl Default for SegmentCache {
             segments: HashMap::new(),
             comp: Some(Compress::new(Compression::new(STATE_LEVEL), false)),
             text: String::new(),
+            diagnosis: None,
         }
     }
 }
@@ -274,8 +298,23 @@ impl SegmentCache {
         }
         self.render(registry, part, Part::Aggregates(Arc::new(views)));
         self.text_segment(&mut out, &mut crc, &mut kept);
-        self.render(registry, part, Part::Diagnosis(Arc::new(diagnosed)));
-        self.text_segment(&mut out, &mut crc, &mut kept);
+        let fingerprint = diagnosis_fingerprint(&diagnosed);
+        let unchanged = self
+            .diagnosis
+            .filter(|(f, _)| *f == fingerprint)
+            .and_then(|(_, key)| Some((key, self.segments.get(&key)?.clone())));
+        match unchanged {
+            Some((key, seg)) => {
+                out.reused += 1;
+                out.push(&seg, &mut crc);
+                kept.insert(key, seg);
+            }
+            None => {
+                self.render(registry, part, Part::Diagnosis(Arc::new(diagnosed)));
+                let key = self.text_segment(&mut out, &mut crc, &mut kept);
+                self.diagnosis = Some((fingerprint, key));
+            }
+        }
         self.segments = kept;
         self.text = String::new();
         out.crc = crc.finalize();
@@ -300,7 +339,7 @@ impl SegmentCache {
         out: &mut Encoded,
         crc: &mut crc32fast::Hasher,
         kept: &mut HashMap<u64, Arc<Segment>>,
-    ) {
+    ) -> u64 {
         let mut h = hasher();
         self.text.hash(&mut h);
         let key = h.finish();
@@ -316,6 +355,7 @@ impl SegmentCache {
         };
         out.push(&seg, crc);
         kept.insert(key, seg);
+        key
     }
 
     /// Deflate the text buffer from byte `from` as a segment of its own.
