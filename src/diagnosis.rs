@@ -18,8 +18,10 @@ use std::sync::Arc;
 /// (the `OAuthManyConnectionsFailing` alert's threshold).
 pub const MASS_FAILURE: usize = 5;
 
-/// An active connection whose refresh token expires within this is at risk.
-pub const AT_RISK_DAYS: i64 = 7;
+/// An active connection idle for this share (in percent) of its refresh token's lifetime is at
+/// risk: the `OAuthRefreshTokenIdle` ticket's threshold (45 of Xero's 60 days), so that the
+/// ticket's link lists the connection it is about.
+pub const AT_RISK_PERCENT: i32 = 75;
 
 /// Where the runbooks are.
 pub const RUNBOOKS: &str =
@@ -216,15 +218,15 @@ fn facts_of<'m>(m: &'m Memory, c: &Connection) -> Option<Cow<'m, Facts>> {
 /// Dead-token failures of the fleet by provider: the first failure time of each connection's
 /// current run, sorted, to count how many failed around the same time.
 #[derive(Debug, Default)]
-pub struct Fleet {
+pub struct Fleet<'a> {
     firsts: HashMap<&'static str, Vec<DateTime<Utc>>>,
     /// Per provider and authorising user (where the `user` field is mapped): the first
     /// dead-token failure of each of the user's connections (`None`: not failing).
-    users: HashMap<(&'static str, String), Vec<Option<DateTime<Utc>>>>,
+    users: HashMap<(&'static str, &'a str), Vec<Option<DateTime<Utc>>>>,
     window: Duration,
 }
 
-impl Fleet {
+impl Fleet<'_> {
     /// Connections of `provider` whose run of dead-token failures began within the window
     /// around `t` (this one included).
     fn around(&self, provider: &str, t: DateTime<Utc>) -> usize {
@@ -239,7 +241,7 @@ impl Fleet {
     /// Of the connections `user` authorised: how many there are, and how many began failing
     /// within the window around `t`.
     fn of_user(&self, provider: &'static str, user: &str, t: DateTime<Utc>) -> (usize, usize) {
-        let Some(v) = self.users.get(&(provider, user.to_string())) else {
+        let Some(v) = self.users.get(&(provider, user)) else {
             return (0, 0);
         };
         let near = v
@@ -256,7 +258,7 @@ pub struct Context<'a> {
     pub now: DateTime<Utc>,
     pub window: Duration,
     pub retry_loop: usize,
-    pub fleet: &'a Fleet,
+    pub fleet: &'a Fleet<'a>,
     /// Whether to write the evidence out (the API and the page); the metrics need only the
     /// causes, and a scrape must not format words for every at-risk connection.
     pub evidence: bool,
@@ -352,7 +354,7 @@ pub fn diagnose(
             days(idle)
         )
         });
-    } else if expiry - cx.now <= Duration::days(AT_RISK_DAYS) && c.status == Status::Active {
+    } else if cx.now - last_refresh >= idle * AT_RISK_PERCENT / 100 && c.status == Status::Active {
         d.causes.push(Cause::IdleExpiry);
         d.since = d.since.or(Some(last_refresh));
         d.say(cx.evidence, || {
@@ -515,9 +517,15 @@ pub fn diagnose_all(
             window,
             ..Fleet::default()
         };
-        for (_, snap) in &views {
-            for c in &snap.connections {
-                let first = facts_of(m, c)
+        // What the inlets said of each connection, looked up once.
+        let facts: Vec<Vec<Option<Cow<Facts>>>> = views
+            .iter()
+            .map(|(_, snap)| snap.connections.iter().map(|c| facts_of(m, c)).collect())
+            .collect();
+        for ((_, snap), facts) in views.iter().zip(&facts) {
+            for (c, f) in snap.connections.iter().zip(facts) {
+                let first = f
+                    .as_ref()
                     .and_then(|f| f.failing)
                     .filter(|run| run.kind.is_dead_token())
                     .map(|run| run.first);
@@ -527,7 +535,7 @@ pub fn diagnose_all(
                 if let Some(u) = &c.user {
                     fleet
                         .users
-                        .entry((c.provider, u.clone()))
+                        .entry((c.provider, u.as_str()))
                         .or_default()
                         .push(first);
                 }
@@ -543,26 +551,33 @@ pub fn diagnose_all(
             fleet: &fleet,
             evidence,
         };
-        views
-            .into_iter()
-            .map(|(source, snapshot)| {
-                let diagnoses = snapshot
+        let diagnosed: Vec<Vec<Diagnosis>> = views
+            .iter()
+            .zip(&facts)
+            .map(|((_, snapshot), facts)| {
+                snapshot
                     .connections
                     .iter()
-                    .map(|c| {
+                    .zip(facts)
+                    .map(|(c, f)| {
                         let idle = snapshot
                             .providers
                             .iter()
                             .find(|p| p.provider == c.provider)
                             .map_or(60.0 * 86400.0, |p| p.windows.refresh);
-                        diagnose(c, idle, facts_of(m, c).as_deref(), &cx)
+                        diagnose(c, idle, f.as_deref(), &cx)
                     })
-                    .collect();
-                SourceDiagnosis {
-                    source,
-                    snapshot,
-                    diagnoses,
-                }
+                    .collect()
+            })
+            .collect();
+        drop(facts);
+        views
+            .into_iter()
+            .zip(diagnosed)
+            .map(|((source, snapshot), diagnoses)| SourceDiagnosis {
+                source,
+                snapshot,
+                diagnoses,
             })
             .collect()
     })

@@ -3,7 +3,9 @@
 //! sends to a real Alertmanager (`prometheus-alertmanager`) running the shipped routing and
 //! inhibition (examples/alertmanager.yml), which posts to a webhook receiver in this test. For
 //! each failure scenario of XERO.md, the expected alerts arrive at the expected receivers, and
-//! no others.
+//! no others; the affected connections, and only they, get the scenario's cause in the
+//! binary's `GET /api/v1/connections` and in Prometheus (`oauth_connection_diagnosis`); and the
+//! link of the firing alert's `connections` annotation lists exactly them.
 //!
 //! Time: Prometheus and the exporter run on real time. The shipped rules are used as they are,
 //! except that every `for:` is divided by `FOR_SCALE` (promtool's unit tests check the real
@@ -20,7 +22,7 @@ use oauth_token_exporter::sim::host_app::{EventSink, HostApp, HostAppOptions, Sy
 use oauth_token_exporter::sim::store::SimStore;
 use oauth_token_exporter::sim::xero::SimXero;
 use serde_json::Value;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -108,8 +110,8 @@ impl Stack {
         let config = format!(
                 "global:\n  poll_interval: 1s\n  poll_timeout: 1s\n\
                  sources:\n  - name: app\n    kind: {kind}\n    dsn: {exporter_dsn}\n\
-                 \x20   query: SELECT id, tenant_id, tenant_name, refresh_token, expires_at, refreshed_at, status FROM {prefix}xero_tokens\n\
-                 \x20   fields: {{connection: id, tenant: tenant_id, last_refresh: refreshed_at, access_expires: expires_at, status: status, refresh_token: refresh_token}}\n\
+                 \x20   query: SELECT id, tenant_id, tenant_name, user_id, refresh_token, expires_at, refreshed_at, status FROM {prefix}xero_tokens\n\
+                 \x20   fields: {{connection: id, tenant: tenant_id, user: user_id, last_refresh: refreshed_at, access_expires: expires_at, status: status, refresh_token: refresh_token}}\n\
                  \x20   labels: {{tenant_name: tenant_name}}\n\
                  event_tables:\n  - name: app_events\n    kind: {kind}\n    dsn: {exporter_dsn}\n    table: {prefix}oauth_events\n\
                  \x20   state_file: {}\n    start: beginning\n    interval: 1s\n    timeout: 1s\n\
@@ -158,6 +160,127 @@ impl Stack {
         })
         .await;
     }
+}
+
+impl Stack {
+    /// The exporter's diagnosis, in its API and (through a real scrape) in Prometheus: the
+    /// connections of `expected` get exactly those causes, every other connection is healthy
+    /// (listed so by the API, without a series in Prometheus).
+    async fn expect_diagnosis(&self, expected: &[(&str, &[&str])]) {
+        let want: BTreeMap<String, Vec<String>> = expected
+            .iter()
+            .map(|(id, causes)| {
+                (
+                    id.to_string(),
+                    causes.iter().map(|c| c.to_string()).collect(),
+                )
+            })
+            .collect();
+        let api = || async {
+            let list: Value = self
+                .http
+                .get(format!(
+                    "{}/api/v1/connections?limit=1000",
+                    self.exporter_url
+                ))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            list["connections"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| {
+                    let causes: Vec<String> = c["causes"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|x| x.as_str().unwrap().to_string())
+                        .collect();
+                    (c["connection"].as_str().unwrap().to_string(), causes)
+                })
+                .filter(|(_, causes)| causes != &["healthy"])
+                .collect::<BTreeMap<_, _>>()
+        };
+        eventually("the diagnosis in /api/v1/connections", api, &want).await;
+        let want_sets: BTreeMap<String, BTreeSet<String>> = want
+            .iter()
+            .map(|(id, causes)| (id.clone(), causes.iter().cloned().collect()))
+            .collect();
+        let prometheus = || async {
+            let mut got: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+            for s in self.query("oauth_connection_diagnosis == 1").await {
+                let label = |l: &str| s["metric"][l].as_str().unwrap().to_string();
+                got.entry(label("connection"))
+                    .or_default()
+                    .insert(label("cause"));
+            }
+            got
+        };
+        eventually("the diagnosis in Prometheus", prometheus, &want_sets).await;
+    }
+
+    /// The connections listed by the exporter at the link a firing alert carries in its
+    /// `connections` annotation (as Prometheus expanded it).
+    async fn linked(&self, alertname: &str) -> BTreeSet<String> {
+        let alerts: Value = self
+            .http
+            .get(format!("{}/api/v1/alerts", self.prom_url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let link = alerts["data"]["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["labels"]["alertname"] == alertname && a["state"] == "firing")
+            .and_then(|a| a["annotations"]["connections"].as_str())
+            .unwrap_or_else(|| panic!("{alertname} fires with a connections link: {alerts}"))
+            .to_string();
+        let list: Value = self
+            .http
+            .get(format!("{}{link}&limit=1000", self.exporter_url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        list["connections"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{link}: {list}"))
+            .iter()
+            .map(|c| c["connection"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+/// Poll `get` until it returns `want` (30 s at most), then assert it.
+async fn eventually<T, F, Fut>(what: &str, mut get: F, want: &T)
+where
+    T: PartialEq + std::fmt::Debug,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = get().await;
+        if &got == want || std::time::Instant::now() > deadline {
+            assert_eq!(&got, want, "{what}");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn ids(ids: &[&str]) -> BTreeSet<String> {
+    ids.iter().map(|s| s.to_string()).collect()
 }
 
 impl Drop for Stack {
@@ -228,6 +351,8 @@ async fn an_idle_tenant_crossing_45_then_55_days_then_expiring_raises_a_ticket_a
         .find(|n| n.alertname == "OAuthRefreshTokenIdle")
         .unwrap();
     assert_eq!(idle.labels["connection"], "c9");
+    s.expect_diagnosis(&[("c9", &["idle_expiry"])]).await;
+    assert_eq!(s.linked("OAuthRefreshTokenIdle").await, ids(&["c9"]));
     // Ten more days pass for c9 (its last refresh recedes, in the store and at Xero): 55 days.
     let tokens = s.app.tokens_table();
     let tenant = s.app.read("c9").await.unwrap().unwrap().tenant_id;
@@ -255,6 +380,7 @@ async fn an_idle_tenant_crossing_45_then_55_days_then_expiring_raises_a_ticket_a
         s.delivered("resolved").contains("OAuthRefreshTokenIdle"),
         "the 45-day ticket resolves once the page takes over"
     );
+    assert_eq!(s.linked("OAuthRefreshTokenNearExpiry").await, ids(&["c9"]));
     // Six more days: the refresh token is past its 60 days.
     age_by(6).await;
     s.expect_alerts(&[
@@ -274,6 +400,7 @@ async fn an_idle_tenant_crossing_45_then_55_days_then_expiring_raises_a_ticket_a
         || async { s.delivered("resolved").contains("OAuthRefreshTokenExpired") },
     )
     .await;
+    s.expect_diagnosis(&[("c9", &["idle_expiry"])]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,6 +430,18 @@ async fn a_password_change_failing_many_connections_pages_once_and_opens_a_reaut
         &["OAuthInvalidGrantSpike"],
     )
     .await;
+    let erin: &[(&str, &[&str])] = &[
+        ("c1", &["user_revoked"]),
+        ("c2", &["user_revoked"]),
+        ("c3", &["user_revoked"]),
+        ("c4", &["user_revoked"]),
+        ("c5", &["user_revoked"]),
+        ("c6", &["user_revoked"]),
+    ];
+    s.expect_diagnosis(erin).await;
+    let six = ids(&["c1", "c2", "c3", "c4", "c5", "c6"]);
+    assert_eq!(s.linked("OAuthManyConnectionsFailing").await, six);
+    assert_eq!(s.linked("OAuthConnectionsNeedingReauthGrowing").await, six);
     // While this fleet has every kind of series: every dashboard query returns data, and every
     // metric the rules and dashboards use is one the real binary exports.
     dashboards_return_data(&s, "c7").await;
@@ -332,6 +471,13 @@ async fn a_rotated_client_secret_pages_invalid_client_and_nothing_else() {
         &["OAuthManyConnectionsFailing"],
     )
     .await;
+    let all = ["c1", "c2", "c3", "c4", "c5", "c6"];
+    let expected: Vec<(&str, &[&str])> = all
+        .iter()
+        .map(|id| (*id, &["client_credentials"][..]))
+        .collect();
+    s.expect_diagnosis(&expected).await;
+    assert_eq!(s.linked("OAuthInvalidClient").await, ids(&all));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -356,6 +502,13 @@ async fn racing_workers_and_a_stale_write_back_open_tickets() {
         ("OAuthRefreshTokenRegression", "ticket"),
     ])
     .await;
+    s.expect_diagnosis(&[("c1", &["stale_token"]), ("c2", &["stale_token"])])
+        .await;
+    assert_eq!(s.linked("OAuthRefreshRace").await, ids(&["c1", "c2"]));
+    assert_eq!(
+        s.linked("OAuthRefreshTokenRegression").await,
+        ids(&["c1", "c2"])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -372,6 +525,13 @@ async fn a_retry_loop_on_one_connection_opens_a_ticket_not_a_page() {
         &["OAuthInvalidGrantSpike"],
     )
     .await;
+    // c4 is dave's only connection: a password change and a disconnect look the same.
+    s.expect_diagnosis(&[(
+        "c4",
+        &["disconnected", "user_revoked", "retrying_dead_token"],
+    )])
+    .await;
+    assert_eq!(s.linked("OAuthInvalidGrantRetryLoop").await, ids(&["c4"]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -397,6 +557,108 @@ async fn a_xero_incident_across_unrelated_tenants_pages_token_endpoint_errors() 
         &["OAuthManyConnectionsFailing"],
     )
     .await;
+    let all = ["c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8"];
+    let expected: Vec<(&str, &[&str])> = all
+        .iter()
+        .map(|id| (*id, &["provider_incident"][..]))
+        .collect();
+    s.expect_diagnosis(&expected).await;
+    assert_eq!(s.linked("OAuthTokenEndpointErrors").await, ids(&all));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_tenants_disconnecting_the_app_open_a_reauth_ticket_diagnosed_as_disconnects() {
+    let test = "three_tenants_disconnecting_the_app_open_a_reauth_ticket_diagnosed_as_disconnects";
+    let users = ["alice", "alice", "bob", "bob", "carol", "carol"];
+    let Some(s) = scenario(test, Store::Sqlite, &users).await else {
+        return;
+    };
+    // One tenant of each user disconnects the app; each user's other connection still works.
+    for id in ["c1", "c3", "c5"] {
+        let tenant = s.app.read(id).await.unwrap().unwrap().tenant_id;
+        s.sim.disconnect(&tenant, "app");
+    }
+    let synced = s.app.sync_all().await.unwrap();
+    let reauth: Vec<&str> = synced
+        .iter()
+        .filter(|(_, r)| *r == Synced::NeedsReauth)
+        .map(|(id, _)| id.as_str())
+        .collect();
+    assert_eq!(reauth, ["c1", "c3", "c5"], "{synced:?}");
+    s.expect_alerts(&[("OAuthConnectionsNeedingReauthGrowing", "ticket")])
+        .await;
+    s.expect_diagnosis(&[
+        ("c1", &["disconnected"]),
+        ("c3", &["disconnected"]),
+        ("c5", &["disconnected"]),
+    ])
+    .await;
+    assert_eq!(
+        s.linked("OAuthConnectionsNeedingReauthGrowing").await,
+        ids(&["c1", "c3", "c5"])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_calls_with_expired_access_tokens_open_a_ticket_diagnosed_as_refreshing_too_late() {
+    let test =
+        "api_calls_with_expired_access_tokens_open_a_ticket_diagnosed_as_refreshing_too_late";
+    let Some(s) = scenario(test, Store::Sqlite, FOUR_USERS).await else {
+        return;
+    };
+    // A worker that never refreshes first: every stored access token is an hour old.
+    for id in ["c1", "c2", "c3", "c4"] {
+        for _ in 0..3 {
+            let (status, detail) = s.app.call_api(id).await.unwrap();
+            assert_eq!(status, 401);
+            assert!(detail.unwrap().starts_with("TokenExpired"));
+        }
+    }
+    s.expect_alerts(&[("OAuthAccessTokenUsedAfterExpiry", "ticket")])
+        .await;
+    let all = ["c1", "c2", "c3", "c4"];
+    let expected: Vec<(&str, &[&str])> = all
+        .iter()
+        .map(|id| (*id, &["access_token_expired"][..]))
+        .collect();
+    s.expect_diagnosis(&expected).await;
+    assert_eq!(s.linked("OAuthAccessTokenUsedAfterExpiry").await, ids(&all));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_refused_with_403_open_a_ticket_diagnosed_as_forbidden() {
+    let test = "calls_refused_with_403_open_a_ticket_diagnosed_as_forbidden";
+    let Some(s) = scenario(test, Store::Sqlite, &["u1", "u2", "u3", "u4", "u5", "u6"]).await else {
+        return;
+    };
+    assert!(s
+        .app
+        .sync_all()
+        .await
+        .unwrap()
+        .iter()
+        .all(|(_, r)| *r == Synced::Ok));
+    // The app calls with a tenant id its grant does not hold for five connections (a tenant
+    // that disconnected the app keeps the token valid and refuses the calls the same way).
+    let tokens = s.app.tokens_table();
+    s.app
+        .store
+        .execute(
+            &format!("UPDATE {tokens} SET tenant_id = tenant_id || '-gone' WHERE id <> 'c6'"),
+            &[],
+        )
+        .await
+        .unwrap();
+    for id in ["c1", "c2", "c3", "c4", "c5"] {
+        assert_eq!(s.app.call_api(id).await.unwrap().0, 403);
+    }
+    assert_eq!(s.app.call_api("c6").await.unwrap().0, 200);
+    s.expect_alerts(&[("OAuthApiForbiddenSurge", "ticket")])
+        .await;
+    let five = ["c1", "c2", "c3", "c4", "c5"];
+    let expected: Vec<(&str, &[&str])> = five.iter().map(|id| (*id, &["forbidden"][..])).collect();
+    s.expect_diagnosis(&expected).await;
+    assert_eq!(s.linked("OAuthApiForbiddenSurge").await, ids(&five));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -604,5 +866,31 @@ async fn label_values_with_quotes_backslashes_newlines_and_control_characters_re
     assert!(
         cut.starts_with("xxxxxxxx") && !cut.ends_with("-tail"),
         "{cut}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_app_marks_failing_without_an_event_opens_a_ticket_diagnosed_unknown() {
+    let test =
+        "a_connection_the_app_marks_failing_without_an_event_opens_a_ticket_diagnosed_unknown";
+    let Some(s) = scenario(test, Store::Sqlite, &["u1", "u2", "u3"]).await else {
+        return;
+    };
+    // The app marks c2 failing in its table; no inlet hears why.
+    let tokens = s.app.tokens_table();
+    s.app
+        .store
+        .execute(
+            &format!("UPDATE {tokens} SET status = 'failing' WHERE id = 'c2'"),
+            &[],
+        )
+        .await
+        .unwrap();
+    s.expect_alerts(&[("OAuthConnectionsFailingRefresh", "ticket")])
+        .await;
+    s.expect_diagnosis(&[("c2", &["unknown"])]).await;
+    assert_eq!(
+        s.linked("OAuthConnectionsFailingRefresh").await,
+        ids(&["c2"])
     );
 }

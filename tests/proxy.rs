@@ -337,3 +337,41 @@ async fn bodies_keep_their_framing_both_ways_and_a_chunked_message_never_carries
         assert!(seen.try_recv().is_err(), "nothing reached Xero");
     }
 }
+
+/// An SDK given the reverse proxy as its `HTTPS_PROXY` opens a `CONNECT` tunnel: refused with a
+/// 405 that says how to route it, never forwarded upstream, never counted as an API call.
+#[tokio::test]
+async fn a_connect_is_refused_with_how_to_route_the_sdk_and_is_neither_forwarded_nor_counted() {
+    let (upstream, mut seen) = raw_upstream().await;
+    let s = setup(Some(upstream)).await;
+    let resp = raw_request(
+        &s.proxy,
+        "CONNECT identity.xero.com:443 HTTP/1.1\r\nHost: identity.xero.com:443\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("http/1.1 405"), "{resp}");
+    assert!(
+        resp.contains("connect is refused") && resp.contains("base urls"),
+        "{resp}"
+    );
+    // A real client configured the usual way (reqwest's proxy setting, as HTTPS_PROXY does)
+    // fails at the tunnel, before any request is sent.
+    let client = reqwest::Client::builder()
+        .proxy(reqwest::Proxy::https(&s.proxy).unwrap())
+        .build()
+        .unwrap();
+    let err = client
+        .post("https://identity.xero.com/connect/token")
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.is_connect(), "{err:?}");
+    assert!(seen.try_recv().is_err(), "nothing reached the upstream");
+    let text = scrape(&s.e);
+    for family in ["oauth_api_requests_total", "oauth_token_refreshes_total"] {
+        assert!(
+            sample(&text, family, &[("source", "proxy")]).unwrap_or(0.0) == 0.0,
+            "{family}: {text}"
+        );
+    }
+}

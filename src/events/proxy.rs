@@ -52,6 +52,8 @@ struct ProxyState {
     health: Arc<Mutex<Health>>,
     clock: SharedClock,
     client: reqwest::Client,
+    /// When a refused `CONNECT` was last logged (Unix seconds).
+    connect_logged: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl Inlet for Proxy {
@@ -95,6 +97,7 @@ fn router(cfg: Proxy, ctx: &Context) -> Router {
         health: Arc::new(Mutex::new(health)),
         clock: ctx.clock.clone(),
         client,
+        connect_logged: Arc::new(std::sync::atomic::AtomicI64::new(i64::MIN / 2)),
     })
 }
 
@@ -131,7 +134,47 @@ async fn read_limited(body: Body) -> Option<bytes::Bytes> {
     limited.collect().await.ok().map(|c| c.to_bytes())
 }
 
+/// Seconds between two log lines about refused `CONNECT`s (an SDK retries each one).
+const CONNECT_LOG_EVERY: i64 = 60;
+
+/// A `CONNECT` (the SDK was given this listener as its `HTTPS_PROXY`): refused with a clear
+/// answer and a log line saying how to route the SDK; never forwarded, never counted.
+fn refuse_connect(s: &ProxyState, authority: &str) -> Response {
+    let now = s.clock.now().timestamp();
+    let last = s.connect_logged.load(std::sync::atomic::Ordering::Relaxed);
+    if now - last >= CONNECT_LOG_EVERY
+        && s.connect_logged
+            .compare_exchange(
+                last,
+                now,
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+            )
+            .is_ok()
+    {
+        tracing::warn!(
+            source = %s.cfg.source,
+            target = %label_value(authority),
+            "A client sent CONNECT to the reverse proxy (it was given as HTTPS_PROXY); refused. Point the app's identity and API base URLs at this listener instead (README: \"Routing the Xero SDKs\"). Logged at most once a minute."
+        );
+    }
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [(axum::http::header::ALLOW, "GET, POST, PUT, DELETE, PATCH")],
+        "oauth-token-exporter proxy: CONNECT is refused: this listener is a reverse proxy, not a forward proxy. Do not set it as HTTPS_PROXY; point the app's identity and API base URLs at it.\n",
+    )
+        .into_response()
+}
+
 async fn forward(State(s): State<ProxyState>, req: Request) -> Response {
+    if req.method() == axum::http::Method::CONNECT {
+        let authority = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .unwrap_or_default();
+        return refuse_connect(&s, &authority);
+    }
     let (parts, body) = req.into_parts();
     let path_q = parts
         .uri
