@@ -177,18 +177,11 @@ impl Stack {
             })
             .collect();
         let api = || async {
-            let list: Value = self
-                .http
-                .get(format!(
-                    "{}/api/v1/connections?limit=1000",
-                    self.exporter_url
-                ))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let list = get_json(
+                &self.http,
+                &format!("{}/api/v1/connections?limit=1000", self.exporter_url),
+            )
+            .await;
             list["connections"]
                 .as_array()
                 .unwrap()
@@ -226,15 +219,7 @@ impl Stack {
     /// The connections listed by the exporter at the link a firing alert carries in its
     /// `connections` annotation (as Prometheus expanded it).
     async fn linked(&self, alertname: &str) -> BTreeSet<String> {
-        let alerts: Value = self
-            .http
-            .get(format!("{}/api/v1/alerts", self.prom_url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let alerts = get_json(&self.http, &format!("{}/api/v1/alerts", self.prom_url)).await;
         let link = alerts["data"]["alerts"]
             .as_array()
             .unwrap()
@@ -243,15 +228,11 @@ impl Stack {
             .and_then(|a| a["annotations"]["connections"].as_str())
             .unwrap_or_else(|| panic!("{alertname} fires with a connections link: {alerts}"))
             .to_string();
-        let list: Value = self
-            .http
-            .get(format!("{}{link}&limit=1000", self.exporter_url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list = get_json(
+            &self.http,
+            &format!("{}{link}&limit=1000", self.exporter_url),
+        )
+        .await;
         list["connections"]
             .as_array()
             .unwrap_or_else(|| panic!("{link}: {list}"))

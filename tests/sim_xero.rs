@@ -4,7 +4,7 @@
 mod common;
 use chrono::Duration;
 use common::*;
-use oauth_token_exporter::clock::{ManualClock, SharedClock};
+use oauth_token_exporter::clock::{Clock, ManualClock, SharedClock};
 use oauth_token_exporter::provider::{classify_refresh_error, RefreshError};
 use oauth_token_exporter::sim::xero::{SimXero, TokenResponse};
 use std::sync::Arc;
@@ -304,4 +304,166 @@ async fn revocation_kills_the_token_set_and_connections_lists_tenants() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(s.refresh(&t.refresh_token, "s3cret").await.0, 400);
+}
+
+/// The claims of a JWT after its RS256 signature is verified with the key the simulator
+/// publishes in its JWKS (found through its discovery document, as openid-client does).
+async fn verified_claims(s: &Sim, jwt: &str) -> serde_json::Value {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use base64::Engine;
+    let discovery = get_json(
+        &s.http,
+        &format!("{}/.well-known/openid-configuration", s.base),
+    )
+    .await;
+    let jwks_uri = discovery["jwks_uri"].as_str().unwrap();
+    // The discovery document names the issuer's own URLs; fetch the JWKS at this listener.
+    let path = jwks_uri.split_once("/.well-known").unwrap().1;
+    let jwks = get_json(&s.http, &format!("{}/.well-known{path}", s.base)).await;
+    let (input, sig) = jwt.rsplit_once('.').unwrap();
+    let (head, body) = input.split_once('.').unwrap();
+    let header: serde_json::Value = serde_json::from_slice(&B64.decode(head).unwrap()).unwrap();
+    assert_eq!(header["alg"], "RS256");
+    let jwk = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == header["kid"])
+        .expect("the JWKS holds the token's key");
+    let n = B64.decode(jwk["n"].as_str().unwrap()).unwrap();
+    let e = B64.decode(jwk["e"].as_str().unwrap()).unwrap();
+    ring::rsa::PublicKeyComponents { n, e }
+        .verify(
+            &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+            input.as_bytes(),
+            &B64.decode(sig).unwrap(),
+        )
+        .expect("the id_token's signature verifies with the published key");
+    serde_json::from_slice(&B64.decode(body).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn client_secret_post_refreshes_like_basic_and_both_at_once_or_a_wrong_secret_is_invalid_client(
+) {
+    let s = start().await;
+    let first =
+        s.x.authorize("app", "alice", std::slice::from_ref(&s.tenant));
+    let post = |form: String| {
+        s.http
+            .post(format!("{}/connect/token", s.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form)
+            .send()
+    };
+    // xero-python's request: the credentials in the form, no Authorization header.
+    let r = post(format!(
+        "grant_type=refresh_token&refresh_token={}&client_id=app&client_secret=s3cret",
+        first.refresh_token
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let second: TokenResponse = r.json().await.unwrap();
+    assert_ne!(second.refresh_token, first.refresh_token, "rotated");
+    // Basic refreshes the rotated token as before.
+    let (st, _) = xero_refresh(&s.http, &s.base, &second.refresh_token, "s3cret").await;
+    assert_eq!(st, 200);
+    for (form, basic) in [
+        // A wrong posted secret.
+        (
+            "grant_type=refresh_token&refresh_token=x&client_id=app&client_secret=nope",
+            false,
+        ),
+        // Posted and Basic at once (RFC 6749 2.3: one method per request).
+        (
+            "grant_type=refresh_token&refresh_token=x&client_id=app&client_secret=s3cret",
+            true,
+        ),
+        // Neither.
+        ("grant_type=refresh_token&refresh_token=x", false),
+    ] {
+        let mut req = s
+            .http
+            .post(format!("{}/connect/token", s.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form);
+        if basic {
+            req = req.basic_auth("app", Some("s3cret"));
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 400, "{form}");
+        assert_eq!(r.text().await.unwrap(), r#"{"error":"invalid_client"}"#);
+    }
+}
+
+#[tokio::test]
+async fn id_tokens_are_rs256_jwts_with_xeros_claims_verified_by_the_published_jwks() {
+    let s = start().await;
+    let first =
+        s.x.authorize("app", "alice", std::slice::from_ref(&s.tenant));
+    let claims = verified_claims(&s, &first.id_token).await;
+    let now = s.clock.now().timestamp();
+    assert_eq!(
+        claims["iss"], "https://identity.xero.com",
+        "Xero's issuer by default"
+    );
+    assert_eq!(claims["aud"], "app");
+    assert_eq!(claims["xero_userid"], s.x.xero_userid("alice"));
+    assert_eq!(claims["iat"], now);
+    assert!(claims["exp"].as_i64().unwrap() > now);
+    for claim in [
+        "nbf",
+        "sid",
+        "sub",
+        "auth_time",
+        "global_session_id",
+        "preferred_username",
+        "email",
+        "given_name",
+        "family_name",
+        "amr",
+        "at_hash",
+        "idp",
+    ] {
+        assert!(!claims[claim].is_null(), "{claim} in {claims}");
+    }
+    // at_hash binds the id_token to its access token (OpenID Connect Core 3.3.2.11).
+    use base64::Engine;
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(first.access_token.as_bytes());
+    assert_eq!(
+        claims["at_hash"],
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..16])
+    );
+    // A refresh keeps the subject and session (openid-client checks `sub` on refresh).
+    s.clock.advance(Duration::minutes(5));
+    let (st, body) = xero_refresh(&s.http, &s.base, &first.refresh_token, "s3cret").await;
+    assert_eq!(st, 200);
+    let next: TokenResponse = serde_json::from_str(&body).unwrap();
+    let again = verified_claims(&s, &next.id_token).await;
+    assert_eq!(again["sub"], claims["sub"]);
+    assert_eq!(again["sid"], claims["sid"]);
+    assert_eq!(again["auth_time"], claims["auth_time"]);
+    assert_eq!(again["iat"], now + 300);
+    // Another user is another subject.
+    let bob =
+        s.x.authorize("app", "bob", std::slice::from_ref(&s.other_tenant));
+    let bobs = verified_claims(&s, &bob.id_token).await;
+    assert_ne!(bobs["sub"], claims["sub"]);
+    // Run standalone behind its own URL, it names that URL as issuer everywhere.
+    s.x.set_issuer(&format!("{}/", s.base));
+    let d = get_json(
+        &s.http,
+        &format!("{}/.well-known/openid-configuration", s.base),
+    )
+    .await;
+    assert_eq!(d["issuer"], s.base);
+    assert_eq!(d["token_endpoint"], format!("{}/connect/token", s.base));
+    assert_eq!(
+        d["token_endpoint_auth_methods_supported"],
+        serde_json::json!(["client_secret_basic", "client_secret_post"])
+    );
+    let later =
+        s.x.authorize("app", "alice", std::slice::from_ref(&s.tenant));
+    assert_eq!(verified_claims(&s, &later.id_token).await["iss"], s.base);
 }

@@ -7,6 +7,8 @@
 //!   inactivity expiry, Xero's real error bodies, rate limits, and the operator actions that
 //!   break connections (password change, user removed, app disconnected, client secret
 //!   rotated, a platform incident).
+//! - [`jwt`]: the `id_token`s it signs (RS256 with a committed test key), their JWKS and the
+//!   OpenID discovery document, for clients that validate them.
 //! - [`store`]: the host app's writable connection to SQLite, PostgreSQL or MySQL.
 //! - [`host_app`]: a simulated host app whose workers sync tenants through the simulated Xero
 //!   and store their tokens, with faults on demand (racing workers, a stale write-back, a retry
@@ -15,5 +17,6 @@
 
 pub mod demo;
 pub mod host_app;
+pub mod jwt;
 pub mod store;
 pub mod xero;

@@ -46,6 +46,9 @@ struct Grant {
     last: TokenResponse,
     access_expires: DateTime<Utc>,
     revoked: bool,
+    /// The consent's session (`sid`, `global_session_id`) and time (`auth_time`).
+    session: String,
+    authorised_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Default)]
@@ -70,6 +73,61 @@ struct World {
     refreshes: HashMap<&'static str, u64>,
     /// Prefix of every token issued (canary tests mark tokens to find leaks).
     marker: String,
+    /// The issuer its discovery document and `id_token`s name (empty: Xero's own).
+    issuer: String,
+    /// Each user's stable Xero user id (`xero_userid`, `sub`).
+    user_ids: HashMap<String, String>,
+}
+
+/// Xero's identity server, the issuer the simulator names unless told otherwise.
+pub const XERO_ISSUER: &str = "https://identity.xero.com";
+
+impl World {
+    fn issuer(&self) -> &str {
+        if self.issuer.is_empty() {
+            XERO_ISSUER
+        } else {
+            &self.issuer
+        }
+    }
+
+    fn user_id(&mut self, user: &str) -> String {
+        self.user_ids
+            .entry(user.to_string())
+            .or_insert_with(uuid)
+            .clone()
+    }
+
+    /// A new token set for grant `idx` at `now`: opaque access and refresh tokens (with the
+    /// marker) and an `id_token` signed as Xero signs it (RS256, Xero's claims).
+    fn issue(&mut self, idx: usize, now: DateTime<Utc>) -> TokenResponse {
+        let access_token = random_token(&format!("{}at_", self.marker));
+        let g = &self.grants[idx];
+        let (user, client, session, auth_time) = (
+            g.user_id.clone(),
+            g.client_id.clone(),
+            g.session.clone(),
+            g.authorised_at.timestamp(),
+        );
+        let xero_userid = self.user_id(&user);
+        let t = now.timestamp();
+        let id_token = super::jwt::sign(&serde_json::json!({
+            "nbf": t, "exp": t + 300, "iss": self.issuer(), "aud": client, "iat": t,
+            "at_hash": super::jwt::at_hash(&access_token), "sid": session,
+            "sub": xero_userid.replace('-', ""), "auth_time": auth_time, "idp": "xero",
+            "xero_userid": xero_userid, "global_session_id": session,
+            "preferred_username": format!("{user}@example.com"), "email": format!("{user}@example.com"),
+            "given_name": user, "family_name": "Example", "amr": ["pwd"],
+        }));
+        TokenResponse {
+            id_token,
+            access_token,
+            expires_in: ACCESS_LIFETIME,
+            token_type: "Bearer".into(),
+            refresh_token: random_token(&format!("{}rt_", self.marker)),
+            scope: "openid profile email accounting.transactions offline_access".into(),
+        }
+    }
 }
 
 /// The simulated Xero. Cheap to clone; every clone is the same world.
@@ -140,6 +198,18 @@ impl SimXero {
         self.world().marker = marker.to_string();
     }
 
+    /// The issuer named by the discovery document, its endpoints and every `id_token` (the
+    /// URL clients reach the identity server at; Xero's own by default, right for clients
+    /// whose traffic the exporter intercepts).
+    pub fn set_issuer(&self, issuer: &str) {
+        self.world().issuer = issuer.trim_end_matches('/').to_string();
+    }
+
+    /// The stable Xero user id (`xero_userid` claim) of a user.
+    pub fn xero_userid(&self, user: &str) -> String {
+        self.world().user_id(user)
+    }
+
     /// Register an app (client id and secret).
     pub fn add_client(&self, client_id: &str, secret: &str) {
         self.world().clients.insert(client_id.into(), secret.into());
@@ -170,28 +240,33 @@ impl SimXero {
         now: DateTime<Utc>,
     ) -> TokenResponse {
         let mut w = self.world();
-        let resp = TokenResponse {
-            id_token: random_token(&format!("{}idt_", w.marker)),
-            access_token: random_token(&format!("{}at_", w.marker)),
-            expires_in: ACCESS_LIFETIME,
-            token_type: "Bearer".into(),
-            refresh_token: random_token(&format!("{}rt_", w.marker)),
-            scope: "openid profile email accounting.transactions offline_access".into(),
-        };
         let idx = w.grants.len();
-        w.by_refresh.insert(resp.refresh_token.clone(), idx);
-        w.by_access.insert(resp.access_token.clone(), idx);
         w.grants.push(Grant {
             client_id: client_id.into(),
             user_id: user_id.into(),
             tenants: tenants.to_vec(),
-            refresh: resp.refresh_token.clone(),
+            refresh: String::new(),
             refreshed_at: now,
             previous: None,
-            last: resp.clone(),
+            last: TokenResponse {
+                id_token: String::new(),
+                access_token: String::new(),
+                expires_in: 0,
+                token_type: String::new(),
+                refresh_token: String::new(),
+                scope: String::new(),
+            },
             access_expires: now + Duration::seconds(ACCESS_LIFETIME),
             revoked: false,
+            session: uuid().replace('-', ""),
+            authorised_at: now,
         });
+        let resp = w.issue(idx, now);
+        w.by_refresh.insert(resp.refresh_token.clone(), idx);
+        w.by_access.insert(resp.access_token.clone(), idx);
+        let g = &mut w.grants[idx];
+        g.refresh = resp.refresh_token.clone();
+        g.last = resp.clone();
         resp
     }
 
@@ -273,6 +348,8 @@ impl SimXero {
     /// Routes: identity and API on one listener (Xero serves them on two hosts).
     pub fn router(&self) -> Router {
         Router::new()
+            .route("/.well-known/openid-configuration", get(discovery))
+            .route("/.well-known/openid-configuration/jwks", get(jwks))
             .route("/connect/token", post(token))
             .route("/connect/revocation", post(revocation))
             .route("/connections", get(connections))
@@ -281,15 +358,26 @@ impl SimXero {
             .with_state(self.clone())
     }
 
-    fn client_ok(&self, headers: &HeaderMap) -> Option<String> {
+    /// The client a token-endpoint request authenticates as: `client_secret_basic` (the
+    /// `Authorization: Basic` header, as xero-node and most apps send) or `client_secret_post`
+    /// (`client_id` and `client_secret` in the form, as xero-python sends), both of which
+    /// Xero's discovery document lists. Both at once is refused, as RFC 6749 §2.3 asks.
+    fn client_ok(&self, headers: &HeaderMap, form: &HashMap<String, String>) -> Option<String> {
         use base64::Engine;
-        let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(auth.strip_prefix("Basic ")?.trim())
-            .ok()?;
-        let creds = String::from_utf8(raw).ok()?;
-        let (id, secret) = creds.split_once(':')?;
-        (self.world().clients.get(id).map(String::as_str) == Some(secret)).then(|| id.to_string())
+        let posted = form.get("client_id").zip(form.get("client_secret"));
+        let (id, secret) = match (headers.get(header::AUTHORIZATION), posted) {
+            (Some(auth), None) => {
+                let raw = base64::engine::general_purpose::STANDARD
+                    .decode(auth.to_str().ok()?.strip_prefix("Basic ")?.trim())
+                    .ok()?;
+                let creds = String::from_utf8(raw).ok()?;
+                let (id, secret) = creds.split_once(':')?;
+                (id.to_string(), secret.to_string())
+            }
+            (None, Some((id, secret))) => (id.clone(), secret.clone()),
+            _ => return None,
+        };
+        (self.world().clients.get(&id) == Some(&secret)).then_some(id)
     }
 
     fn count(&self, outcome: &'static str) {
@@ -298,17 +386,16 @@ impl SimXero {
 }
 
 fn form(body: &str) -> HashMap<String, String> {
-    body.split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| {
-            (
-                k.to_string(),
-                v.replace("%2B", "+")
-                    .replace("%2F", "/")
-                    .replace("%3D", "="),
-            )
-        })
-        .collect()
+    serde_urlencoded::from_str(body).unwrap_or_default()
+}
+
+async fn discovery(State(x): State<SimXero>) -> Response {
+    let issuer = x.world().issuer().to_string();
+    axum::Json(super::jwt::discovery(&issuer)).into_response()
+}
+
+async fn jwks() -> Response {
+    axum::Json(super::jwt::jwks()).into_response()
 }
 
 async fn token(State(x): State<SimXero>, headers: HeaderMap, body: String) -> Response {
@@ -320,11 +407,11 @@ async fn token(State(x): State<SimXero>, headers: HeaderMap, body: String) -> Re
         x.count("unsupported_grant_type");
         return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type");
     }
-    let Some(client_id) = x.client_ok(&headers) else {
+    let f = form(&body);
+    let Some(client_id) = x.client_ok(&headers, &f) else {
         x.count("invalid_client");
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_client");
     };
-    let f = form(&body);
     if f.get("grant_type").map(String::as_str) != Some("refresh_token") {
         x.count("unsupported_grant_type");
         return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type");
@@ -355,14 +442,8 @@ async fn token(State(x): State<SimXero>, headers: HeaderMap, body: String) -> Re
         x.count("ok");
         return axum::Json(resp).into_response();
     }
-    let resp = TokenResponse {
-        id_token: random_token(&format!("{}idt_", w.marker)),
-        access_token: random_token(&format!("{}at_", w.marker)),
-        expires_in: ACCESS_LIFETIME,
-        token_type: "Bearer".into(),
-        refresh_token: random_token(&format!("{}rt_", w.marker)),
-        scope: w.grants[idx].last.scope.clone(),
-    };
+    let mut resp = w.issue(idx, now);
+    resp.scope = w.grants[idx].last.scope.clone();
     w.by_refresh.insert(resp.refresh_token.clone(), idx);
     w.by_access.insert(resp.access_token.clone(), idx);
     let g = &mut w.grants[idx];
@@ -383,10 +464,11 @@ async fn token(State(x): State<SimXero>, headers: HeaderMap, body: String) -> Re
 }
 
 async fn revocation(State(x): State<SimXero>, headers: HeaderMap, body: String) -> Response {
-    if x.client_ok(&headers).is_none() {
+    let f = form(&body);
+    if x.client_ok(&headers, &f).is_none() {
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_client");
     }
-    let token = form(&body).get("token").cloned().unwrap_or_default();
+    let token = f.get("token").cloned().unwrap_or_default();
     let mut w = x.world();
     if let Some(&idx) = w.by_refresh.get(&token) {
         w.grants[idx].revoked = true;

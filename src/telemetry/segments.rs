@@ -170,13 +170,23 @@ fn diagnosis_fingerprint(diagnosed: &[crate::diagnosis::SourceDiagnosis]) -> u64
         for p in &s.snapshot.providers {
             p.provider.hash(&mut h);
         }
+        // Lines exist for the connections with a cause; the healthy ones only count, per
+        // provider: hashing their ids (most of a fleet) would cost more than the rest.
         let mut sum = 0u64;
+        let mut per_provider: Vec<(&str, usize)> = Vec::new();
         for (c, d) in s.snapshot.connections.iter().zip(&s.diagnoses) {
-            let mut one = hasher();
-            (&c.id, c.provider, &c.tenant, &d.causes).hash(&mut one);
-            sum = sum.wrapping_add(one.finish());
+            match per_provider.iter_mut().find(|(p, _)| *p == c.provider) {
+                Some((_, n)) => *n += 1,
+                None => per_provider.push((c.provider, 1)),
+            }
+            if !d.causes.is_empty() {
+                let mut one = hasher();
+                (&c.id, c.provider, &c.tenant, &d.causes).hash(&mut one);
+                sum = sum.wrapping_add(one.finish());
+            }
         }
-        (sum, s.snapshot.connections.len()).hash(&mut h);
+        per_provider.sort_unstable();
+        (sum, per_provider).hash(&mut h);
     }
     h.finish()
 }

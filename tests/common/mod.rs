@@ -400,6 +400,13 @@ pub async fn get_text(url: &str) -> String {
     reqwest::get(url).await.unwrap().text().await.unwrap()
 }
 
+/// The JSON body of a GET of `url` with `http`.
+#[allow(dead_code)]
+pub async fn get_json(http: &reqwest::Client, url: &str) -> serde_json::Value {
+    let r = http.get(url).send().await.unwrap();
+    r.json().await.unwrap()
+}
+
 /// The repository's root.
 pub fn root() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
