@@ -98,6 +98,47 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Create the CA that `proxy.intercept` issues the intercepted hosts' certificates from:
+    /// `ca.crt` (give it to the app to trust) and `ca.key` (mode 0600, a secret) in
+    /// `--out-dir`. The CA may only issue for `--host` names (X.509 name constraints).
+    InterceptCa {
+        /// Directory to write `ca.crt` and `ca.key` to (existing files are not overwritten).
+        #[arg(long)]
+        out_dir: std::path::PathBuf,
+        /// A host the CA may issue for (repeat; default Xero's identity server and API).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// Days the CA certificate is valid.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+    #[cfg(feature = "sim")]
+    /// Run the simulated Xero on its own, to try an app or SDK against it (nothing reaches
+    /// the real Xero): prints the token sets it authorised, one JSON object per line, and
+    /// serves the identity server and API on one listener until interrupted.
+    SimXero {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:9880")]
+        listen_address: String,
+        /// The app's client id.
+        #[arg(long, default_value = "app")]
+        client_id: String,
+        /// The app's client secret (a simulator's: not a real one).
+        #[arg(long, default_value = "sim-secret")]
+        client_secret: String,
+        /// Connections to authorise at start (one organisation and user each).
+        #[arg(long, default_value_t = 1)]
+        connections: usize,
+        /// Serve TLS with a test CA made on the spot, whose certificate is written here as
+        /// `sim-ca.crt` (trust it in the client).
+        #[arg(long)]
+        tls_dir: Option<std::path::PathBuf>,
+        /// The issuer the discovery document and id_tokens name (default Xero's, right when
+        /// the exporter intercepts the client's traffic; give the URL clients reach this at
+        /// otherwise).
+        #[arg(long)]
+        issuer: Option<String>,
+    },
     #[cfg(feature = "sim")]
     /// Run on a temporary SQLite store with a simulated, changing Xero fleet.
     Demo {
@@ -208,10 +249,135 @@ fn handle_signals(reload: tokio::sync::mpsc::Sender<ReloadRequest>) -> Cancellat
     token
 }
 
+/// `intercept-ca`: a new CA in `out_dir`, the key readable by its owner only.
+fn intercept_ca(out_dir: &std::path::Path, hosts: &[String], days: u32) -> Result<()> {
+    use std::io::Write;
+    let hosts: Vec<String> = if hosts.is_empty() {
+        oauth_token_exporter::config::defaults::INTERCEPT_HOSTS
+            .iter()
+            .map(|h| h.to_string())
+            .collect()
+    } else {
+        hosts.iter().map(|h| h.to_ascii_lowercase()).collect()
+    };
+    if days == 0 {
+        anyhow::bail!("--days must be at least 1");
+    }
+    let (cert, key) = oauth_token_exporter::events::intercept::create_ca(&hosts, days)
+        .context("creating the CA failed")?;
+    std::fs::create_dir_all(out_dir)
+        .with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let write = |name: &str, text: &str, mode: u32| -> Result<()> {
+        let path = out_dir.join(name);
+        let mut open = std::fs::OpenOptions::new();
+        open.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut open, mode);
+        #[cfg(not(unix))]
+        let _ = mode;
+        let mut f = open.open(&path).with_context(|| {
+            format!("cannot create {} (it is never overwritten)", path.display())
+        })?;
+        f.write_all(text.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))
+    };
+    write("ca.key", &key, 0o600)?;
+    write("ca.crt", &cert, 0o644)?;
+    println!(
+        "Wrote {dir}/ca.crt (trust it in the app: SSL_CERT_FILE / REQUESTS_CA_BUNDLE, NODE_EXTRA_CA_CERTS, ...) and {dir}/ca.key (mode 0600: a secret, for the exporter only); the CA may issue for: {}.",
+        hosts.join(", "),
+        dir = out_dir.display()
+    );
+    Ok(())
+}
+
+/// `sim-xero`: the simulated Xero on its own.
+#[cfg(feature = "sim")]
+async fn sim_xero(
+    address: &str,
+    client_id: &str,
+    client_secret: &str,
+    connections: usize,
+    tls_dir: Option<&std::path::Path>,
+    issuer: Option<&str>,
+) -> Result<()> {
+    use oauth_token_exporter::sim::{tls, xero::SimXero};
+    let listener = tokio::net::TcpListener::bind(listen_address(address))
+        .await
+        .with_context(|| format!("cannot listen on {address}"))?;
+    let local = listener.local_addr()?;
+    let sim = SimXero::new(Arc::new(SystemClock));
+    sim.add_client(client_id, client_secret);
+    if let Some(i) = issuer {
+        sim.set_issuer(i);
+    }
+    for n in 1..=connections {
+        let user = format!("user-{n}");
+        let tenant = sim.add_tenant(&format!("Org {n}"), &[&user]);
+        let tokens = sim.authorize(client_id, &user, std::slice::from_ref(&tenant));
+        println!(
+            "{}",
+            serde_json::json!({"connection": n, "tenant_id": tenant, "user": user, "token_set": tokens})
+        );
+    }
+    let router = sim.router();
+    match tls_dir {
+        Some(dir) => {
+            let t = tls::test_tls(&["localhost", "127.0.0.1", &local.ip().to_string()]);
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            let ca = dir.join("sim-ca.crt");
+            std::fs::write(&ca, &t.ca_pem)
+                .with_context(|| format!("cannot write {}", ca.display()))?;
+            tracing::info!(address = %local, ca = %ca.display(), "Simulated Xero listening over TLS.");
+            tokio::select! {
+                _ = tls::serve_tls(listener, router, t.server) => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        None => {
+            tracing::info!(address = %local, "Simulated Xero listening.");
+            tokio::select! {
+                r = axum::serve(listener, router) => r?,
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_level, cli.log_format);
+    if let Some(Command::InterceptCa {
+        out_dir,
+        hosts,
+        days,
+    }) = &cli.command
+    {
+        return intercept_ca(out_dir, hosts, *days);
+    }
+    #[cfg(feature = "sim")]
+    if let Some(Command::SimXero {
+        listen_address: address,
+        client_id,
+        client_secret,
+        connections,
+        tls_dir,
+        issuer,
+    }) = &cli.command
+    {
+        return sim_xero(
+            address,
+            client_id,
+            client_secret,
+            *connections,
+            tls_dir.as_deref(),
+            issuer.as_deref(),
+        )
+        .await;
+    }
     #[cfg(feature = "sim")]
     if let Some(Command::Demo { connections, speed }) = cli.command {
         use oauth_token_exporter::sim::demo;

@@ -318,6 +318,7 @@ fn listener_options(l: &Listener, opts: &ServerOptions) -> Result<ServeOptions, 
         } else {
             AuthHeader::Authorization
         },
+        upgrades: l.proxy_auth,
         ..opts.limits.clone()
     })
 }

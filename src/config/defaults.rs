@@ -22,6 +22,12 @@ pub const PROXY_SOURCE: &str = "proxy";
 pub const PROXY_IDENTITY_URL: &str = "https://identity.xero.com";
 pub const PROXY_API_URL: &str = "https://api.xero.com";
 pub const PROXY_TIMEOUT: Duration = Duration::from_secs(60);
+/// The hosts whose `CONNECT` tunnels the proxy intercepts: Xero's identity server and API.
+pub const INTERCEPT_HOSTS: &[&str] = &["identity.xero.com", "api.xero.com"];
+/// Lifetime of a leaf certificate issued for an intercepted host.
+pub const INTERCEPT_LEAF_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// Most `CONNECT` tunnels (intercepted or not) open at once.
+pub const INTERCEPT_MAX_TUNNELS: usize = 256;
 /// Rows an event table reads per query.
 pub const EVENT_TABLE_BATCH: usize = 1000;
 pub const EVENT_TABLE_ID_COLUMN: &str = "id";

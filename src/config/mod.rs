@@ -23,7 +23,7 @@ mod tests;
 pub use common::{HumanDuration, Schedule};
 pub use fields::{FieldRef, LastRefresh, Mapping, StatusField, TimeField};
 pub use inlets::{
-    EventField, EventStart, EventTable, Ingest, InletInfo, Inlets, NangoWebhook, Proxy,
+    EventField, EventStart, EventTable, Ingest, InletInfo, Inlets, Intercept, NangoWebhook, Proxy,
 };
 pub use presets::{Inference, Preset};
 pub use shard::{host_name, Shard};

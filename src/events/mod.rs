@@ -10,6 +10,7 @@
 
 pub mod classify;
 pub mod ingest;
+pub mod intercept;
 pub mod lease;
 pub mod nango;
 pub mod proxy;

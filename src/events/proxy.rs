@@ -8,6 +8,7 @@
 //! all small; everything else streams through. Tokens pass through and are kept nowhere.
 
 use super::classify::classify_api;
+use super::intercept::Interceptor;
 use super::{Context, Inlet, Listener, Wired};
 use crate::clock::SharedClock;
 use crate::config::Proxy;
@@ -54,6 +55,8 @@ struct ProxyState {
     client: reqwest::Client,
     /// When a refused `CONNECT` was last logged (Unix seconds).
     connect_logged: Arc<std::sync::atomic::AtomicI64>,
+    /// `CONNECT` interception, when configured.
+    intercept: Option<Arc<Interceptor>>,
 }
 
 impl Inlet for Proxy {
@@ -63,11 +66,19 @@ impl Inlet for Proxy {
 
     /// Its own listener, in front of the identity and API base URLs.
     fn wire(&self, ctx: &Context) -> Result<Wired, CollectError> {
+        let intercept = match &self.intercept {
+            Some(i) => {
+                Some(Arc::new(Interceptor::load(i).map_err(|e| {
+                    CollectError::Setup(format!("proxy.intercept: {e}"))
+                })?))
+            }
+            None => None,
+        };
         Ok(Wired {
             listeners: vec![Listener {
                 name: "proxy",
                 address: self.listen_address.clone(),
-                router: router(self.clone(), ctx),
+                router: router(self.clone(), ctx, intercept)?,
                 web_config_file: self.web_config_file.clone(),
                 proxy_auth: true,
             }],
@@ -77,7 +88,11 @@ impl Inlet for Proxy {
 }
 
 /// The proxy's routes (every path), for its own listener.
-fn router(cfg: Proxy, ctx: &Context) -> Router {
+fn router(
+    cfg: Proxy,
+    ctx: &Context,
+    intercept: Option<Arc<Interceptor>>,
+) -> Result<Router, CollectError> {
     crate::sources::install_tls_provider();
     ctx.sink.init(cfg.provider, &cfg.source);
     let health = Health::new(
@@ -86,19 +101,34 @@ fn router(cfg: Proxy, ctx: &Context) -> Router {
         Subject::Upstream,
         cfg.provider.as_str(),
     );
-    let client = reqwest::Client::builder()
+    let mut client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
-        .timeout(cfg.timeout)
-        .build()
-        .expect("the proxy's HTTP client builds");
-    Router::new().fallback(forward).with_state(ProxyState {
+        .timeout(cfg.timeout);
+    if let Some(path) = &cfg.upstream_ca_file {
+        let setup = |cause: String| {
+            CollectError::Setup(format!(
+                "proxy.upstream_ca_file: {}: {cause}",
+                path.display()
+            ))
+        };
+        let pem = std::fs::read(path).map_err(|e| setup(e.to_string()))?;
+        let certs =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| setup(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(setup("no CERTIFICATE block".into()));
+        }
+        client = client.tls_certs_merge(certs);
+    }
+    let client = client.build().expect("the proxy's HTTP client builds");
+    Ok(Router::new().fallback(entry).with_state(ProxyState {
         cfg: Arc::new(cfg),
         sink: ctx.sink.clone(),
         health: Arc::new(Mutex::new(health)),
         clock: ctx.clock.clone(),
         client,
         connect_logged: Arc::new(std::sync::atomic::AtomicI64::new(i64::MIN / 2)),
-    })
+        intercept,
+    }))
 }
 
 impl ProxyState {
@@ -166,14 +196,29 @@ fn refuse_connect(s: &ProxyState, authority: &str) -> Response {
         .into_response()
 }
 
-async fn forward(State(s): State<ProxyState>, req: Request) -> Response {
+/// Every request to the proxy's listener: a `CONNECT` is intercepted or tunnelled (with
+/// `proxy.intercept`) or refused; anything else is forwarded.
+async fn entry(State(s): State<ProxyState>, req: Request) -> Response {
     if req.method() == axum::http::Method::CONNECT {
+        if let Some(i) = &s.intercept {
+            // The requests inside an intercepted tunnel are forwarded like any other.
+            let inner = Router::new().fallback(forward).with_state(s.clone());
+            return super::intercept::connect(i.clone(), inner, req).await;
+        }
         let authority = req
             .uri()
             .authority()
             .map(|a| a.as_str().to_string())
             .unwrap_or_default();
         return refuse_connect(&s, &authority);
+    }
+    forward(State(s), req).await
+}
+
+async fn forward(State(s): State<ProxyState>, req: Request) -> Response {
+    if req.method() == axum::http::Method::CONNECT {
+        // A CONNECT inside an intercepted tunnel.
+        return (StatusCode::METHOD_NOT_ALLOWED, "CONNECT inside a tunnel\n").into_response();
     }
     let (parts, body) = req.into_parts();
     let path_q = parts
@@ -182,7 +227,10 @@ async fn forward(State(s): State<ProxyState>, req: Request) -> Response {
         .map(|p| p.as_str())
         .unwrap_or("/")
         .to_string();
-    let identity = parts.uri.path().starts_with("/connect/");
+    // Xero's identity server: the token and revocation endpoints, and the OpenID discovery
+    // document and JWKS that openid-client (xero-node) fetches.
+    let identity =
+        parts.uri.path().starts_with("/connect/") || parts.uri.path().starts_with("/.well-known/");
     let token_call = parts.uri.path() == "/connect/token";
     let base = if identity {
         &s.cfg.identity_url

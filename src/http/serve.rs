@@ -42,6 +42,8 @@ pub struct ServeOptions {
     pub tls_handshake_timeout: Duration,
     /// How long a graceful shutdown waits for requests in flight.
     pub shutdown_grace: Duration,
+    /// HTTP/1.1 connections may be upgraded (the proxy's `CONNECT` tunnels).
+    pub upgrades: bool,
 }
 
 impl Default for ServeOptions {
@@ -53,6 +55,7 @@ impl Default for ServeOptions {
             header_read_timeout: Duration::from_secs(10),
             tls_handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
+            upgrades: false,
         }
     }
 }
@@ -199,11 +202,15 @@ pub async fn serve(
         let tls = web.as_ref().and_then(|w| w.tls.clone());
         let limits = opts.clone();
         let watcher = graceful.watcher();
+        let stop = shutdown.clone();
         tokio::spawn(async move {
             let _permit = permit;
             // No protocol sniffing (which would wait for bytes without a deadline): plain
             // connections speak HTTP/1.1, TLS ones what ALPN chose.
             let result = match tls {
+                None if limits.upgrades => {
+                    upgradable(&limits, TokioIo::new(tcp), service, stop).await
+                }
                 None => {
                     let conn = http1(&limits).serve_connection(TokioIo::new(tcp), service);
                     watcher.watch(conn).await
@@ -234,6 +241,8 @@ pub async fn serve(
                             .keep_alive_timeout(limits.header_read_timeout)
                             .serve_connection(TokioIo::new(stream), service);
                         watcher.watch(conn).await
+                    } else if limits.upgrades {
+                        upgradable(&limits, TokioIo::new(stream), service, stop).await
                     } else {
                         let conn = http1(&limits).serve_connection(TokioIo::new(stream), service);
                         watcher.watch(conn).await
@@ -246,13 +255,42 @@ pub async fn serve(
         });
     }
     drop(listener);
-    if tokio::time::timeout(opts.shutdown_grace, graceful.shutdown())
+    // Every connection holds a permit until it ends: the watched ones and the upgradable ones.
+    let all = u32::try_from(opts.max_connections.max(1)).unwrap_or(u32::MAX);
+    let drained = async {
+        graceful.shutdown().await;
+        let _ = connections.acquire_many(all).await;
+    };
+    if tokio::time::timeout(opts.shutdown_grace, drained)
         .await
         .is_err()
     {
         tracing::warn!("Requests still in flight at shutdown were cut.");
     }
     Ok(())
+}
+
+/// An HTTP/1.1 connection whose requests may be upgraded (`CONNECT`): once upgraded, the
+/// connection's future ends and the tunnel lives on in the handler's task. On `shutdown` it
+/// finishes the request in flight and closes.
+async fn upgradable<I>(
+    limits: &ServeOptions,
+    io: I,
+    service: TowerToHyperService<Router>,
+    shutdown: CancellationToken,
+) -> Result<(), hyper::Error>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let conn = http1(limits).serve_connection(io, service).with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    }
 }
 
 #[cfg(test)]

@@ -29,13 +29,16 @@ pub enum CollectError {
     Document(#[from] DocumentError),
     #[error(transparent)]
     Cursor(#[from] CursorError),
+    /// An inlet cannot be set up (an unreadable or mismatched file it needs).
+    #[error("{0}")]
+    Setup(String),
 }
 
 impl CollectError {
     /// The closed reason it is counted under.
     pub fn reason(&self) -> SourceErrorReason {
         match self {
-            CollectError::Connect(_) => SourceErrorReason::Connect,
+            CollectError::Connect(_) | CollectError::Setup(_) => SourceErrorReason::Connect,
             CollectError::Timeout(_) => SourceErrorReason::Timeout,
             CollectError::WriteRefused(_) => SourceErrorReason::WriteRefused,
             CollectError::Query(_) | CollectError::MissingTableColumn(_) => {

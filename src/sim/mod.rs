@@ -9,6 +9,7 @@
 //!   rotated, a platform incident).
 //! - [`jwt`]: the `id_token`s it signs (RS256 with a committed test key), their JWKS and the
 //!   OpenID discovery document, for clients that validate them.
+//! - [`tls`]: a test CA and server loop, to serve the simulated Xero over verified TLS.
 //! - [`store`]: the host app's writable connection to SQLite, PostgreSQL or MySQL.
 //! - [`host_app`]: a simulated host app whose workers sync tenants through the simulated Xero
 //!   and store their tokens, with faults on demand (racing workers, a stale write-back, a retry
@@ -19,4 +20,5 @@ pub mod demo;
 pub mod host_app;
 pub mod jwt;
 pub mod store;
+pub mod tls;
 pub mod xero;

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod alerting;
+pub mod intercept;
 pub mod nango;
 
 use chrono::{DateTime, TimeZone, Utc};

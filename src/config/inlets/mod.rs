@@ -11,7 +11,7 @@ mod proxy;
 pub use event_table::{EventField, EventStart, EventTable};
 pub use ingest::Ingest;
 pub use nango::NangoWebhook;
-pub use proxy::Proxy;
+pub use proxy::{Intercept, Proxy};
 
 use super::common::{valid_name, Problems};
 use super::sources::Global;

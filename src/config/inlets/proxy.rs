@@ -24,6 +24,35 @@ pub struct Proxy {
     pub timeout: Duration,
     /// Web config of the proxy's own listener (`--proxy.web-config.file` overrides).
     pub web_config_file: Option<PathBuf>,
+    /// A CA certificate (PEM) trusted for the upstream besides the system's roots.
+    pub upstream_ca_file: Option<PathBuf>,
+    /// `CONNECT` interception; without it a `CONNECT` is refused.
+    pub intercept: Option<Intercept>,
+}
+
+/// `CONNECT` interception: the proxy as the app's `HTTPS_PROXY`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Intercept {
+    /// The CA that issues the intercepted hosts' certificates (PEM), which the app trusts.
+    pub ca_cert_file: PathBuf,
+    /// Its private key (PEM; a secret: readable by the exporter only).
+    pub ca_key_file: PathBuf,
+    /// Hosts intercepted on port 443 (lower case); every other `CONNECT` is tunnelled.
+    pub hosts: Vec<String>,
+    /// Lifetime of each leaf certificate issued.
+    pub leaf_lifetime: Duration,
+    /// Most tunnels open at once.
+    pub max_tunnels: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawIntercept {
+    ca_cert_file: PathBuf,
+    ca_key_file: PathBuf,
+    hosts: Option<Vec<String>>,
+    leaf_lifetime: Option<HumanDuration>,
+    max_tunnels: Option<usize>,
 }
 
 impl Default for Proxy {
@@ -37,6 +66,8 @@ impl Default for Proxy {
             api_url: defaults::PROXY_API_URL.into(),
             timeout: defaults::PROXY_TIMEOUT,
             web_config_file: None,
+            upstream_ca_file: None,
+            intercept: None,
         }
     }
 }
@@ -59,6 +90,10 @@ pub(super) struct RawProxy {
     /// Web config (TLS, client certificates, basic auth by `Proxy-Authorization`) of the
     /// proxy's listener.
     web_config_file: Option<PathBuf>,
+    /// Extra CA trusted for the upstream.
+    upstream_ca_file: Option<PathBuf>,
+    /// `CONNECT` interception.
+    intercept: Option<RawIntercept>,
 }
 
 impl Proxy {
@@ -69,6 +104,16 @@ impl Proxy {
             provider: self.provider,
             persisted: true,
             line: match &self.listen_address {
+                Some(a) if self.intercept.is_some() => format!(
+                    "Reverse proxy on {a}, intercepting CONNECT to {} (source {})",
+                    self.intercept
+                        .iter()
+                        .flat_map(|i| &i.hosts)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    self.source
+                ),
                 Some(a) => format!("Reverse proxy on {a} (source {})", self.source),
                 None => format!("Reverse proxy (source {})", self.source),
             },
@@ -91,6 +136,52 @@ impl Proxy {
             }
         }
         let d = Proxy::default();
+        let intercept = raw.intercept.map(|i| {
+            let hosts: Vec<String> = i.hosts.unwrap_or_else(|| {
+                defaults::INTERCEPT_HOSTS
+                    .iter()
+                    .map(|h| h.to_string())
+                    .collect()
+            });
+            for h in &hosts {
+                let valid = !h.is_empty()
+                    && h.len() <= 253
+                    && h.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-'
+                    });
+                if !valid {
+                    problems.add(
+                        "proxy.intercept.hosts",
+                        format!("{h:?} is not a lower-case DNS name"),
+                    );
+                }
+            }
+            if hosts.is_empty() {
+                problems.add("proxy.intercept.hosts", "must name at least one host");
+            }
+            let leaf_lifetime = i
+                .leaf_lifetime
+                .map_or(defaults::INTERCEPT_LEAF_LIFETIME, |t| t.0);
+            if !(Duration::from_secs(3600)..=Duration::from_secs(30 * 86400))
+                .contains(&leaf_lifetime)
+            {
+                problems.add(
+                    "proxy.intercept.leaf_lifetime",
+                    "must be between 1h and 30d (leaf certificates are meant to be short-lived)",
+                );
+            }
+            let max_tunnels = i.max_tunnels.unwrap_or(defaults::INTERCEPT_MAX_TUNNELS);
+            if max_tunnels == 0 {
+                problems.add("proxy.intercept.max_tunnels", "must be at least 1");
+            }
+            Intercept {
+                ca_cert_file: i.ca_cert_file,
+                ca_key_file: i.ca_key_file,
+                hosts,
+                leaf_lifetime,
+                max_tunnels,
+            }
+        });
         let source = raw.source.unwrap_or(d.source);
         check_source_name("proxy.source", &source, problems);
         Some(Proxy {
@@ -109,6 +200,8 @@ impl Proxy {
                 .to_string(),
             timeout: raw.timeout.map_or(d.timeout, |t| t.0),
             web_config_file: raw.web_config_file,
+            upstream_ca_file: raw.upstream_ca_file,
+            intercept,
         })
     }
 }
