@@ -1,7 +1,8 @@
 //! The official Xero SDKs as real clients of the exporter's proxy, against the simulated Xero
-//! over TLS: xero-python 15.2.0 from PyPI (`.ci/run` installs it, pinned by
-//! `tests/sdk/python-requirements.txt`, into `target/xero-sdks/python`), unmodified, driven by
-//! `tests/sdk/xero_python_app.py`, a host app that configures nothing about Xero.
+//! over TLS: xero-python 15.2.0 from PyPI (pinned by `tests/sdk/python-requirements.txt`) and
+//! xero-node 20.0.0 from npm (pinned by `tests/sdk/node/package-lock.json`), which `.ci/run`
+//! installs into `target/xero-sdks/`, unmodified, each driven by a host app that configures
+//! nothing about Xero (`tests/sdk/xero_python_app.py`, `tests/sdk/xero_node_app.js`).
 //!
 //! Both ways in are run: the interception mode (the app's HTTPS proxy is the exporter's proxy
 //! listener and it trusts the interception CA; the SDK calls `https://identity.xero.com` and
@@ -21,33 +22,77 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-/// The venv's Python with xero-python, or `None` (skipped by name; mandatory with CI=true).
-fn xero_python(test: &str) -> Option<PathBuf> {
-    let python = root().join("target/xero-sdks/python/bin/python");
-    let ok = python.is_file()
-        && Command::new(&python)
-            .args(["-c", "import xero_python"])
-            .status()
-            .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            !ci(),
-            "{test}: xero-python is not installed in target/xero-sdks/python and CI=true makes it mandatory"
-        );
-        eprintln!(
-            "SKIPPED {test}: xero-python is not installed (.ci/run installs it into target/xero-sdks/python)"
-        );
-        return None;
-    }
-    Some(python)
+/// An installed SDK and how to run its app.
+enum Sdk {
+    /// The venv's Python.
+    Python(PathBuf),
+    /// The `node_modules` holding xero-node and global-agent.
+    Node(PathBuf),
 }
 
-/// One run of the Python app: `req` on stdin, its JSON answer.
-fn run_app(python: &PathBuf, w: &InterceptWorld, req: Value) -> Value {
-    let mut child = Command::new(python)
-        .arg(root().join("tests/sdk/xero_python_app.py"))
+/// The SDK `name` installed under `target/xero-sdks`, or `None` (skipped by name; mandatory
+/// with CI=true).
+fn sdk(test: &str, name: &str) -> Option<Sdk> {
+    let base = root().join("target/xero-sdks");
+    let found = match name {
+        "xero-python" => {
+            let python = base.join("python/bin/python");
+            (python.is_file()
+                && Command::new(&python)
+                    .args(["-c", "import xero_python"])
+                    .status()
+                    .is_ok_and(|s| s.success()))
+            .then_some(Sdk::Python(python))
+        }
+        _ => {
+            let modules = base.join("node/node_modules");
+            (modules.join("xero-node/package.json").is_file()
+                && modules.join("global-agent/bootstrap.js").is_file())
+            .then_some(Sdk::Node(modules))
+        }
+    };
+    if found.is_none() {
+        assert!(
+            !ci(),
+            "{test}: {name} is not installed in target/xero-sdks and CI=true makes it mandatory"
+        );
+        eprintln!(
+            "SKIPPED {test}: {name} is not installed (.ci/run installs it into target/xero-sdks)"
+        );
+    }
+    found
+}
+
+/// One run of the SDK's app: `req` on stdin, its JSON answer. The environment is all that
+/// routes it through the exporter (see each app's header).
+fn run_app(sdk: &Sdk, w: &InterceptWorld, req: Value) -> Value {
+    let mut cmd = match sdk {
+        Sdk::Python(python) => {
+            let mut c = Command::new(python);
+            c.arg(root().join("tests/sdk/xero_python_app.py"))
+                .env("SSL_CERT_FILE", &w.both_cas_file);
+            c
+        }
+        Sdk::Node(modules) => {
+            let mut c = Command::new("node");
+            c.arg(root().join("tests/sdk/xero_node_app.js"))
+                .env("NODE_PATH", modules)
+                .env("NODE_EXTRA_CA_CERTS", &w.both_cas_file)
+                .env(
+                    "NODE_OPTIONS",
+                    format!(
+                        "--require {}",
+                        modules.join("global-agent/bootstrap.js").display()
+                    ),
+                )
+                .env("GLOBAL_AGENT_HTTP_PROXY", &w.proxy)
+                // axios sends its requests to the proxy itself; those are not proxied again.
+                .env("GLOBAL_AGENT_NO_PROXY", "127.0.0.1");
+            c
+        }
+    };
+    let mut child = cmd
         .env("HTTPS_PROXY", &w.proxy)
-        .env("SSL_CERT_FILE", &w.both_cas_file)
         .env_remove("HTTP_PROXY")
         .env_remove("NO_PROXY")
         .stdin(Stdio::piped())
@@ -85,8 +130,8 @@ fn token_json(t: &TokenResponse) -> Value {
     serde_json::to_value(t).unwrap()
 }
 
-async fn xero_python_scenarios(test: &str, reverse: bool) {
-    let Some(python) = xero_python(test) else {
+async fn sdk_scenarios(test: &str, name: &str, reverse: bool) {
+    let Some(app) = sdk(test, name) else {
         return;
     };
     let w = InterceptWorld::start(64).await;
@@ -113,7 +158,7 @@ async fn xero_python_scenarios(test: &str, reverse: bool) {
     };
 
     // 1. A successful refresh: the SDK gets what a direct refresh gets.
-    let out = run_app(&python, &w, req("refresh", &alice0));
+    let out = run_app(&app, &w, req("refresh", &alice0));
     assert_eq!(out["ok"], true, "{out}");
     let alice1: TokenResponse = serde_json::from_value(out["token_set"].clone()).unwrap();
     let direct: Value =
@@ -126,19 +171,24 @@ async fn xero_python_scenarios(test: &str, reverse: bool) {
     assert_eq!(count("oauth_token_refreshes_total", &[]).await, 1.0);
 
     // 2. A second rotation, then the token two rotations old: invalid_grant.
-    let out = run_app(&python, &w, req("refresh", &alice1));
+    let out = run_app(&app, &w, req("refresh", &alice1));
     assert_eq!(out["ok"], true, "{out}");
     let alice2: TokenResponse = serde_json::from_value(out["token_set"].clone()).unwrap();
     let bob2: TokenResponse =
         serde_json::from_str(&w.direct_refresh(&bob1.refresh_token).await.1).unwrap();
-    let out = run_app(&python, &w, req("refresh", &alice0));
+    let out = run_app(&app, &w, req("refresh", &alice0));
     assert_eq!(out["ok"], false, "{out}");
-    // xero-python's ApiClient raises ApiException with the answer's status and body.
+    // The SDK raised the answer with its status and body (xero-python: ApiException; xero-node:
+    // openid-client OPError or the axios error).
     assert_eq!(out["status"], 400, "{out}");
     let (status, straight) = w.direct_refresh(&bob0.refresh_token).await;
     assert_eq!(status, 400);
     assert_eq!(straight, r#"{"error":"invalid_grant"}"#);
-    assert_eq!(out["body"].as_str().unwrap(), straight, "byte for byte");
+    assert_eq!(
+        out["body"].as_str().unwrap_or_else(|| panic!("{out}")),
+        straight,
+        "byte for byte"
+    );
     assert_eq!(count("oauth_token_refreshes_total", &[]).await, 3.0);
     assert_eq!(
         count(
@@ -153,7 +203,7 @@ async fn xero_python_scenarios(test: &str, reverse: bool) {
     // 401 TokenExpired, the body the SDK got is the direct one.
     w.sim.age_grants(&alice_tenant, chrono::Duration::hours(1));
     w.sim.age_grants(&bob_tenant, chrono::Duration::hours(1));
-    let out = run_app(&python, &w, req("api", &alice2));
+    let out = run_app(&app, &w, req("api", &alice2));
     assert_eq!(out["ok"], false, "{out}");
     assert_eq!(out["status"], 401, "{out}");
     w.assert_token_expired_as_directly(
@@ -177,7 +227,7 @@ async fn xero_python_scenarios(test: &str, reverse: bool) {
     if !reverse {
         let mut r = req("elsewhere", &alice2);
         r["url"] = format!("{}/connections", w.sim_url).into();
-        let out = run_app(&python, &w, r);
+        let out = run_app(&app, &w, r);
         assert_eq!(out["ok"], true, "{out}");
         assert_eq!(out["status"], 401, "{out}");
         assert_eq!(count("oauth_api_requests_total", &[]).await, 1.0);
@@ -203,8 +253,9 @@ async fn xero_python_scenarios(test: &str, reverse: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn xero_python_with_only_its_proxy_and_ca_settings_is_intercepted_and_counted() {
-    xero_python_scenarios(
+    sdk_scenarios(
         "xero_python_with_only_its_proxy_and_ca_settings_is_intercepted_and_counted",
+        "xero-python",
         false,
     )
     .await;
@@ -212,5 +263,30 @@ async fn xero_python_with_only_its_proxy_and_ca_settings_is_intercepted_and_coun
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn xero_python_with_the_reverse_proxy_recipe_is_counted() {
-    xero_python_scenarios("xero_python_with_the_reverse_proxy_recipe_is_counted", true).await;
+    sdk_scenarios(
+        "xero_python_with_the_reverse_proxy_recipe_is_counted",
+        "xero-python",
+        true,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xero_node_with_environment_variables_only_is_intercepted_and_counted() {
+    sdk_scenarios(
+        "xero_node_with_environment_variables_only_is_intercepted_and_counted",
+        "xero-node",
+        false,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xero_node_with_the_reverse_proxy_recipe_is_counted() {
+    sdk_scenarios(
+        "xero_node_with_the_reverse_proxy_recipe_is_counted",
+        "xero-node",
+        true,
+    )
+    .await;
 }
