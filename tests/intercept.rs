@@ -237,3 +237,70 @@ async fn an_interception_ca_whose_key_does_not_match_stops_the_start_naming_the_
         "{said}"
     );
 }
+
+/// `oauth-token-exporter sim-xero --tls-dir D`: the simulated Xero on its own, over TLS with a
+/// test CA written to `D/sim-ca.crt`, printing the token sets it authorised; a client trusting
+/// that CA refreshes one (`client_secret_post`) and reads the discovery document.
+#[tokio::test]
+async fn sim_xero_runs_on_its_own_over_tls_and_prints_token_sets_an_app_can_refresh() {
+    use std::io::BufRead;
+    oauth_token_exporter::sources::install_tls_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args([
+            "sim-xero",
+            "--connections",
+            "2",
+            "--client-secret",
+            "try-me",
+        ])
+        .arg(format!("--listen-address=127.0.0.1:{port}"))
+        .arg("--tls-dir")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let sets: Vec<serde_json::Value> = (0..2)
+        .map(|_| serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap())
+        .collect();
+    assert_eq!(sets[1]["connection"], 2);
+    let ca = dir.path().join("sim-ca.crt");
+    for _ in 0..100 {
+        if ca.is_file() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let client = reqwest::Client::builder()
+        .tls_certs_only(
+            reqwest::Certificate::from_pem_bundle(&std::fs::read(&ca).unwrap()).unwrap(),
+        )
+        .build()
+        .unwrap();
+    let base = format!("https://localhost:{port}");
+    let rt = sets[0]["token_set"]["refresh_token"].as_str().unwrap();
+    let r = client
+        .post(format!("{base}/connect/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "grant_type=refresh_token&refresh_token={rt}&client_id=app&client_secret=try-me"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let doc: serde_json::Value = client
+        .get(format!("{base}/.well-known/openid-configuration"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["issuer"], "https://identity.xero.com");
+    let _ = child.kill();
+    let _ = child.wait();
+}
