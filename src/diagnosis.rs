@@ -435,7 +435,7 @@ fn dead_token(
     }
     let around = cx.fleet.around(c.provider, first);
     let window = human(cx.window);
-    if let Some(user) = &c.user {
+    if let Some(user) = c.user.as_deref().or(f.user.as_deref()) {
         let (total, near) = cx.fleet.of_user(c.provider, user, first);
         if near >= 2 {
             d.causes.push(Cause::UserRevoked);
@@ -478,7 +478,7 @@ fn dead_token(
                 c.provider
             )
         });
-        d.separate_by = Some("the authorising user of each connection (map the `user` field): one user's connections fail together after a password change or removal, unrelated users' in an incident");
+        d.separate_by = Some("the authorising user of each connection (map the `user` field, or route refreshes and API calls through the proxy, which reads it from the id_token): one user's connections fail together after a password change or removal, unrelated users' in an incident");
     } else {
         d.causes.push(Cause::Disconnected);
         d.causes.push(Cause::UserRevoked);
@@ -487,7 +487,7 @@ fn dead_token(
             c.provider,
             days(expiry - first)
         ));
-        d.separate_by = Some("the authorising user (map the `user` field): if the user's other connections fail too, a password change or a removed user; if not, a disconnect");
+        d.separate_by = Some("the authorising user (map the `user` field, or route refreshes and API calls through the proxy, which reads it from the id_token): if the user's other connections fail too, a password change or a removed user; if not, a disconnect");
     }
 }
 
@@ -513,15 +513,15 @@ pub fn diagnose_all(
     let views: Vec<(Arc<SourceHandle>, Arc<SourceSnapshot>)> =
         handles.iter().map(|h| (h.clone(), h.snapshot())).collect();
     detector.with_memory(|m: &Memory| {
-        let mut fleet = Fleet {
-            window,
-            ..Fleet::default()
-        };
         // What the inlets said of each connection, looked up once.
         let facts: Vec<Vec<Option<Cow<Facts>>>> = views
             .iter()
             .map(|(_, snap)| snap.connections.iter().map(|c| facts_of(m, c)).collect())
             .collect();
+        let mut fleet = Fleet {
+            window,
+            ..Fleet::default()
+        };
         for ((_, snap), facts) in views.iter().zip(&facts) {
             for (c, f) in snap.connections.iter().zip(facts) {
                 let first = f
@@ -532,12 +532,13 @@ pub fn diagnose_all(
                 if let Some(t) = first {
                     fleet.firsts.entry(c.provider).or_default().push(t);
                 }
-                if let Some(u) = &c.user {
-                    fleet
-                        .users
-                        .entry((c.provider, u.as_str()))
-                        .or_default()
-                        .push(first);
+                // The store's `user` field, else the user the proxy read from an id_token.
+                let user = c
+                    .user
+                    .as_deref()
+                    .or_else(|| f.as_ref().and_then(|f| f.user.as_deref()));
+                if let Some(u) = user {
+                    fleet.users.entry((c.provider, u)).or_default().push(first);
                 }
             }
         }
@@ -570,7 +571,6 @@ pub fn diagnose_all(
                     .collect()
             })
             .collect();
-        drop(facts);
         views
             .into_iter()
             .zip(diagnosed)

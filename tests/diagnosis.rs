@@ -36,7 +36,9 @@ struct World {
 }
 
 impl World {
-    async fn start() -> World {
+    /// With `map_user`, the source maps the store's `user_id` to the `user` field; without,
+    /// the authorising user is only what the proxy reads from the id_tokens.
+    async fn start(map_user: bool) -> World {
         oauth_token_exporter::sources::install_tls_provider();
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("host.db");
@@ -50,11 +52,12 @@ impl World {
              detect:\n  window: 15m\n  retry_loop_failures: 5\n\
              sources:\n  - name: app\n    kind: sqlite\n    dsn: {}\n\
              \x20   query: SELECT id, tenant_id, tenant_name, user_id, refresh_token, expires_at, refreshed_at, status FROM xero_tokens\n\
-             \x20   fields: {{connection: id, tenant: tenant_id, user: user_id, last_refresh: refreshed_at, access_expires: expires_at, status: status, refresh_token: refresh_token}}\n\
+             \x20   fields: {{connection: id, tenant: tenant_id, {user}last_refresh: refreshed_at, access_expires: expires_at, status: status, refresh_token: refresh_token}}\n\
              \x20   labels: {{tenant_name: tenant_name}}\n\
              ingest:\n  source: app_ingest\n  token_env: OTE_TEST_INGEST\n\
              proxy:\n  source: proxy\n  identity_url: {sim_url}\n  api_url: {sim_url}\n  timeout: 5s\n",
-            db.display()
+            db.display(),
+            user = if map_user { "user: user_id, " } else { "" },
         );
         let cfg = oauth_token_exporter::config::parse(&yaml, "diagnosis.yml", &|v| {
             (v == "OTE_TEST_INGEST").then(|| INGEST_TOKEN.to_string())
@@ -188,7 +191,7 @@ fn evidence(list: &Value, id: &str) -> String {
 
 #[tokio::test]
 async fn each_cause_is_diagnosed_on_exactly_its_connections_in_metrics_api_and_page() {
-    let mut w = World::start().await;
+    let mut w = World::start(true).await;
     let now = w.clock.now();
     for (id, user, refreshed) in [
         ("a1", "alice", None),
@@ -475,4 +478,73 @@ async fn each_cause_is_diagnosed_on_exactly_its_connections_in_metrics_api_and_p
     );
     let (_, filtered) = w.get("/?cause=forbidden").await;
     assert!(filtered.contains("<td>f1</td>") && !filtered.contains("<td>e1</td>"));
+}
+
+/// Without a `user` field in the store, the user comes from the id_tokens the proxy sees: a
+/// refresh through it (a JWT with `xero_userid`) and an API call with that access token for
+/// the tenant tell whose the tenant is; a password change then fails that user's connections
+/// together (`user_revoked`), and one disconnect among another user's two is `disconnected`.
+#[tokio::test]
+async fn the_authorising_user_comes_from_the_id_tokens_the_proxy_sees_when_the_store_has_none() {
+    let mut w = World::start(false).await;
+    for (id, user) in [
+        ("a1", "alice"),
+        ("a2", "alice"),
+        ("b1", "bob"),
+        ("b2", "bob"),
+    ] {
+        w.app
+            .connect_tenant(id, &format!("Org {id}"), user, None)
+            .await
+            .unwrap();
+    }
+    // The app's usual sync: a refresh through the proxy, then an API call with the new token.
+    w.clock.advance(Duration::minutes(40));
+    for id in ["a1", "a2", "b1", "b2"] {
+        assert_eq!(w.app.sync(id).await.unwrap(), Synced::Ok);
+    }
+    w.poll().await;
+    // Before anything fails, the list still names no cause, and no user needs the field.
+    assert!(causes(&w.list("").await)
+        .values()
+        .all(|c| c == &["healthy"]));
+    // alice changes her password; one of bob's tenants disconnects the app.
+    w.clock.advance(Duration::minutes(40));
+    w.sim.change_password("alice");
+    let b1_tenant = w.app.read("b1").await.unwrap().unwrap().tenant_id;
+    w.sim.disconnect(&b1_tenant, "app");
+    for id in ["a1", "a2", "b1"] {
+        w.clock.advance(Duration::minutes(1));
+        assert!(matches!(
+            w.app.refresh(id).await.unwrap(),
+            Refreshed::Failed(e) if e == "invalid_grant"
+        ));
+    }
+    w.poll().await;
+    let list = w.list("").await;
+    assert_eq!(
+        causes(&list),
+        BTreeMap::from([
+            ("a1".to_string(), vec!["user_revoked".to_string()]),
+            ("a2".to_string(), vec!["user_revoked".to_string()]),
+            ("b1".to_string(), vec!["disconnected".to_string()]),
+            ("b2".to_string(), vec!["healthy".to_string()]),
+        ])
+    );
+    let alice = w.sim.xero_userid("alice");
+    assert!(
+        evidence(&list, "a1").contains(&format!("connections user {alice} authorised")),
+        "{}",
+        evidence(&list, "a1")
+    );
+    // No token reached the page, the API or the metrics through this.
+    let (_, page) = w.get("/").await;
+    let text = scrape(&w.e);
+    for id in ["a1", "b2"] {
+        let row = w.app.read(id).await.unwrap().unwrap();
+        for secret in [row.access_token.expose(), row.refresh_token.expose()] {
+            assert!(!page.contains(secret) && !text.contains(secret));
+            assert!(!list.to_string().contains(secret));
+        }
+    }
 }

@@ -13,6 +13,7 @@ use crate::provider::RefreshError;
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::sync::Arc;
 
 /// Most connections remembered.
 pub const MAX_REMEMBERED: usize = 200_000;
@@ -87,6 +88,9 @@ pub struct Facts {
     pub token_expired: Option<DateTime<Utc>>,
     /// The last 403 not followed by a successful API call.
     pub forbidden: Option<DateTime<Utc>>,
+    /// The user who authorised it, as the proxy read it from the `id_token` of the token set
+    /// whose access token the tenant's calls carry (Xero's `xero_userid`).
+    pub user: Option<Arc<str>>,
 }
 
 impl Facts {
@@ -117,6 +121,7 @@ impl Facts {
             reverted: self.reverted.max(other.reverted),
             token_expired: self.token_expired.max(other.token_expired),
             forbidden: self.forbidden.max(other.forbidden),
+            user: self.user.clone().or_else(|| other.user.clone()),
         }
     }
 }
@@ -151,8 +156,8 @@ impl Memory {
         self.hasher.hash_one((provider, connection))
     }
 
-    /// Record what happened to a connection at `at`.
-    pub fn record(&mut self, provider: &str, connection: &str, at: DateTime<Utc>, seen: Seen) {
+    /// The facts of a connection to update, unless the memory is full of failing ones.
+    fn entry(&mut self, provider: &str, connection: &str) -> Option<&mut Facts> {
         let key = self.key(provider, connection);
         if self.facts.len() >= MAX_REMEMBERED && !self.facts.contains_key(&key) {
             if self.refused.is_multiple_of(SWEEP_EVERY) {
@@ -160,11 +165,27 @@ impl Memory {
             }
             if self.facts.len() >= MAX_REMEMBERED {
                 self.refused += 1;
-                return;
+                return None;
             }
             self.refused = 0;
         }
-        let f = self.facts.entry(key).or_default();
+        Some(self.facts.entry(key).or_default())
+    }
+
+    /// The user who authorised a connection (see [`Facts::user`]).
+    pub fn set_user(&mut self, provider: &str, connection: &str, user: Arc<str>) {
+        if let Some(f) = self.entry(provider, connection) {
+            if f.user.as_deref() != Some(&*user) {
+                f.user = Some(user);
+            }
+        }
+    }
+
+    /// Record what happened to a connection at `at`.
+    pub fn record(&mut self, provider: &str, connection: &str, at: DateTime<Utc>, seen: Seen) {
+        let Some(f) = self.entry(provider, connection) else {
+            return;
+        };
         let later = |t: &mut Option<DateTime<Utc>>| *t = (*t).max(Some(at));
         match seen {
             Seen::Refreshed => {

@@ -193,6 +193,19 @@ impl Detector {
         self.remember(provider, connection, at, seen);
     }
 
+    /// The user who authorised a connection (a tenant, for the proxy), as an `id_token` said.
+    pub fn authorised_by(
+        &self,
+        provider: &'static str,
+        connection: &str,
+        user: std::sync::Arc<str>,
+    ) {
+        self.memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_user(provider, connection, user);
+    }
+
     /// The stored refresh token of a connection went back to an earlier value.
     pub fn reverted(&self, provider: &'static str, connection: &str) {
         let at = self.clock.now();

@@ -4,8 +4,11 @@
 //! change, as for any proxy), streams bodies, and counts: token-endpoint refreshes and their
 //! outcome (by reading the error body), API calls with 401 by reason, 403 and 429 by limit, and
 //! the last rate-limit headroom per tenant. Bodies are read only where the answer needs them:
-//! the token request's form (to see `grant_type`), token-endpoint error bodies and 401 bodies,
-//! all small; everything else streams through. Tokens pass through and are kept nowhere.
+//! the token request's form (to see `grant_type`), a refresh's answer (an error to classify,
+//! or a new token set whose `id_token` says who authorised it: an API call carrying that
+//! access token then tells whose its tenant is), and 401 bodies, all small; everything else
+//! streams through. Tokens pass through and are kept nowhere (a keyed hash of each new access
+//! token is, with its user).
 
 use super::classify::classify_api;
 use super::intercept::Interceptor;
@@ -57,6 +60,74 @@ struct ProxyState {
     connect_logged: Arc<std::sync::atomic::AtomicI64>,
     /// `CONNECT` interception, when configured.
     intercept: Option<Arc<Interceptor>>,
+    /// Who authorised each access token seen in a token response.
+    users: Arc<Mutex<TokenUsers>>,
+}
+
+/// Most access tokens whose authorising user is remembered (about 40 bytes each; the users
+/// themselves are shared).
+const MAX_TOKEN_USERS: usize = 100_000;
+
+/// The authorising user (`xero_userid` of the `id_token`) of each access token the proxy saw
+/// issued, keyed by a keyed hash of the token: the token itself is never kept. An API call
+/// carrying the token then tells whose the tenant is.
+#[derive(Default)]
+struct TokenUsers {
+    users: std::collections::HashMap<u64, Arc<str>>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl TokenUsers {
+    fn key(&self, access_token: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(access_token)
+    }
+
+    /// Remember the user of a successful token response's body.
+    fn learn(&mut self, body: &[u8]) {
+        let Some((access_token, user)) = token_user(body) else {
+            return;
+        };
+        if self.users.len() >= MAX_TOKEN_USERS {
+            // Tokens live 30 minutes: the oldest are dead by the time the map is full.
+            self.users.clear();
+        }
+        let key = self.key(&access_token);
+        self.users.insert(key, Arc::from(user.as_str()));
+    }
+
+    fn user_of(&self, access_token: &str) -> Option<Arc<str>> {
+        if self.users.is_empty() {
+            return None;
+        }
+        self.users.get(&self.key(access_token)).cloned()
+    }
+}
+
+/// The access token and the authorising user of a token response: the `id_token`'s
+/// `xero_userid` claim (`sub` where there is none). The id_token is not verified: it came
+/// from the upstream over verified TLS, and only names whose tenant is whose.
+fn token_user(body: &[u8]) -> Option<(String, String)> {
+    use base64::Engine;
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        access_token: String,
+        id_token: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Claims {
+        xero_userid: Option<String>,
+        sub: Option<String>,
+    }
+    let answer: Answer = serde_json::from_slice(body).ok()?;
+    let payload = answer.id_token?.split('.').nth(1)?.to_string();
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: Claims = serde_json::from_slice(&raw).ok()?;
+    let user = claims.xero_userid.or(claims.sub)?;
+    let user = label_value(&user).into_owned();
+    (!user.is_empty()).then_some((answer.access_token, user))
 }
 
 impl Inlet for Proxy {
@@ -128,6 +199,7 @@ fn router(
         client,
         connect_logged: Arc::new(std::sync::atomic::AtomicI64::new(i64::MIN / 2)),
         intercept,
+        users: Arc::default(),
     }))
 }
 
@@ -263,6 +335,21 @@ async fn forward(State(s): State<ProxyState>, req: Request) -> Response {
         .and_then(|v| v.to_str().ok())
         .map(|t| label_value(t).into_owned())
         .unwrap_or_default();
+    if !identity && !tenant.is_empty() {
+        // Whose tenant this is, where the proxy saw its access token issued.
+        let bearer = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let user =
+            bearer.and_then(|t| s.users.lock().unwrap_or_else(|e| e.into_inner()).user_of(t));
+        if let Some(user) = user {
+            s.sink
+                .detector()
+                .authorised_by(provider.as_str(), &tenant, user);
+        }
+    }
     let sent = s
         .client
         .request(parts.method.clone(), format!("{base}{path_q}"))
@@ -313,13 +400,22 @@ async fn forward(State(s): State<ProxyState>, req: Request) -> Response {
             }
         }
     }
-    let inspect = (token_call && !status.is_success()) || (!identity && status.as_u16() == 401);
+    // A refresh's answer is read whole (small): an error to classify, a success for whose
+    // token set it is.
+    let inspect = (token_call && (is_refresh || !status.is_success()))
+        || (!identity && status.as_u16() == 401);
     let body = if inspect {
         let bytes = match resp.bytes().await {
             Ok(b) => b,
             Err(_) => return bad_gateway("upstream answer cut"),
         };
-        if token_call && is_refresh {
+        if token_call && is_refresh && status.is_success() {
+            s.users
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .learn(&bytes);
+            s.sink.count(source, Event::refresh(provider, None, None));
+        } else if token_call && is_refresh {
             s.sink.count(
                 source,
                 Event::refresh(
