@@ -214,6 +214,16 @@ impl Default for SegmentCache {
 /// identity in that order, and the blocks they are cut into.
 type Listing = (Arc<Vec<u32>>, Vec<u64>, Vec<Range<usize>>);
 
+/// The first 8 bytes of `s`, zero-padded, big-endian: comparing two of them orders the strings
+/// as their bytes do, up to ties.
+fn prefix_key(s: &str) -> u64 {
+    let b = s.as_bytes();
+    let mut k = [0u8; 8];
+    let n = b.len().min(8);
+    k[..n].copy_from_slice(&b[..n]);
+    u64::from_be_bytes(k)
+}
+
 /// Blocks of one source's connections, by the hash of each one's identity.
 fn blocks(ids: &[u64]) -> Vec<Range<usize>> {
     let mut out = Vec::with_capacity(ids.len() / (BOUNDARY_MASK as usize + 1) + 1);
@@ -252,11 +262,21 @@ impl SegmentCache {
             .iter()
             .map(|(_, snap)| {
                 let conns = &snap.connections;
-                let mut order: Vec<u32> = (0..conns.len() as u32).collect();
-                order.sort_unstable_by(|a, b| {
-                    let (a, b) = (&conns[*a as usize], &conns[*b as usize]);
-                    (&a.id, a.provider, &a.tenant).cmp(&(&b.id, b.provider, &b.tenant))
+                // Sorted on a compact array of (first 8 bytes of the id, index): most
+                // comparisons never reach the connections; ties compare them in full, so the
+                // order is exactly the ids' (then provider's, tenant's).
+                let mut keyed: Vec<(u64, u32)> = conns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (prefix_key(&c.id), i as u32))
+                    .collect();
+                keyed.sort_unstable_by(|a, b| {
+                    a.0.cmp(&b.0).then_with(|| {
+                        let (a, b) = (&conns[a.1 as usize], &conns[b.1 as usize]);
+                        (&a.id, a.provider, &a.tenant).cmp(&(&b.id, b.provider, &b.tenant))
+                    })
                 });
+                let order: Vec<u32> = keyed.into_iter().map(|(_, i)| i).collect();
                 let ids: Vec<u64> = order
                     .iter()
                     .map(|i| {
@@ -388,6 +408,33 @@ impl SegmentCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefix_keys_order_strings_as_their_bytes_do_up_to_ties() {
+        let words = [
+            "",
+            "a",
+            "ab",
+            "ab\0",
+            "ab\0c",
+            "abcdefgh",
+            "abcdefghi",
+            "abcdefgz",
+            "b",
+            "conn-10",
+            "conn-9",
+            "\u{e9}t\u{e9}",
+            "z\u{ff}",
+        ];
+        for a in words {
+            for b in words {
+                let (ka, kb) = (prefix_key(a), prefix_key(b));
+                if ka != kb {
+                    assert_eq!(ka.cmp(&kb), a.cmp(b), "{a:?} {b:?}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn blocks_cover_every_connection_once_and_move_only_locally() {
