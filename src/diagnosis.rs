@@ -125,12 +125,64 @@ impl Cause {
     }
 }
 
+/// The causes of one diagnosis, in order, inline (a fleet's diagnosis allocates nothing per
+/// connection for them). Each cause at most once, so at most [`Cause::ALL`]'s length.
+#[derive(Clone, Copy)]
+pub struct Causes {
+    len: u8,
+    items: [Cause; Cause::ALL.len()],
+}
+
+impl Default for Causes {
+    fn default() -> Self {
+        Causes {
+            len: 0,
+            items: [Cause::Healthy; Cause::ALL.len()],
+        }
+    }
+}
+
+impl Causes {
+    /// Add `cause` after the others (a cause already named is not named again).
+    pub fn push(&mut self, cause: Cause) {
+        if !self.contains(&cause) && usize::from(self.len) < self.items.len() {
+            self.items[usize::from(self.len)] = cause;
+            self.len += 1;
+        }
+    }
+}
+
+impl std::ops::Deref for Causes {
+    type Target = [Cause];
+    fn deref(&self) -> &[Cause] {
+        &self.items[..usize::from(self.len)]
+    }
+}
+
+impl PartialEq for Causes {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl std::hash::Hash for Causes {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (**self).hash(state)
+    }
+}
+
+impl std::fmt::Debug for Causes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
 /// The diagnosis of one connection.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Diagnosis {
     /// Most likely first; empty when the connection is healthy. Two root causes where the data
     /// cannot separate them; `RetryingDeadToken` comes after the root cause it aggravates.
-    pub causes: Vec<Cause>,
+    pub causes: Causes,
     /// What each cause rests on, in words.
     pub evidence: Vec<String>,
     /// Since when (the first failure of the current run, the expiry, the first 401/403).
@@ -142,7 +194,7 @@ pub struct Diagnosis {
 impl Diagnosis {
     fn healthy() -> Diagnosis {
         Diagnosis {
-            causes: Vec::new(),
+            causes: Causes::default(),
             evidence: Vec::new(),
             since: None,
             separate_by: None,
@@ -491,6 +543,19 @@ fn dead_token(
     }
 }
 
+/// The facts of one source's connections that have any, by ascending index.
+struct Sparse<'m>(Vec<(u32, Cow<'m, Facts>)>);
+
+impl<'m> Sparse<'m> {
+    /// The facts of connection `i`; `cursor` moves forward with ascending `i`.
+    fn get(&self, cursor: &mut usize, i: u32) -> Option<&Cow<'m, Facts>> {
+        while self.0.get(*cursor).is_some_and(|(j, _)| *j < i) {
+            *cursor += 1;
+        }
+        self.0.get(*cursor).filter(|(j, _)| *j == i).map(|(_, f)| f)
+    }
+}
+
 /// Every exported connection of one source, diagnosed (in the snapshot's order).
 #[derive(Debug)]
 pub struct SourceDiagnosis {
@@ -514,18 +579,29 @@ pub fn diagnose_all(
         handles.iter().map(|h| (h.clone(), h.snapshot())).collect();
     detector.with_memory(|m: &Memory| {
         // What the inlets said of each connection, looked up once.
-        let facts: Vec<Vec<Option<Cow<Facts>>>> = views
+        // Sparse: most connections have none, and a dense vector of them would be the
+        // largest allocation of the diagnosis.
+        let facts: Vec<Sparse> = views
             .iter()
-            .map(|(_, snap)| snap.connections.iter().map(|c| facts_of(m, c)).collect())
+            .map(|(_, snap)| {
+                Sparse(
+                    snap.connections
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, c)| Some((i as u32, facts_of(m, c)?)))
+                        .collect(),
+                )
+            })
             .collect();
         let mut fleet = Fleet {
             window,
             ..Fleet::default()
         };
         for ((_, snap), facts) in views.iter().zip(&facts) {
-            for (c, f) in snap.connections.iter().zip(facts) {
+            let mut cursor = 0;
+            for (i, c) in snap.connections.iter().enumerate() {
+                let f = facts.get(&mut cursor, i as u32);
                 let first = f
-                    .as_ref()
                     .and_then(|f| f.failing)
                     .filter(|run| run.kind.is_dead_token())
                     .map(|run| run.first);
@@ -536,7 +612,7 @@ pub fn diagnose_all(
                 let user = c
                     .user
                     .as_deref()
-                    .or_else(|| f.as_ref().and_then(|f| f.user.as_deref()));
+                    .or_else(|| f.and_then(|f| f.user.as_deref()));
                 if let Some(u) = user {
                     fleet.users.entry((c.provider, u)).or_default().push(first);
                 }
@@ -556,17 +632,19 @@ pub fn diagnose_all(
             .iter()
             .zip(&facts)
             .map(|((_, snapshot), facts)| {
+                let mut cursor = 0;
                 snapshot
                     .connections
                     .iter()
-                    .zip(facts)
-                    .map(|(c, f)| {
+                    .enumerate()
+                    .map(|(i, c)| {
                         let idle = snapshot
                             .providers
                             .iter()
                             .find(|p| p.provider == c.provider)
                             .map_or(60.0 * 86400.0, |p| p.windows.refresh);
-                        diagnose(c, idle, f.as_deref(), &cx)
+                        let f = facts.get(&mut cursor, i as u32);
+                        diagnose(c, idle, f.map(|f| &**f), &cx)
                     })
                     .collect()
             })

@@ -254,7 +254,7 @@ fn diagnosis(
                 .collect();
             listed.sort_unstable_by(|a, b| (&a.0.id, a.0.provider).cmp(&(&b.0.id, b.0.provider)));
             for (c, d) in listed {
-                for cause in &d.causes {
+                for cause in d.causes.iter() {
                     let labels: [Lbl; 5] = [
                         ("provider", c.provider),
                         ("source", &s.source.name),

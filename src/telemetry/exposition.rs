@@ -173,12 +173,14 @@ impl Exposition {
             .map(|h| (h.clone(), h.snapshot()))
             .collect();
         // Causes only (no words): the API and the page write the evidence out on request.
+        let diagnosing = std::time::Instant::now();
         let diagnosed = crate::diagnosis::diagnose_all(
             &self.sources,
             &self.detector,
             self.detector.now(),
             false,
         );
+        let diagnosis_seconds = diagnosing.elapsed().as_secs_f64();
         let encoded = encoder.encode(&self.state, &self.part, views, diagnosed, self.relative);
         let fresh = Arc::new(StateCache {
             generation,
@@ -193,6 +195,7 @@ impl Exposition {
             compressed_bytes = fresh.gzip_prefix.iter().map(Bytes::len).sum::<usize>(),
             segments_reused = encoded.reused,
             segments_deflated = encoded.deflated,
+            diagnosis_seconds,
             seconds = started.elapsed().as_secs_f64(),
             "State encoded."
         );
