@@ -8,8 +8,8 @@
 //! answers the app gets are byte-identical to direct calls, random values masked.
 
 mod common;
-use common::free_port;
 use common::intercept::*;
+use common::{free_port, get_json};
 use oauth_token_exporter::sim::xero::TokenResponse;
 use std::process::Command;
 
@@ -292,14 +292,7 @@ async fn sim_xero_runs_on_its_own_over_tls_and_prints_token_sets_an_app_can_refr
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let doc: serde_json::Value = client
-        .get(format!("{base}/.well-known/openid-configuration"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = get_json(&client, &format!("{base}/.well-known/openid-configuration")).await;
     assert_eq!(doc["issuer"], "https://identity.xero.com");
     let _ = child.kill();
     let _ = child.wait();

@@ -11,12 +11,13 @@
 //! upstream connects have deadlines. Nothing that passes is logged.
 
 use crate::config::Intercept;
+use crate::http::serve::{accept_tls, http1_with};
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
@@ -199,27 +200,15 @@ pub async fn connect(i: Arc<Interceptor>, inner: Router, req: Request) -> Respon
             let Ok(upgraded) = on_upgrade.await else {
                 return;
             };
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-            let stream = match tokio::time::timeout(
-                HANDSHAKE_TIMEOUT,
-                acceptor.accept(TokioIo::new(upgraded)),
-            )
-            .await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(host = %host, error = %e, "TLS handshake in an intercepted tunnel failed (does the client trust the interception CA?).");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(host = %host, "TLS handshake in an intercepted tunnel timed out.");
+            let io = TokioIo::new(upgraded);
+            let stream = match accept_tls(tls, io, HANDSHAKE_TIMEOUT).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(host = %host, error = %e, "No TLS in an intercepted tunnel (does the client trust the interception CA?).");
                     return;
                 }
             };
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(64 * 1024)
+            let conn = http1_with(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), TowerToHyperService::new(inner));
             if let Err(e) = conn.await {
                 tracing::debug!(host = %host, error = %e, "An intercepted connection ended with an error.");

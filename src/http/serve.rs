@@ -149,11 +149,32 @@ async fn guard(State(g): State<Guard>, mut req: Request, next: Next) -> Response
 
 /// An HTTP/1.1 connection builder with the deadlines and bounds of `limits`.
 fn http1(limits: &ServeOptions) -> hyper::server::conn::http1::Builder {
+    http1_with(limits.header_read_timeout)
+}
+
+/// An HTTP/1.1 connection builder: a deadline for a request's headers, bounded buffers.
+pub(crate) fn http1_with(header_read_timeout: Duration) -> hyper::server::conn::http1::Builder {
     let mut b = hyper::server::conn::http1::Builder::new();
     b.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        .header_read_timeout(header_read_timeout)
         .max_buf_size(64 * 1024);
     b
+}
+
+/// A TLS handshake on `io` within `deadline`; why not, in words (for a debug line).
+pub(crate) async fn accept_tls<IO>(
+    tls: Arc<rustls::ServerConfig>,
+    io: IO,
+    deadline: Duration,
+) -> Result<tokio_rustls::server::TlsStream<IO>, String>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(deadline, tokio_rustls::TlsAcceptor::from(tls).accept(io)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
+        Err(_) => Err("TLS handshake timed out".into()),
+    }
 }
 
 /// Serve `router` on `listener` until `shutdown`.
@@ -216,20 +237,10 @@ pub async fn serve(
                     watcher.watch(conn).await
                 }
                 Some(tls) => {
-                    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-                    let stream = match tokio::time::timeout(
-                        limits.tls_handshake_timeout,
-                        acceptor.accept(tcp),
-                    )
-                    .await
-                    {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed.");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(peer = %peer, "TLS handshake timed out.");
+                    let stream = match accept_tls(tls, tcp, limits.tls_handshake_timeout).await {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::debug!(peer = %peer, error = %e, "No TLS connection.");
                             return;
                         }
                     };

@@ -3,11 +3,12 @@
 //! here). Clients trust the test CA's certificate (PEM) to reach it over verified TLS.
 
 use axum::Router;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// A test CA and a server certificate from it.
@@ -54,21 +55,20 @@ pub fn test_tls(names: &[&str]) -> TestTls {
     }
 }
 
-/// Serve `router` over TLS on `listener` until the task is dropped.
+/// Serve `router` over TLS on `listener` until the task is dropped (the exporter's own
+/// handshake and header deadlines).
 pub async fn serve_tls(listener: TcpListener, router: Router, tls: Arc<rustls::ServerConfig>) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    use crate::http::serve::{accept_tls, http1_with};
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
             continue;
         };
-        let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone());
+        let (tls, service) = (tls.clone(), TowerToHyperService::new(router.clone()));
         tokio::spawn(async move {
-            let Ok(stream) = acceptor.accept(tcp).await else {
+            let Ok(stream) = accept_tls(tls, tcp, Duration::from_secs(10)).await else {
                 return;
             };
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
+            let _ = http1_with(Duration::from_secs(30))
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
