@@ -74,16 +74,36 @@ impl Engine {
     }
 }
 
-async fn until(what: &str, limit: Duration, procs: &[Proc], mut check: impl AsyncFnMut() -> bool) {
+/// Polls `check` (`Ok` when satisfied, `Err` what it saw instead) until `limit`, then panics with
+/// the last thing seen and the processes' log tails, engines first (started last).
+async fn until(
+    what: &str,
+    limit: Duration,
+    procs: &[Proc],
+    mut check: impl AsyncFnMut() -> Result<(), String>,
+) {
     let t = Instant::now();
+    let mut seen = String::new();
     while t.elapsed() < limit {
-        if check().await {
-            return;
+        match check().await {
+            Ok(()) => return,
+            Err(s) => seen = s,
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let logs: Vec<String> = procs.iter().map(|p| p.log_tail()).collect();
-    panic!("timed out waiting for {what}\n{}", logs.join("\n----\n"));
+    let logs: Vec<String> = procs.iter().rev().map(|p| p.log_tail()).collect();
+    panic!(
+        "timed out after {limit:?} waiting for {what}; last seen: {seen}\n{}",
+        logs.join("\n----\n")
+    );
+}
+
+/// `Ok` when the engine answers `want`, else what it answered.
+async fn equals(e: &Engine, http: &reqwest::Client, q: &str, want: f64) -> Result<(), String> {
+    match e.value(http, q).await {
+        Some(v) if v == want => Ok(()),
+        other => Err(format!("{other:?}")),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,6 +269,15 @@ async fn vmagent_cluster_victoriametrics_and_prometheus_agent_mode_see_a_sharded
         d.join("agent.log"),
     ));
 
+    // Both Prometheus processes up before anything is asked of them (a bind failure shows here).
+    let n = procs.len();
+    wait_ready(&http, &format!("{recv_url}/-/ready"), &procs[n - 2]).await;
+    wait_ready(
+        &http,
+        &format!("http://127.0.0.1:{agent_port}/-/ready"),
+        &procs[n - 1],
+    )
+    .await;
     let engines = [
         Engine {
             name: "VictoriaMetrics (vmagent cluster, vmalert)",
@@ -300,15 +329,11 @@ async fn vmagent_cluster_victoriametrics_and_prometheus_agent_mode_see_a_sharded
             ),
         ];
         for (what, q, want) in &checks {
-            let mut last = None;
             until(
                 &format!("{}: {what} ({q} = {want})", e.name),
                 Duration::from_secs(90),
                 &procs,
-                async || {
-                    last = e.value(&http, q).await;
-                    last == Some(*want)
-                },
+                async || equals(e, &http, q, *want).await,
             )
             .await;
         }
@@ -330,7 +355,7 @@ async fn vmagent_cluster_victoriametrics_and_prometheus_agent_mode_see_a_sharded
             ),
             Duration::from_secs(60),
             &procs,
-            async || e.value(&http, q).await == Some(5.0),
+            async || equals(e, &http, q, 5.0).await,
         )
         .await;
         let mut seen = BTreeSet::new();

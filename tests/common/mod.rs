@@ -306,13 +306,25 @@ pub async fn serve(router: axum::Router) -> String {
     url
 }
 
-/// A free local port (for a child process to listen on).
+/// A free local port for a child process to listen on, taken from below Linux's ephemeral range
+/// (32768-60999): a port the kernel hands out (bind to 0) can be given again a moment later as
+/// the local port of an outgoing connection (an exporter's to PostgreSQL, an agent's remote
+/// write), and the server started on it then fails to bind (the suspected cause of one CI run
+/// in which a Prometheus never answered).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use rand::Rng;
+    // Never the same port twice in one test binary (tests run in parallel threads).
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let mut rng = rand::rng();
+    for _ in 0..1000 {
+        let port = rng.random_range(20_000..32_000);
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no free port in 20000-31999 after 1000 tries")
 }
 
 /// A child process killed (and reaped) when the test ends, passing or failing.
