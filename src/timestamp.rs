@@ -226,16 +226,13 @@ pub enum TimeError {
 /// Epoch seconds below this are seconds; at or above, milliseconds.
 const MILLIS_THRESHOLD: f64 = 1e11;
 
-fn earliest() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2000, 1, 1, 0, 0, 0).unwrap()
-}
-fn latest() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2200, 1, 1, 0, 0, 0).unwrap()
-}
+/// 2000-01-01T00:00:00Z and 2200-01-01T00:00:00Z, the range of plausible token times.
+const EARLIEST: DateTime<Utc> = DateTime::from_timestamp(946_684_800, 0).unwrap();
+const LATEST: DateTime<Utc> = DateTime::from_timestamp(7_258_118_400, 0).unwrap();
 
 /// Reject values no token store can hold.
 pub fn plausible(t: DateTime<Utc>) -> Result<DateTime<Utc>, TimeError> {
-    if t < earliest() || t >= latest() {
+    if t < EARLIEST || t >= LATEST {
         Err(TimeError::Impossible)
     } else {
         Ok(t)
@@ -243,8 +240,12 @@ pub fn plausible(t: DateTime<Utc>) -> Result<DateTime<Utc>, TimeError> {
 }
 
 fn from_epoch(v: f64, format: TimeFormat) -> Result<DateTime<Utc>, TimeError> {
-    if !v.is_finite() {
+    if v.is_nan() {
         return Err(TimeError::Unparseable);
+    }
+    if v.is_infinite() {
+        // "infinity" as text, or a store's infinite date-time (PostgreSQL's `infinity`).
+        return Err(TimeError::Impossible);
     }
     let millis = match format {
         TimeFormat::EpochMillis => v,
@@ -445,6 +446,9 @@ pub fn to_time_in(
             }
             _ => return Err(TimeError::Unparseable),
         },
+        // An infinite date-time (PostgreSQL's `infinity`, read from a typed column) whatever
+        // the format.
+        Cell::Float(f) if f.is_infinite() => return Err(TimeError::Impossible),
         Cell::Float(f) => match format {
             TimeFormat::Auto | TimeFormat::EpochSeconds | TimeFormat::EpochMillis => {
                 from_epoch(*f, format)?
@@ -497,6 +501,38 @@ pub fn to_seconds(cell: &Cell) -> Result<Option<f64>, TimeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plausible_times_run_from_2000_to_before_2200_and_infinity_is_impossible() {
+        assert_eq!(EARLIEST, Utc.with_ymd_and_hms(2000, 1, 1, 0, 0, 0).unwrap());
+        assert_eq!(LATEST, Utc.with_ymd_and_hms(2200, 1, 1, 0, 0, 0).unwrap());
+        assert!(plausible(EARLIEST).is_ok());
+        assert!(plausible(EARLIEST - chrono::Duration::seconds(1)).is_err());
+        assert!(plausible(LATEST).is_err());
+        for cell in [Cell::Float(f64::INFINITY), Cell::Float(f64::NEG_INFINITY)] {
+            for format in [
+                TimeFormat::Auto,
+                TimeFormat::Rfc3339,
+                TimeFormat::EpochSeconds,
+            ] {
+                assert_eq!(
+                    to_time_in(&cell, format, Zone::Utc),
+                    Err(TimeError::Impossible)
+                );
+            }
+        }
+        for text in ["infinity", "-infinity", "Infinity"] {
+            assert_eq!(
+                to_time_in(&Cell::Text(text.into()), TimeFormat::Auto, Zone::Utc),
+                Err(TimeError::Impossible),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            to_time_in(&Cell::Text("NaN".into()), TimeFormat::Auto, Zone::Utc),
+            Err(TimeError::Unparseable)
+        );
+    }
 
     #[test]
     fn the_positional_parser_agrees_with_chrono_and_refuses_what_chrono_would() {

@@ -136,6 +136,104 @@ async fn a_garbage_optional_field_omits_only_its_own_series_in_postgres() {
     assert_only_the_access_expiry_is_lost(&scrape(&e), "pg");
 }
 
+/// PostgreSQL's `infinity`, `-infinity` and years past chrono's range (it holds dates to
+/// 294276 AD) in typed columns: sqlx 0.8.6's chrono decoders panic on them (sqlx issue #2234),
+/// which ended the source's poll task on one such row. Each is now an impossible timestamp of
+/// its row alone; the poll succeeds and the other rows are exported.
+#[tokio::test]
+async fn infinite_and_out_of_range_postgres_date_times_reject_their_row_alone() {
+    let test = "infinite_and_out_of_range_postgres_date_times_reject_their_row_alone";
+    if !server_or_skip(test, "PostgreSQL", &pg_url()).await {
+        return;
+    }
+    let table = unique("infinite_times");
+    let admin = oauth_token_exporter::sim::store::SimStore::connect(
+        oauth_token_exporter::model::StoreKind::Postgres,
+        &pg_url(),
+    )
+    .await
+    .unwrap();
+    for q in [
+        format!("DROP TABLE IF EXISTS {table}"),
+        format!("CREATE TABLE {table} (id TEXT, lr TIMESTAMPTZ, at_exp TIMESTAMP, rt_exp DATE)"),
+        format!(
+            "INSERT INTO {table} VALUES \
+             ('fine', '2026-06-01 11:00:00+00', '2026-06-01 11:30:00', '2026-07-01'), \
+             ('lr_infinity', 'infinity', '2026-06-01 11:30:00', '2026-07-01'), \
+             ('lr_minus_infinity', '-infinity', '2026-06-01 11:30:00', '2026-07-01'), \
+             ('lr_year_270000', '270000-01-01 00:00:00+00', '2026-06-01 11:30:00', '2026-07-01'), \
+             ('access_infinity', '2026-06-01 11:00:00+00', 'infinity', '2026-07-01'), \
+             ('refresh_date_infinity', '2026-06-01 11:00:00+00', '2026-06-01 11:30:00', 'infinity')"
+        ),
+    ] {
+        admin.execute(&q, &[]).await.unwrap();
+    }
+    let yaml = format!(
+        "sources:\n  - name: pg\n    kind: postgres\n    dsn: '{}'\n    query: SELECT id, lr, at_exp, rt_exp FROM {table}\n    fields: {{connection: id, last_refresh: lr, access_expires: at_exp, refresh_expires: rt_exp}}\n",
+        pg_url()
+    );
+    let (mut e, _) = exporter(&yaml, fixed_now());
+    let polled = poll(&mut e).await;
+    let second = poll(&mut e).await;
+    admin
+        .execute(&format!("DROP TABLE {table}"), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        (polled, second),
+        (vec![true], vec![true]),
+        "both polls succeed"
+    );
+    let text = scrape(&e);
+    // The three rows whose last refresh cannot be read are left out; an infinite optional
+    // field omits only its own series.
+    assert_eq!(
+        connections(&text, "pg"),
+        ["access_infinity", "fine", "refresh_date_infinity"]
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "oauth_access_token_expiry_timestamp_seconds",
+            &[("source", "pg"), ("connection", "access_infinity")]
+        ),
+        None
+    );
+    let at = |c: &str| {
+        value(
+            &text,
+            "oauth_access_token_expiry_timestamp_seconds",
+            &[("source", "pg"), ("connection", c)],
+        )
+    };
+    assert_eq!(at("fine"), fixed_now().timestamp() as f64 - 1800.0);
+    // The infinite stored refresh expiry does not bind: the 60-day idle expiry stands.
+    let rt = |c: &str| {
+        value(
+            &text,
+            "oauth_refresh_token_expiry_timestamp_seconds",
+            &[("source", "pg"), ("connection", c)],
+        )
+    };
+    let idle = (fixed_now() - chrono::Duration::hours(1) + chrono::Duration::days(60)).timestamp();
+    assert_eq!(rt("refresh_date_infinity"), idle as f64);
+    let stored = chrono::NaiveDate::from_ymd_opt(2026, 7, 1)
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap();
+    assert_eq!(rt("fine"), stored.and_utc().timestamp() as f64);
+    // Counted per poll: 3 rows and 2 fields, twice.
+    assert_eq!(rejected(&text, "pg", "impossible_timestamp"), 10.0);
+    assert_eq!(
+        value(
+            &text,
+            "oauth_exporter_source_errors_total",
+            &[("source", "pg"), ("reason", "internal")]
+        ),
+        0.0
+    );
+}
+
 #[tokio::test]
 async fn an_event_stamped_in_the_future_is_refused_by_the_event_table_and_the_ingest_api() {
     // The event table: a refresh failure stamped 2199 is rejected as an invalid event; the

@@ -32,6 +32,9 @@ pub enum CollectError {
     /// An inlet cannot be set up (an unreadable or mismatched file it needs).
     #[error("{0}")]
     Setup(String),
+    /// The poll panicked; the message of the panic.
+    #[error("the poll failed on an internal error (please report it): {0}")]
+    Panicked(String),
 }
 
 impl CollectError {
@@ -45,6 +48,7 @@ impl CollectError {
                 SourceErrorReason::Query
             }
             CollectError::MissingColumn { .. } => SourceErrorReason::Mapping,
+            CollectError::Panicked(_) => SourceErrorReason::Internal,
             CollectError::Decode { .. } | CollectError::Document(_) | CollectError::Cursor(_) => {
                 SourceErrorReason::Decode
             }

@@ -68,10 +68,13 @@ pub enum SourceErrorReason {
     /// An event table's ids went back below its cursor (truncated with its sequence restarted,
     /// or restored from a backup): the cursor is moved back to read them (the poll succeeds).
     CursorReset,
+    /// The poll panicked (a bug in the exporter or a driver): logged with its message; the
+    /// last values stay and the next poll runs as usual.
+    Internal,
 }
 
 impl SourceErrorReason {
-    pub const ALL: [SourceErrorReason; 8] = [
+    pub const ALL: [SourceErrorReason; 9] = [
         SourceErrorReason::Connect,
         SourceErrorReason::Timeout,
         SourceErrorReason::Query,
@@ -80,6 +83,7 @@ impl SourceErrorReason {
         SourceErrorReason::Decode,
         SourceErrorReason::KeyLimit,
         SourceErrorReason::CursorReset,
+        SourceErrorReason::Internal,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -92,6 +96,7 @@ impl SourceErrorReason {
             SourceErrorReason::Decode => "decode",
             SourceErrorReason::KeyLimit => "key_limit",
             SourceErrorReason::CursorReset => "cursor_reset",
+            SourceErrorReason::Internal => "internal",
         }
     }
 }

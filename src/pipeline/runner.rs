@@ -6,6 +6,7 @@ use super::health::{Health, Outcome};
 use crate::clock::SharedClock;
 use crate::config::Schedule;
 use crate::model::CollectError;
+use futures_util::FutureExt;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Instant;
@@ -65,8 +66,13 @@ impl<P: Polled> Runner<P> {
     pub async fn poll_once(&mut self) -> bool {
         let started = Instant::now();
         let timeout = self.polled.schedule().timeout;
-        let result = match tokio::time::timeout(timeout, self.polled.poll()).await {
-            Ok(r) => r,
+        // A panic in the poll (a driver's decoder, a bug of ours) fails this poll like any
+        // error instead of ending the source's task: its values and counters stay, the next
+        // poll runs, and `reason="internal"` counts it.
+        let poll = std::panic::AssertUnwindSafe(self.polled.poll()).catch_unwind();
+        let result = match tokio::time::timeout(timeout, poll).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(panic)) => Err(CollectError::Panicked(panic_message(panic.as_ref()))),
             Err(_) => Err(CollectError::Timeout(timeout)),
         };
         let took = started.elapsed();
@@ -133,10 +139,64 @@ impl<P: Polled> Poll for Runner<P> {
     }
 }
 
+/// A panic's message (`panic!` with a literal or a format), or that it had none.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
 #[cfg(test)]
 mod tests {
+    use super::*;
     use crate::config::Schedule;
+    use crate::pipeline::health::Subject;
+    use crate::telemetry::live::Live;
+    use std::sync::Arc;
     use std::time::Duration;
+
+    /// Panics at its first poll, succeeds after.
+    struct PanicsOnce(u32);
+
+    impl Polled for PanicsOnce {
+        fn source(&self) -> &str {
+            "app"
+        }
+        fn schedule(&self) -> Schedule {
+            Schedule {
+                interval: Duration::from_secs(30),
+                timeout: Duration::from_secs(10),
+                backoff_max: Duration::from_secs(150),
+            }
+        }
+        async fn poll(&mut self) -> Result<Outcome, CollectError> {
+            self.0 += 1;
+            if self.0 == 1 {
+                panic!("`NaiveDateTime + TimeDelta` overflowed");
+            }
+            Ok(Outcome::default())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_poll_fails_that_poll_only_and_is_counted_as_internal() {
+        let live = Arc::new(Live::new());
+        let health = Health::new(live.clone(), "app", Subject::Source, "xero");
+        let clock: SharedClock = crate::clock::ManualClock::new(chrono::Utc::now());
+        let mut runner = Runner::new(PanicsOnce(0), health, clock);
+        assert!(!runner.poll_once().await, "the panicking poll failed");
+        assert_eq!(runner.health.failures(), 1);
+        let internal = crate::telemetry::catalogue::SourceReasonLabels {
+            source: "app".into(),
+            reason: "internal",
+        };
+        assert_eq!(live.errors.get_or_create(&internal).get(), 1);
+        assert!(runner.poll_once().await, "the next poll runs and succeeds");
+        assert_eq!(runner.polled().0, 2);
+        assert_eq!(live.errors.get_or_create(&internal).get(), 1);
+    }
 
     #[test]
     fn backoff_doubles_per_failure_up_to_the_maximum() {

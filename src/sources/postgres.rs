@@ -5,9 +5,9 @@ use super::sql::{acquire, decode_by_type, read_rows, sql_error, Columns};
 use crate::config::SqlConnection;
 use crate::model::CollectError;
 use crate::timestamp::Cell;
-use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
 use rust_decimal::prelude::ToPrimitive;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow, PgValueFormat};
 use sqlx::ConnectOptions;
 use std::str::FromStr;
 
@@ -60,10 +60,20 @@ fn decode(row: &PgRow, i: usize) -> Result<Cell, CollectError> {
         "NUMERIC" => {
             get!(rust_decimal::Decimal).map(|d| Cell::Float(d.to_f64().unwrap_or(f64::NAN)))
         }
-        "TIMESTAMPTZ" => get!(DateTime<Utc>).map(Cell::Time),
-        "TIMESTAMP" => get!(NaiveDateTime).map(Cell::Naive),
-        "DATE" => get!(NaiveDate)
-            .map(|d| Cell::Time(d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc())),
+        // Date-times from their binary form (see `micros`); text (never sent for a prepared
+        // query, which asks for binary) through sqlx, whose text decoders do not panic.
+        "TIMESTAMPTZ" => match binary::<8>(row, i) {
+            Some(v) => v.map(|b| timestamp(i64::from_be_bytes(b), Cell::Time)),
+            None => get!(DateTime<Utc>).map(Cell::Time),
+        },
+        "TIMESTAMP" => match binary::<8>(row, i) {
+            Some(v) => v.map(|b| timestamp(i64::from_be_bytes(b), |t| Cell::Naive(t.naive_utc()))),
+            None => get!(NaiveDateTime).map(Cell::Naive),
+        },
+        "DATE" => match binary::<4>(row, i) {
+            Some(v) => v.map(|b| date(i32::from_be_bytes(b))),
+            None => get!(NaiveDate).map(|d| Cell::Time(d.and_time(NaiveTime::MIN).and_utc())),
+        },
         "JSON" | "JSONB" => get!(serde_json::Value).map(Cell::Json),
         "UUID" => get!(uuid::Uuid).map(|u| {
             // Straight into a buffer (no formatter): tenant ids are UUIDs in every row.
@@ -72,4 +82,56 @@ fn decode(row: &PgRow, i: usize) -> Result<Cell, CollectError> {
         }),
         _ => get!(String).map(Cell::Text),
     })
+}
+
+/// PostgreSQL's date-times are read from their binary form here, not by sqlx's chrono decoders:
+/// those add the value to 2000-01-01 unchecked and panic on `infinity`, `-infinity` and years
+/// past chrono's range (sqlx issue #2234, open in 0.8.6), which ended the source's poll task
+/// on a single such row. Timestamps are microseconds since 2000-01-01 UTC (`infinity` is
+/// `i64::MAX`), dates days since then (`i32::MAX`). A value chrono cannot hold becomes
+/// an infinite number ([`beyond`]), which the mapping rejects for that row alone as an impossible
+/// timestamp.
+const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
+/// 2000-01-01 as days from 0001-01-01 (chrono's `num_days_from_ce`).
+const PG_EPOCH_DAYS_FROM_CE: i32 = 730_120;
+
+/// A timestamp's cell (`cell` of the instant), from microseconds since 2000-01-01.
+fn timestamp(us: i64, cell: impl FnOnce(DateTime<Utc>) -> Cell) -> Cell {
+    us.checked_add(PG_EPOCH_UNIX_MICROS)
+        .and_then(DateTime::from_timestamp_micros)
+        .map_or_else(|| beyond(us), cell)
+}
+
+/// A date's cell (its midnight, UTC), from days since 2000-01-01.
+fn date(d: i32) -> Cell {
+    d.checked_add(PG_EPOCH_DAYS_FROM_CE)
+        .and_then(NaiveDate::from_num_days_from_ce_opt)
+        .map_or_else(
+            || beyond(d.into()),
+            |d| Cell::Time(d.and_time(NaiveTime::MIN).and_utc()),
+        )
+}
+
+/// A date-time beyond chrono's range (PostgreSQL's `infinity` or `-infinity` among them): an
+/// infinite number of the value's sign.
+fn beyond(v: i64) -> Cell {
+    Cell::Float(if v < 0 {
+        f64::NEG_INFINITY
+    } else {
+        f64::INFINITY
+    })
+}
+
+/// Column `i`'s `N` bytes when it came in binary form (`Some(None)`: NULL); `None` when it came
+/// as text or with another length (then sqlx decodes it, and reports what is wrong).
+fn binary<const N: usize>(row: &PgRow, i: usize) -> Option<Option<[u8; N]>> {
+    use sqlx::{Row, ValueRef};
+    let v = row.try_get_raw(i).ok()?;
+    if v.is_null() {
+        return Some(None);
+    }
+    if v.format() != PgValueFormat::Binary {
+        return None;
+    }
+    v.as_bytes().ok()?.try_into().ok().map(Some)
 }
