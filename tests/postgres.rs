@@ -104,6 +104,85 @@ async fn every_postgres_timestamp_type_gives_the_same_last_refresh() {
     teardown(pool, &s).await;
 }
 
+/// Columns of user-defined types as Rails and Django apps declare them: a status kept in an
+/// enum, ids and times in domains, a case-insensitive `citext` name. Each is read as its label
+/// or its base type; a type with no reading (a range) still fails the poll naming the column
+/// and its type.
+#[tokio::test]
+async fn enums_domains_and_citext_are_read_and_an_unreadable_type_is_named() {
+    let Some((pool, s)) = setup("enums_domains_and_citext_are_read_and_an_unreadable_type_is_named", "pg_udt", &[
+        "CREATE EXTENSION IF NOT EXISTS citext SCHEMA {s}".into(),
+        "CREATE TYPE {s}.token_status AS ENUM ('active', 'needs_reauth', 'revoked')".into(),
+        "CREATE DOMAIN {s}.conn_id AS bigint".into(),
+        "CREATE DOMAIN {s}.stamp AS timestamptz".into(),
+        "CREATE DOMAIN {s}.stamp2 AS {s}.stamp".into(),
+        "CREATE DOMAIN {s}.tenant_id AS uuid".into(),
+        "CREATE TABLE {s}.t (id {s}.conn_id, tenant {s}.tenant_id, name {s}.citext, lr {s}.stamp2, status {s}.token_status, r int4range)".into(),
+        "INSERT INTO {s}.t VALUES \
+           (1, '6f1c2f6e-0000-4000-8000-000000000001', 'Acme Ltd', '2026-05-31 12:00:00+00', 'active', '[1,2)'), \
+           (2, '6f1c2f6e-0000-4000-8000-000000000002', 'Beta', '2026-05-30 12:00:00+00', 'revoked', '[1,2)')".into(),
+    ]).await else { return };
+    let dsn = pg_url();
+    let q = format!("    query: SELECT * FROM {s}.t\n");
+    let fields = "    fields: {connection: id, tenant: tenant, last_refresh: lr, status: status}\n";
+    let yaml = format!(
+        "sources:\n{}{}",
+        pg_source(
+            "udt",
+            &dsn,
+            &format!("{q}{fields}    labels: {{tenant_name: name}}\n")
+        ),
+        pg_source(
+            "range",
+            &dsn,
+            &format!("{q}{fields}    labels: {{range: r}}\n")
+        ),
+    );
+    let (mut e, _) = exporter(&yaml, fixed_now());
+    let polled = poll(&mut e).await;
+    let text = scrape(&e);
+    teardown(pool, &s).await;
+    assert_eq!(polled, [true, false], "{text}");
+    assert_eq!(connections(&text, "udt"), ["1", "2"]);
+    let status = |st: &str| {
+        value(
+            &text,
+            "oauth_connections",
+            &[("source", "udt"), ("status", st)],
+        )
+    };
+    assert_eq!((status("active"), status("revoked")), (1.0, 1.0));
+    assert_eq!(
+        value(
+            &text,
+            "oauth_refresh_token_last_refresh_timestamp_seconds",
+            &[("source", "udt"), ("connection", "2")]
+        ),
+        (fixed_now() - chrono::Duration::days(2)).timestamp() as f64
+    );
+    assert_eq!(
+        value(
+            &text,
+            "oauth_connection_info",
+            &[
+                ("source", "udt"),
+                ("connection", "1"),
+                ("tenant", "6f1c2f6e-0000-4000-8000-000000000001"),
+                ("tenant_name", "Acme Ltd")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "oauth_exporter_source_errors_total",
+            &[("source", "range"), ("reason", "decode")]
+        ),
+        1.0
+    );
+}
+
 #[tokio::test]
 async fn xero_tokens_preset_on_postgres_with_garbage_rows_rejected_alone() {
     let Some((pool, s)) = setup("xero_tokens_preset_on_postgres_with_garbage_rows_rejected_alone", "pg_flat", &[

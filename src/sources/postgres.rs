@@ -50,38 +50,62 @@ pub async fn stream<S: Columns>(
 }
 
 fn decode(row: &PgRow, i: usize) -> Result<Cell, CollectError> {
-    decode_by_type!(row, i, |ty| match ty {
-        "BOOL" => get!(bool).map(Cell::Bool),
-        "INT2" => get!(i16).map(|v| Cell::Int(v.into())),
-        "INT4" => get!(i32).map(|v| Cell::Int(v.into())),
-        "INT8" => get!(i64).map(Cell::Int),
-        "FLOAT4" => get!(f32).map(|v| Cell::Float(v.into())),
-        "FLOAT8" => get!(f64).map(Cell::Float),
+    // Each arm reads the type its name says without sqlx's check (the name is the check); a
+    // domain is read as its base type and an enum as its label (text in binary form too).
+    decode_by_type!(row, i, |ty| match read_as(row, i, ty) {
+        "BOOL" => typed!(bool).map(Cell::Bool),
+        "INT2" => typed!(i16).map(|v| Cell::Int(v.into())),
+        "INT4" => typed!(i32).map(|v| Cell::Int(v.into())),
+        "INT8" => typed!(i64).map(Cell::Int),
+        "FLOAT4" => typed!(f32).map(|v| Cell::Float(v.into())),
+        "FLOAT8" => typed!(f64).map(Cell::Float),
         "NUMERIC" => {
-            get!(rust_decimal::Decimal).map(|d| Cell::Float(d.to_f64().unwrap_or(f64::NAN)))
+            typed!(rust_decimal::Decimal).map(|d| Cell::Float(d.to_f64().unwrap_or(f64::NAN)))
         }
-        // Date-times from their binary form (see `micros`); text (never sent for a prepared
+        // Date-times from their binary form (see `timestamp`); text (never sent for a prepared
         // query, which asks for binary) through sqlx, whose text decoders do not panic.
         "TIMESTAMPTZ" => match binary::<8>(row, i) {
             Some(v) => v.map(|b| timestamp(i64::from_be_bytes(b), Cell::Time)),
-            None => get!(DateTime<Utc>).map(Cell::Time),
+            None => typed!(DateTime<Utc>).map(Cell::Time),
         },
         "TIMESTAMP" => match binary::<8>(row, i) {
             Some(v) => v.map(|b| timestamp(i64::from_be_bytes(b), |t| Cell::Naive(t.naive_utc()))),
-            None => get!(NaiveDateTime).map(Cell::Naive),
+            None => typed!(NaiveDateTime).map(Cell::Naive),
         },
         "DATE" => match binary::<4>(row, i) {
             Some(v) => v.map(|b| date(i32::from_be_bytes(b))),
-            None => get!(NaiveDate).map(|d| Cell::Time(d.and_time(NaiveTime::MIN).and_utc())),
+            None => typed!(NaiveDate).map(|d| Cell::Time(d.and_time(NaiveTime::MIN).and_utc())),
         },
-        "JSON" | "JSONB" => get!(serde_json::Value).map(Cell::Json),
-        "UUID" => get!(uuid::Uuid).map(|u| {
+        "JSON" | "JSONB" => typed!(serde_json::Value).map(Cell::Json),
+        "UUID" => typed!(uuid::Uuid).map(|u| {
             // Straight into a buffer (no formatter): tenant ids are UUIDs in every row.
             let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
             Cell::Text(u.hyphenated().encode_lower(&mut buf).to_owned())
         }),
+        "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" => typed!(String).map(Cell::Text),
+        // Anything else as text if sqlx can read it so, else a Decode error naming the type.
         _ => get!(String).map(Cell::Text),
     })
+}
+
+/// The type name column `i` is read as: a domain's base type (through nested domains), `TEXT`
+/// for an enum (Rails and Django apps often keep a status in one) and for `citext`, else `ty`
+/// itself.
+fn read_as<'r>(row: &'r PgRow, i: usize, ty: &'r str) -> &'r str {
+    use sqlx::postgres::PgTypeKind;
+    use sqlx::{Column, Row, TypeInfo};
+    let mut t = row.columns()[i].type_info();
+    loop {
+        match t.kind() {
+            PgTypeKind::Domain(base) => t = base,
+            PgTypeKind::Enum(_) => return "TEXT",
+            // The citext extension's type, named with its schema when that is not on the
+            // search path; text on the wire.
+            _ if t.name().rsplit('.').next() == Some("citext") => return "TEXT",
+            _ if std::ptr::eq(t, row.columns()[i].type_info()) => return ty,
+            _ => return t.name(),
+        }
+    }
 }
 
 /// PostgreSQL's date-times are read from their binary form here, not by sqlx's chrono decoders:

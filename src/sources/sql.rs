@@ -230,8 +230,9 @@ where
 }
 
 /// Decode column `i` of `row` by its SQL type name: `decode_by_type!(row, i, |ty, get| match
-/// ty { "INT8" => get!(i64).map(Cell::Int), ... })`. `get!(T)` reads an `Option<T>`; a type
-/// the driver cannot read becomes [`CollectError::Decode`] naming the column and its type.
+/// ty { "INT8" => get!(i64).map(Cell::Int), ... })`. `get!(T)` reads an `Option<T>`, `typed!(T)`
+/// the same without the driver's type check; a type the driver cannot read becomes
+/// [`CollectError::Decode`] naming the column and its type.
 macro_rules! decode_by_type {
     ($row:expr, $i:expr, |$ty:ident| $body:expr) => {{
         use sqlx::{Column, Row, TypeInfo};
@@ -248,6 +249,14 @@ macro_rules! decode_by_type {
         macro_rules! get {
             ($t:ty) => {
                 row.try_get::<Option<$t>, _>(i).map_err(err)?
+            };
+        }
+        // Without sqlx's type check, for an arm whose type name already says what the value
+        // is (a domain read as its base type, an enum as its label).
+        #[allow(unused_macros)]
+        macro_rules! typed {
+            ($t:ty) => {
+                row.try_get_unchecked::<Option<$t>, _>(i).map_err(err)?
             };
         }
         let $ty = type_name;
