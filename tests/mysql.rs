@@ -87,6 +87,58 @@ async fn every_mysql_timestamp_type_gives_the_same_last_refresh() {
     teardown(pool, &[format!("{p}_t")]).await;
 }
 
+/// Column shapes of real MySQL apps: a status in an ENUM, flags in a SET, a YEAR, a TINYINT(1)
+/// boolean, an unsigned id, as labels and fields. sqlx refused YEAR as an integer (its type
+/// check), which failed the poll.
+#[tokio::test]
+async fn enum_set_year_and_tinyint_columns_are_read() {
+    let Some((pool, p)) = setup("enum_set_year_and_tinyint_columns_are_read", "my_udt", &[
+        "DROP TABLE IF EXISTS {p}_t".into(),
+        "CREATE TABLE {p}_t (id BIGINT UNSIGNED PRIMARY KEY, lr DATETIME, st ENUM('active', 'needs_reauth', 'revoked'), flags SET('sync', 'payroll'), yr YEAR, beta TINYINT(1))".into(),
+        "INSERT INTO {p}_t VALUES (1, '2026-05-31 12:00:00', 'active', 'sync,payroll', 2026, 1), (2, '2026-05-30 12:00:00', 'needs_reauth', 'sync', 2025, 0)".into(),
+    ]).await else { return };
+    let yaml = format!(
+        "sources:\n{}",
+        my_source(
+            "udt",
+            &format!("    query: SELECT * FROM {p}_t\n    fields: {{connection: id, last_refresh: lr, status: st}}\n    labels: {{flags: flags, year: yr, beta: beta}}\n")
+        )
+    );
+    let (mut e, _) = exporter(&yaml, fixed_now());
+    let polled = poll(&mut e).await;
+    let text = scrape(&e);
+    teardown(pool, &[format!("{p}_t")]).await;
+    assert_eq!(polled, [true], "{text}");
+    let status = |st: &str| {
+        value(
+            &text,
+            "oauth_connections",
+            &[("source", "udt"), ("status", st)],
+        )
+    };
+    assert_eq!((status("active"), status("needs_reauth")), (1.0, 1.0));
+    for (c, flags, year, beta) in [
+        ("1", "sync,payroll", "2026", "true"),
+        ("2", "sync", "2025", "false"),
+    ] {
+        assert_eq!(
+            value(
+                &text,
+                "oauth_connection_info",
+                &[
+                    ("source", "udt"),
+                    ("connection", c),
+                    ("flags", flags),
+                    ("year", year),
+                    ("beta", beta)
+                ]
+            ),
+            1.0,
+            "{text}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn xero_tokens_and_token_set_json_presets_on_mariadb() {
     let Some((pool, p)) = setup("xero_tokens_and_token_set_json_presets_on_mariadb", "my_presets", &[

@@ -49,8 +49,9 @@ fn decode(row: &MySqlRow, i: usize) -> Result<Cell, CollectError> {
     decode_by_type!(row, i, |ty| match ty {
         "NULL" => None,
         "BOOLEAN" => get!(bool).map(Cell::Bool),
+        // Without sqlx's type check, which refuses YEAR for i64 (sent as a 2-byte integer).
         "TINYINT" | "SMALLINT" | "MEDIUMINT" | "INT" | "BIGINT" | "YEAR" => {
-            get!(i64).map(Cell::Int)
+            typed!(i64).map(Cell::Int)
         }
         t if t.ends_with("UNSIGNED") => get!(u64).map(|v| Cell::Int(v.min(i64::MAX as u64) as i64)),
         "FLOAT" => get!(f32).map(|v| Cell::Float(v.into())),
