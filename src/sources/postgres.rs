@@ -101,7 +101,7 @@ fn read_as<'r>(row: &'r PgRow, i: usize, ty: &'r str) -> &'r str {
             PgTypeKind::Enum(_) => return "TEXT",
             // The citext extension's type, named with its schema when that is not on the
             // search path; text on the wire.
-            _ if t.name().rsplit('.').next() == Some("citext") => return "TEXT",
+            _ if t.name() == "citext" || t.name().ends_with(".citext") => return "TEXT",
             _ if std::ptr::eq(t, row.columns()[i].type_info()) => return ty,
             _ => return t.name(),
         }
