@@ -131,6 +131,18 @@ impl Cell {
         self.label_text().map(Cow::into_owned)
     }
 
+    /// The value of a binary column (PostgreSQL `bytea`, MySQL `BLOB` / `VARBINARY`, an SQLite
+    /// blob): its text when it is UTF-8 (base64 or JSON an app keeps there), else `\x` and its
+    /// bytes in hex, as PostgreSQL prints them. Two different values never read as the same
+    /// text: an encrypted refresh token's hash changes with its ciphertext (a lossy UTF-8
+    /// reading turned most ciphertext bytes into one replacement character).
+    pub fn bytes(b: &[u8]) -> Cell {
+        match std::str::from_utf8(b) {
+            Ok(s) => Cell::Text(s.to_owned()),
+            Err(_) => Cell::Text(format!("\\x{}", hex::encode(b))),
+        }
+    }
+
     /// [`Cell::as_label`] borrowed where the cell holds the text already (a poll reads ids,
     /// tenants and labels of every row: one copy, not two).
     pub fn label_text(&self) -> Option<Cow<'_, str>> {
@@ -501,6 +513,13 @@ pub fn to_seconds(cell: &Cell) -> Result<Option<f64>, TimeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bytes_read_as_their_text_when_utf8_else_as_hex() {
+        assert_eq!(Cell::bytes(b"eyJhbGci"), Cell::Text("eyJhbGci".into()));
+        assert_eq!(Cell::bytes(&[0xff, 0xff]), Cell::Text("\\xffff".into()));
+        assert_ne!(Cell::bytes(&[0xff, 0xff]), Cell::bytes(&[0xff, 0xfe]));
+    }
 
     #[test]
     fn plausible_times_run_from_2000_to_before_2200_and_infinity_is_impossible() {

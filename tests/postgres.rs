@@ -183,6 +183,56 @@ async fn enums_domains_and_citext_are_read_and_an_unreadable_type_is_named() {
     );
 }
 
+/// A refresh token kept encrypted as `bytea` (pgcrypto, django-fernet-fields): the column is
+/// read (it failed the poll with `reason="decode"`), and two ciphertexts read differently even
+/// where neither is UTF-8 (a lossy reading made `\xffff` and `\xfffe` the same text, so a
+/// rotation and the stale write-back after it went unseen).
+#[tokio::test]
+async fn an_encrypted_bytea_refresh_token_is_watched_for_regressions() {
+    let Some((pool, s)) = setup("an_encrypted_bytea_refresh_token_is_watched_for_regressions", "pg_bytea", &[
+        "CREATE TABLE {s}.t (id text, lr timestamptz, rt bytea)".into(),
+        "INSERT INTO {s}.t VALUES ('a', '2026-05-31 12:00:00+00', '\\xffff'), ('b', '2026-05-31 12:00:00+00', NULL)".into(),
+    ]).await else { return };
+    let yaml = format!(
+        "sources:\n{}",
+        pg_source(
+            "enc",
+            &pg_url(),
+            &format!("    query: SELECT id, lr, rt FROM {s}.t\n    fields: {{connection: id, last_refresh: lr, refresh_token: rt}}\n")
+        )
+    );
+    let (mut e, _) = exporter(&yaml, fixed_now());
+    let regressions = |e: &oauth_token_exporter::Exporter| {
+        value(
+            &scrape(e),
+            "oauth_refresh_token_regressions_total",
+            &[("provider", "xero"), ("source", "enc")],
+        )
+    };
+    let set = |v: &'static str| {
+        let (pool, s) = (pool.clone(), s.clone());
+        async move {
+            sqlx::query(&format!("UPDATE {s}.t SET rt = '{v}' WHERE id = 'a'"))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+    };
+    let mut polled = poll(&mut e).await;
+    set("\\xfffe").await; // a rotation
+    polled.extend(poll(&mut e).await);
+    let after_rotation = regressions(&e);
+    set("\\xffff").await; // the old ciphertext written back
+    polled.extend(poll(&mut e).await);
+    let after_write_back = regressions(&e);
+    let text = scrape(&e);
+    teardown(pool, &s).await;
+    assert_eq!(polled, [true, true, true], "{text}");
+    assert_eq!(connections(&text, "enc"), ["a", "b"]);
+    assert_eq!((after_rotation, after_write_back), (0.0, 1.0));
+    assert!(!text.contains("ffff") && !text.contains("fffe"));
+}
+
 #[tokio::test]
 async fn xero_tokens_preset_on_postgres_with_garbage_rows_rejected_alone() {
     let Some((pool, s)) = setup("xero_tokens_preset_on_postgres_with_garbage_rows_rejected_alone", "pg_flat", &[

@@ -65,7 +65,7 @@ fn decode(row: &MySqlRow, i: usize) -> Result<Cell, CollectError> {
             .map(|d| Cell::Time(d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc())),
         "JSON" => get!(serde_json::Value).map(Cell::Json),
         "BINARY" | "VARBINARY" | "TINYBLOB" | "BLOB" | "MEDIUMBLOB" | "LONGBLOB" => {
-            get!(Vec<u8>).map(|b| Cell::Text(String::from_utf8_lossy(&b).into_owned()))
+            typed!(&[u8]).map(Cell::bytes)
         }
         _ => get!(String).map(Cell::Text),
     })

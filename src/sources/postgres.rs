@@ -83,6 +83,8 @@ fn decode(row: &PgRow, i: usize) -> Result<Cell, CollectError> {
             Cell::Text(u.hyphenated().encode_lower(&mut buf).to_owned())
         }),
         "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" => typed!(String).map(Cell::Text),
+        // An encrypted token kept as bytes (pgcrypto, django-fernet-fields).
+        "BYTEA" => typed!(&[u8]).map(Cell::bytes),
         // Anything else as text if sqlx can read it so, else a Decode error naming the type.
         _ => get!(String).map(Cell::Text),
     })

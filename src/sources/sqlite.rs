@@ -212,7 +212,7 @@ fn decode(v: ValueRef<'_>, datetime_column: bool) -> Cell {
         ValueRef::Null => Cell::Null,
         ValueRef::Integer(i) => Cell::Int(i),
         ValueRef::Real(f) => Cell::Float(f),
-        ValueRef::Blob(b) => Cell::Text(String::from_utf8_lossy(b).into_owned()),
+        ValueRef::Blob(b) => Cell::bytes(b),
         ValueRef::Text(b) => match std::str::from_utf8(b) {
             // A column declared as a date-time holding the usual naive layout is decoded in
             // place, without a string (a million rows a poll); other text is read as text.
