@@ -234,6 +234,61 @@ async fn infinite_and_out_of_range_postgres_date_times_reject_their_row_alone() 
     );
 }
 
+/// A `numeric` epoch column with `NaN`, PostgreSQL 14's `Infinity` / `-Infinity` and a value
+/// past 28 digits: sqlx's `Decimal` decoder fails on each, which failed the whole poll ("type
+/// NUMERIC cannot be read"). Each now rejects its row alone.
+#[tokio::test]
+async fn numeric_nan_infinity_and_huge_values_reject_their_row_alone() {
+    let test = "numeric_nan_infinity_and_huge_values_reject_their_row_alone";
+    if !server_or_skip(test, "PostgreSQL", &pg_url()).await {
+        return;
+    }
+    let table = unique("numeric_epochs");
+    let admin = oauth_token_exporter::sim::store::SimStore::connect(
+        oauth_token_exporter::model::StoreKind::Postgres,
+        &pg_url(),
+    )
+    .await
+    .unwrap();
+    let epoch = fixed_now().timestamp() - 3600;
+    for q in [
+        format!("DROP TABLE IF EXISTS {table}"),
+        format!("CREATE TABLE {table} (id TEXT, lr NUMERIC)"),
+        format!(
+            "INSERT INTO {table} VALUES ('fine', {epoch}.250), ('negative', -{epoch}), ('nan', 'NaN'), \
+             ('infinity', 'Infinity'), ('minus_infinity', '-Infinity'), ('huge', 1e40), ('ms', {epoch}250)"
+        ),
+    ] {
+        admin.execute(&q, &[]).await.unwrap();
+    }
+    let yaml = format!(
+        "sources:\n  - name: pg\n    kind: postgres\n    dsn: '{}'\n    query: SELECT id, lr FROM {table}\n    fields: {{connection: id, last_refresh: lr}}\n",
+        pg_url()
+    );
+    let (mut e, _) = exporter(&yaml, fixed_now());
+    let polled = poll(&mut e).await;
+    admin
+        .execute(&format!("DROP TABLE {table}"), &[])
+        .await
+        .unwrap();
+    assert_eq!(polled, [true]);
+    let text = scrape(&e);
+    assert_eq!(connections(&text, "pg"), ["fine", "ms"]);
+    for c in ["fine", "ms"] {
+        assert_eq!(
+            value(
+                &text,
+                "oauth_refresh_token_last_refresh_timestamp_seconds",
+                &[("source", "pg"), ("connection", c)]
+            ),
+            epoch as f64 + 0.25,
+            "{c}"
+        );
+    }
+    assert_eq!(rejected(&text, "pg", "unparseable_timestamp"), 1.0);
+    assert_eq!(rejected(&text, "pg", "impossible_timestamp"), 4.0);
+}
+
 #[tokio::test]
 async fn an_event_stamped_in_the_future_is_refused_by_the_event_table_and_the_ingest_api() {
     // The event table: a refresh failure stamped 2199 is rejected as an invalid event; the

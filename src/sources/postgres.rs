@@ -59,9 +59,12 @@ fn decode(row: &PgRow, i: usize) -> Result<Cell, CollectError> {
         "INT8" => typed!(i64).map(Cell::Int),
         "FLOAT4" => typed!(f32).map(|v| Cell::Float(v.into())),
         "FLOAT8" => typed!(f64).map(Cell::Float),
-        "NUMERIC" => {
-            typed!(rust_decimal::Decimal).map(|d| Cell::Float(d.to_f64().unwrap_or(f64::NAN)))
-        }
+        "NUMERIC" => match raw_binary(row, i).map(|v| v.map(numeric)) {
+            Some(None) => None,
+            Some(Some(Some(f))) => Some(Cell::Float(f)),
+            // Not the binary form, or not a well-formed one: sqlx says what is wrong.
+            _ => typed!(rust_decimal::Decimal).map(|d| Cell::Float(d.to_f64().unwrap_or(f64::NAN))),
+        },
         // Date-times from their binary form (see `timestamp`); text (never sent for a prepared
         // query, which asks for binary) through sqlx, whose text decoders do not panic.
         "TIMESTAMPTZ" => match binary::<8>(row, i) {
@@ -148,9 +151,9 @@ fn beyond(v: i64) -> Cell {
     })
 }
 
-/// Column `i`'s `N` bytes when it came in binary form (`Some(None)`: NULL); `None` when it came
-/// as text or with another length (then sqlx decodes it, and reports what is wrong).
-fn binary<const N: usize>(row: &PgRow, i: usize) -> Option<Option<[u8; N]>> {
+/// Column `i`'s bytes when it came in binary form (`Some(None)`: NULL); `None` when it came as
+/// text (then sqlx decodes it, and reports what is wrong).
+fn raw_binary(row: &PgRow, i: usize) -> Option<Option<&[u8]>> {
     use sqlx::{Row, ValueRef};
     let v = row.try_get_raw(i).ok()?;
     if v.is_null() {
@@ -159,5 +162,91 @@ fn binary<const N: usize>(row: &PgRow, i: usize) -> Option<Option<[u8; N]>> {
     if v.format() != PgValueFormat::Binary {
         return None;
     }
-    v.as_bytes().ok()?.try_into().ok().map(Some)
+    v.as_bytes().ok().map(Some)
+}
+
+/// [`raw_binary`] of exactly `N` bytes (`None` for another length).
+fn binary<const N: usize>(row: &PgRow, i: usize) -> Option<Option<[u8; N]>> {
+    match raw_binary(row, i)? {
+        None => Some(None),
+        Some(b) => b.try_into().ok().map(Some),
+    }
+}
+
+/// A `numeric` from its binary form (numeric_send: digit count, weight, sign, display scale,
+/// then base-10000 digits) as the `f64` every number becomes here. sqlx's `Decimal` decoder
+/// fails on `NaN`, on PostgreSQL 14's `Infinity` / `-Infinity` and past 28 digits, which failed
+/// the whole poll for one such row; here `NaN` is an unparseable time and an infinity an
+/// impossible one, of that row alone. `None` for bytes that are not a numeric.
+fn numeric(b: &[u8]) -> Option<f64> {
+    let word = |at: usize| b.get(at..at + 2).map(|w| u16::from_be_bytes([w[0], w[1]]));
+    let (count, weight, sign) = (word(0)?, word(2)? as i16, word(4)?);
+    match sign {
+        0xC000 => return Some(f64::NAN),
+        0xD000 => return Some(f64::INFINITY),
+        0xF000 => return Some(f64::NEG_INFINITY),
+        0x0000 | 0x4000 => {}
+        _ => return None,
+    }
+    let mut v = 0.0;
+    for k in 0..count {
+        let digit = f64::from(word(8 + 2 * usize::from(k))?);
+        v += digit * 10_000f64.powi(i32::from(weight) - i32::from(k));
+    }
+    Some(if sign == 0x4000 { -v } else { v })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// numeric_send's layout for `v`: base-10000 digits of its absolute value.
+    fn send(count: u16, weight: i16, sign: u16, digits: &[u16]) -> Vec<u8> {
+        let mut b = Vec::new();
+        for w in [count, weight as u16, sign, 0] {
+            b.extend_from_slice(&w.to_be_bytes());
+        }
+        for d in digits {
+            b.extend_from_slice(&d.to_be_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn numerics_are_read_from_their_binary_form_with_nan_and_infinities() {
+        // 1777629600.25 = 17|7762|9600 . 2500
+        assert_eq!(
+            numeric(&send(4, 2, 0, &[17, 7762, 9600, 2500])),
+            Some(1777629600.25)
+        );
+        assert_eq!(numeric(&send(1, 0, 0x4000, &[5])), Some(-5.0));
+        assert_eq!(numeric(&send(0, 0, 0, &[])), Some(0.0));
+        // 1e40: one digit 1 at weight 10.
+        assert_eq!(numeric(&send(1, 10, 0, &[1])), Some(1e40));
+        assert!(numeric(&send(0, 0, 0xC000, &[])).unwrap().is_nan());
+        assert_eq!(numeric(&send(0, 0, 0xD000, &[])), Some(f64::INFINITY));
+        assert_eq!(numeric(&send(0, 0, 0xF000, &[])), Some(f64::NEG_INFINITY));
+        // Truncated or an unknown sign: not a numeric.
+        assert_eq!(numeric(&send(2, 0, 0, &[1])), None);
+        assert_eq!(numeric(&send(0, 0, 0x1234, &[])), None);
+        assert_eq!(numeric(&[0, 1]), None);
+    }
+
+    #[test]
+    fn infinite_and_out_of_range_date_times_become_infinite_numbers() {
+        assert_eq!(timestamp(i64::MAX, Cell::Time), Cell::Float(f64::INFINITY));
+        assert_eq!(
+            timestamp(i64::MIN, Cell::Time),
+            Cell::Float(f64::NEG_INFINITY)
+        );
+        assert_eq!(
+            timestamp(0, Cell::Time),
+            Cell::Time(DateTime::from_timestamp(946_684_800, 0).unwrap())
+        );
+        assert_eq!(date(i32::MAX), Cell::Float(f64::INFINITY));
+        assert_eq!(
+            date(0),
+            Cell::Time(DateTime::from_timestamp(946_684_800, 0).unwrap())
+        );
+    }
 }
