@@ -197,6 +197,20 @@ fn init_logging(level: LogLevel, format: LogFormat) {
             )
             .init(),
     }
+    // A panic is logged as one line in the chosen format (a poll that panics fails that poll
+    // only, counted as `reason="internal"`; see the poll loop) instead of the default hook's
+    // free text.
+    std::panic::set_hook(Box::new(|info| {
+        let message = oauth_token_exporter::pipeline::runner::panic_message(info.payload());
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()));
+        let thread = std::thread::current()
+            .name()
+            .unwrap_or("unnamed")
+            .to_string();
+        tracing::error!(panic = %message, location, thread, "A thread panicked; please report it.");
+    }));
 }
 
 /// Every signal that would end the process ends it gracefully instead (listeners drained,

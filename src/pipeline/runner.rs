@@ -140,7 +140,7 @@ impl<P: Polled> Poll for Runner<P> {
 }
 
 /// A panic's message (`panic!` with a literal or a format), or that it had none.
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
