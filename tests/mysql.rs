@@ -88,20 +88,20 @@ async fn every_mysql_timestamp_type_gives_the_same_last_refresh() {
 }
 
 /// Column shapes of real MySQL apps: a status in an ENUM, flags in a SET, a YEAR, a TINYINT(1)
-/// boolean, an unsigned id, as labels and fields. sqlx refused YEAR as an integer (its type
-/// check), which failed the poll.
+/// boolean, an unsigned id, a DECIMAL of 40 digits, as labels and fields. sqlx refused YEAR as
+/// an integer (its type check) and a DECIMAL past 28 digits, either of which failed the poll.
 #[tokio::test]
 async fn enum_set_year_and_tinyint_columns_are_read() {
     let Some((pool, p)) = setup("enum_set_year_and_tinyint_columns_are_read", "my_udt", &[
         "DROP TABLE IF EXISTS {p}_t".into(),
-        "CREATE TABLE {p}_t (id BIGINT UNSIGNED PRIMARY KEY, lr DATETIME, st ENUM('active', 'needs_reauth', 'revoked'), flags SET('sync', 'payroll'), yr YEAR, beta TINYINT(1))".into(),
-        "INSERT INTO {p}_t VALUES (1, '2026-05-31 12:00:00', 'active', 'sync,payroll', 2026, 1), (2, '2026-05-30 12:00:00', 'needs_reauth', 'sync', 2025, 0)".into(),
+        "CREATE TABLE {p}_t (id BIGINT UNSIGNED PRIMARY KEY, lr DATETIME, st ENUM('active', 'needs_reauth', 'revoked'), flags SET('sync', 'payroll'), yr YEAR, beta TINYINT(1), big DECIMAL(40,0))".into(),
+        "INSERT INTO {p}_t VALUES (1, '2026-05-31 12:00:00', 'active', 'sync,payroll', 2026, 1, 1), (2, '2026-05-30 12:00:00', 'needs_reauth', 'sync', 2025, 0, 1234567890123456789012345678901234567890)".into(),
     ]).await else { return };
     let yaml = format!(
         "sources:\n{}",
         my_source(
             "udt",
-            &format!("    query: SELECT * FROM {p}_t\n    fields: {{connection: id, last_refresh: lr, status: st}}\n    labels: {{flags: flags, year: yr, beta: beta}}\n")
+            &format!("    query: SELECT * FROM {p}_t\n    fields: {{connection: id, last_refresh: lr, status: st}}\n    labels: {{flags: flags, year: yr, beta: beta, big: big}}\n")
         )
     );
     let (mut e, _) = exporter(&yaml, fixed_now());
@@ -117,9 +117,10 @@ async fn enum_set_year_and_tinyint_columns_are_read() {
         )
     };
     assert_eq!((status("active"), status("needs_reauth")), (1.0, 1.0));
-    for (c, flags, year, beta) in [
-        ("1", "sync,payroll", "2026", "true"),
-        ("2", "sync", "2025", "false"),
+    let big = format!("{}", 1234567890123456789012345678901234567890f64);
+    for (c, flags, year, beta, big) in [
+        ("1", "sync,payroll", "2026", "true", "1"),
+        ("2", "sync", "2025", "false", big.as_str()),
     ] {
         assert_eq!(
             value(
@@ -130,7 +131,8 @@ async fn enum_set_year_and_tinyint_columns_are_read() {
                     ("connection", c),
                     ("flags", flags),
                     ("year", year),
-                    ("beta", beta)
+                    ("beta", beta),
+                    ("big", big)
                 ]
             ),
             1.0,

@@ -6,7 +6,6 @@ use crate::config::SqlConnection;
 use crate::model::CollectError;
 use crate::timestamp::Cell;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
-use rust_decimal::prelude::ToPrimitive;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow};
 use sqlx::{ConnectOptions, Executor};
 use std::str::FromStr;
@@ -56,9 +55,9 @@ fn decode(row: &MySqlRow, i: usize) -> Result<Cell, CollectError> {
         t if t.ends_with("UNSIGNED") => get!(u64).map(|v| Cell::Int(v.min(i64::MAX as u64) as i64)),
         "FLOAT" => get!(f32).map(|v| Cell::Float(v.into())),
         "DOUBLE" => get!(f64).map(Cell::Float),
-        "DECIMAL" => {
-            get!(rust_decimal::Decimal).map(|d| Cell::Float(d.to_f64().unwrap_or(f64::NAN)))
-        }
+        // Sent as its digits: parsed as the f64 every number becomes here (sqlx's Decimal
+        // stops at 28 digits, and its failure failed the whole poll).
+        "DECIMAL" => typed!(&str).map(|s| Cell::Float(s.trim().parse().unwrap_or(f64::NAN))),
         "TIMESTAMP" => get!(DateTime<Utc>).map(Cell::Time),
         "DATETIME" => get!(NaiveDateTime).map(Cell::Naive),
         "DATE" => get!(NaiveDate)
