@@ -109,7 +109,14 @@ pub async fn seed(
 pub async fn act(app: &HostApp, sim: &SimXero, next_id: &mut usize) -> Result<(), sqlx::Error> {
     let mut rng = StdRng::from_rng(&mut rand::rng());
     let roll: f64 = rng.random();
-    let active = app.ids("active").await?;
+    // A paused connection stays idle (never synced, never a fault's target): the demo's idle
+    // tenants always reach their expiry, whatever the faults around them.
+    let active: Vec<String> = app
+        .ids("active")
+        .await?
+        .into_iter()
+        .filter(|id| !app.is_paused(id))
+        .collect();
     let dead: Vec<String> = [app.ids("needs_reauth").await?, app.ids("revoked").await?].concat();
     let pick = |v: &[String], rng: &mut StdRng| v.get(rng.random_range(0..v.len().max(1))).cloned();
     if roll < 0.05 {

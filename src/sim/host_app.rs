@@ -274,7 +274,8 @@ impl HostApp {
             .remove(id);
     }
 
-    fn is_paused(&self, id: &str) -> bool {
+    /// Whether [`HostApp::pause`] left the connection idle.
+    pub fn is_paused(&self, id: &str) -> bool {
         self.paused
             .lock()
             .unwrap_or_else(|e| e.into_inner())
