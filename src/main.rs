@@ -205,10 +205,8 @@ fn init_logging(level: LogLevel, format: LogFormat) {
         let location = info
             .location()
             .map(|l| format!("{}:{}", l.file(), l.line()));
-        let thread = std::thread::current()
-            .name()
-            .unwrap_or("unnamed")
-            .to_string();
+        let thread = std::thread::current();
+        let thread = thread.name().unwrap_or("unnamed");
         tracing::error!(panic = %message, location, thread, "A thread panicked; please report it.");
     }));
 }

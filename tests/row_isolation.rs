@@ -100,40 +100,71 @@ async fn a_garbage_optional_field_omits_only_its_own_series_in_sqlite() {
     assert_only_the_access_expiry_is_lost(&scrape(&e), "lite");
 }
 
-#[tokio::test]
-async fn a_garbage_optional_field_omits_only_its_own_series_in_postgres() {
-    let test = "a_garbage_optional_field_omits_only_its_own_series_in_postgres";
+/// A PostgreSQL table of `test`'s own, named from `id`, made by the statements `stmts` gives
+/// for its name; `None` (reported skipped by name) without the server.
+async fn pg_table(
+    test: &str,
+    id: &str,
+    stmts: impl Fn(&str) -> Vec<String>,
+) -> Option<(oauth_token_exporter::sim::store::SimStore, String)> {
     if !server_or_skip(test, "PostgreSQL", &pg_url()).await {
-        return;
+        return None;
     }
-    let table = unique("garbage_expires_in");
+    let table = unique(id);
     let admin = oauth_token_exporter::sim::store::SimStore::connect(
         oauth_token_exporter::model::StoreKind::Postgres,
         &pg_url(),
     )
     .await
     .unwrap();
-    for q in [
-        format!("DROP TABLE IF EXISTS {table}"),
-        format!("CREATE TABLE {table} (id TEXT, expires_in VARCHAR(255), updated_at TIMESTAMP)"),
-        format!("INSERT INTO {table} VALUES ('fine', '1800', '2026-06-01 11:00:00'), ('garbage', 'abc', '2026-06-01 11:00:00')"),
-    ] {
+    let mut all = vec![format!("DROP TABLE IF EXISTS {table}")];
+    all.extend(stmts(&table));
+    for q in all {
         admin.execute(&q, &[]).await.unwrap();
     }
+    Some((admin, table))
+}
+
+/// The exporter of `yaml` polled `polls` times, then `table` dropped: each poll's result and
+/// the scrape after them.
+async fn poll_then_drop(
+    yaml: &str,
+    polls: usize,
+    admin: oauth_token_exporter::sim::store::SimStore,
+    table: &str,
+) -> (Vec<bool>, String) {
+    let (mut e, _) = exporter(yaml, fixed_now());
+    let mut polled = Vec::new();
+    for _ in 0..polls {
+        polled.extend(poll(&mut e).await);
+    }
+    admin
+        .execute(&format!("DROP TABLE {table}"), &[])
+        .await
+        .unwrap();
+    (polled, scrape(&e))
+}
+
+#[tokio::test]
+async fn a_garbage_optional_field_omits_only_its_own_series_in_postgres() {
+    let Some((admin, table)) = pg_table(
+        "a_garbage_optional_field_omits_only_its_own_series_in_postgres",
+        "garbage_expires_in",
+        |table| vec![
+            format!("CREATE TABLE {table} (id TEXT, expires_in VARCHAR(255), updated_at TIMESTAMP)"),
+            format!("INSERT INTO {table} VALUES ('fine', '1800', '2026-06-01 11:00:00'), ('garbage', 'abc', '2026-06-01 11:00:00')"),
+        ],
+    )
+    .await else { return };
     let yaml = relative_source(
         "pg",
         "postgres",
         &pg_url(),
         &GARBAGE_EXPIRES_IN.replace("xero_tokens", &table),
     );
-    let (mut e, _) = exporter(&yaml, fixed_now());
-    let polled = poll(&mut e).await;
-    admin
-        .execute(&format!("DROP TABLE {table}"), &[])
-        .await
-        .unwrap();
+    let (polled, text) = poll_then_drop(&yaml, 1, admin, &table).await;
     assert_eq!(polled, [true]);
-    assert_only_the_access_expiry_is_lost(&scrape(&e), "pg");
+    assert_only_the_access_expiry_is_lost(&text, "pg");
 }
 
 /// PostgreSQL's `infinity`, `-infinity` and years past chrono's range (it holds dates to
@@ -142,49 +173,29 @@ async fn a_garbage_optional_field_omits_only_its_own_series_in_postgres() {
 /// its row alone; the poll succeeds and the other rows are exported.
 #[tokio::test]
 async fn infinite_and_out_of_range_postgres_date_times_reject_their_row_alone() {
-    let test = "infinite_and_out_of_range_postgres_date_times_reject_their_row_alone";
-    if !server_or_skip(test, "PostgreSQL", &pg_url()).await {
-        return;
-    }
-    let table = unique("infinite_times");
-    let admin = oauth_token_exporter::sim::store::SimStore::connect(
-        oauth_token_exporter::model::StoreKind::Postgres,
-        &pg_url(),
+    let Some((admin, table)) = pg_table(
+        "infinite_and_out_of_range_postgres_date_times_reject_their_row_alone",
+        "infinite_times",
+        |table| vec![
+            format!("CREATE TABLE {table} (id TEXT, lr TIMESTAMPTZ, at_exp TIMESTAMP, rt_exp DATE)"),
+            format!(
+                "INSERT INTO {table} VALUES \
+                 ('fine', '2026-06-01 11:00:00+00', '2026-06-01 11:30:00', '2026-07-01'), \
+                 ('lr_infinity', 'infinity', '2026-06-01 11:30:00', '2026-07-01'), \
+                 ('lr_minus_infinity', '-infinity', '2026-06-01 11:30:00', '2026-07-01'), \
+                 ('lr_year_270000', '270000-01-01 00:00:00+00', '2026-06-01 11:30:00', '2026-07-01'), \
+                 ('access_infinity', '2026-06-01 11:00:00+00', 'infinity', '2026-07-01'), \
+                 ('refresh_date_infinity', '2026-06-01 11:00:00+00', '2026-06-01 11:30:00', 'infinity')"
+            ),
+        ],
     )
-    .await
-    .unwrap();
-    for q in [
-        format!("DROP TABLE IF EXISTS {table}"),
-        format!("CREATE TABLE {table} (id TEXT, lr TIMESTAMPTZ, at_exp TIMESTAMP, rt_exp DATE)"),
-        format!(
-            "INSERT INTO {table} VALUES \
-             ('fine', '2026-06-01 11:00:00+00', '2026-06-01 11:30:00', '2026-07-01'), \
-             ('lr_infinity', 'infinity', '2026-06-01 11:30:00', '2026-07-01'), \
-             ('lr_minus_infinity', '-infinity', '2026-06-01 11:30:00', '2026-07-01'), \
-             ('lr_year_270000', '270000-01-01 00:00:00+00', '2026-06-01 11:30:00', '2026-07-01'), \
-             ('access_infinity', '2026-06-01 11:00:00+00', 'infinity', '2026-07-01'), \
-             ('refresh_date_infinity', '2026-06-01 11:00:00+00', '2026-06-01 11:30:00', 'infinity')"
-        ),
-    ] {
-        admin.execute(&q, &[]).await.unwrap();
-    }
+    .await else { return };
     let yaml = format!(
         "sources:\n  - name: pg\n    kind: postgres\n    dsn: '{}'\n    query: SELECT id, lr, at_exp, rt_exp FROM {table}\n    fields: {{connection: id, last_refresh: lr, access_expires: at_exp, refresh_expires: rt_exp}}\n",
         pg_url()
     );
-    let (mut e, _) = exporter(&yaml, fixed_now());
-    let polled = poll(&mut e).await;
-    let second = poll(&mut e).await;
-    admin
-        .execute(&format!("DROP TABLE {table}"), &[])
-        .await
-        .unwrap();
-    assert_eq!(
-        (polled, second),
-        (vec![true], vec![true]),
-        "both polls succeed"
-    );
-    let text = scrape(&e);
+    let (polled, text) = poll_then_drop(&yaml, 2, admin, &table).await;
+    assert_eq!(polled, [true, true], "both polls succeed");
     // The three rows whose last refresh cannot be read are left out; an infinite optional
     // field omits only its own series.
     assert_eq!(
@@ -239,40 +250,25 @@ async fn infinite_and_out_of_range_postgres_date_times_reject_their_row_alone() 
 /// NUMERIC cannot be read"). Each now rejects its row alone.
 #[tokio::test]
 async fn numeric_nan_infinity_and_huge_values_reject_their_row_alone() {
-    let test = "numeric_nan_infinity_and_huge_values_reject_their_row_alone";
-    if !server_or_skip(test, "PostgreSQL", &pg_url()).await {
-        return;
-    }
-    let table = unique("numeric_epochs");
-    let admin = oauth_token_exporter::sim::store::SimStore::connect(
-        oauth_token_exporter::model::StoreKind::Postgres,
-        &pg_url(),
-    )
-    .await
-    .unwrap();
     let epoch = fixed_now().timestamp() - 3600;
-    for q in [
-        format!("DROP TABLE IF EXISTS {table}"),
-        format!("CREATE TABLE {table} (id TEXT, lr NUMERIC)"),
-        format!(
-            "INSERT INTO {table} VALUES ('fine', {epoch}.250), ('negative', -{epoch}), ('nan', 'NaN'), \
-             ('infinity', 'Infinity'), ('minus_infinity', '-Infinity'), ('huge', 1e40), ('ms', {epoch}250)"
-        ),
-    ] {
-        admin.execute(&q, &[]).await.unwrap();
-    }
+    let Some((admin, table)) = pg_table(
+        "numeric_nan_infinity_and_huge_values_reject_their_row_alone",
+        "numeric_epochs",
+        |table| vec![
+            format!("CREATE TABLE {table} (id TEXT, lr NUMERIC)"),
+            format!(
+                "INSERT INTO {table} VALUES ('fine', {epoch}.250), ('negative', -{epoch}), ('nan', 'NaN'), \
+                 ('infinity', 'Infinity'), ('minus_infinity', '-Infinity'), ('huge', 1e40), ('ms', {epoch}250)"
+            ),
+        ],
+    )
+    .await else { return };
     let yaml = format!(
         "sources:\n  - name: pg\n    kind: postgres\n    dsn: '{}'\n    query: SELECT id, lr FROM {table}\n    fields: {{connection: id, last_refresh: lr}}\n",
         pg_url()
     );
-    let (mut e, _) = exporter(&yaml, fixed_now());
-    let polled = poll(&mut e).await;
-    admin
-        .execute(&format!("DROP TABLE {table}"), &[])
-        .await
-        .unwrap();
+    let (polled, text) = poll_then_drop(&yaml, 1, admin, &table).await;
     assert_eq!(polled, [true]);
-    let text = scrape(&e);
     assert_eq!(connections(&text, "pg"), ["fine", "ms"]);
     for c in ["fine", "ms"] {
         assert_eq!(

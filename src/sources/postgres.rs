@@ -52,7 +52,7 @@ pub async fn stream<S: Columns>(
 fn decode(row: &PgRow, i: usize) -> Result<Cell, CollectError> {
     // Each arm reads the type its name says without sqlx's check (the name is the check); a
     // domain is read as its base type and an enum as its label (text in binary form too).
-    decode_by_type!(row, i, |ty| match read_as(row, i, ty) {
+    decode_by_type!(row, i, |_ty| match read_as(row, i) {
         "BOOL" => typed!(bool).map(Cell::Bool),
         "INT2" => typed!(i16).map(|v| Cell::Int(v.into())),
         "INT4" => typed!(i32).map(|v| Cell::Int(v.into())),
@@ -94,22 +94,21 @@ fn decode(row: &PgRow, i: usize) -> Result<Cell, CollectError> {
 }
 
 /// The type name column `i` is read as: a domain's base type (through nested domains), `TEXT`
-/// for an enum (Rails and Django apps often keep a status in one) and for `citext`, else `ty`
-/// itself.
-fn read_as<'r>(row: &'r PgRow, i: usize, ty: &'r str) -> &'r str {
+/// for an enum (Rails and Django apps often keep a status in one) and for `citext`, else its
+/// own.
+fn read_as(row: &PgRow, i: usize) -> &str {
     use sqlx::postgres::PgTypeKind;
     use sqlx::{Column, Row, TypeInfo};
     let mut t = row.columns()[i].type_info();
-    loop {
-        match t.kind() {
-            PgTypeKind::Domain(base) => t = base,
-            PgTypeKind::Enum(_) => return "TEXT",
-            // The citext extension's type, named with its schema when that is not on the
-            // search path; text on the wire.
-            _ if t.name() == "citext" || t.name().ends_with(".citext") => return "TEXT",
-            _ if std::ptr::eq(t, row.columns()[i].type_info()) => return ty,
-            _ => return t.name(),
-        }
+    while let PgTypeKind::Domain(base) = t.kind() {
+        t = base;
+    }
+    match t.name() {
+        _ if matches!(t.kind(), PgTypeKind::Enum(_)) => "TEXT",
+        // The citext extension's type, named with its schema when that is not on the search
+        // path; text on the wire.
+        n if n == "citext" || n.ends_with(".citext") => "TEXT",
+        n => n,
     }
 }
 
